@@ -1,0 +1,155 @@
+"""Capture the model with torch.export (non-strict), weights lifted to graph inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+import torch
+import torch.fx
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind
+
+from .errors import TranspileError
+from .ir import DispatchDim, TensorSpec, Weight
+from .model_file import ModelFile
+
+
+@dataclass
+class Capture:
+    program: ExportedProgram
+    graph_module: torch.fx.GraphModule  # the lifted graph: weights are placeholders
+    user_inputs: list[str]  # placeholder names of forward's arguments, in order
+    weights: list[Weight]
+    weight_tensors: dict[str, torch.Tensor]
+    symbol_ranges: dict  # sympy symbol -> (lo, hi or None, hint)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def export_model(model_file: ModelFile) -> Capture:
+    model = model_file.model.eval()
+    try:
+        with torch.no_grad():
+            program = torch.export.export(
+                model,
+                model_file.example_inputs,
+                dynamic_shapes=model_file.dynamic_shapes,
+                strict=False,
+            )
+    except Exception as error:
+        raise TranspileError(
+            f"torch.export could not capture {model_file.path.name}'s forward: {_first_line(error)}; "
+            "make the forward traceable (no data-dependent Python control flow; use torch.cond or "
+            "compute on shapes) and check `dynamic_shapes`"
+        ) from error
+
+    signature = program.graph_signature
+    placeholders = {node.name: node for node in program.graph.find_nodes(op="placeholder")}
+    user_inputs, weights, tensors = [], [], {}
+    for spec in signature.input_specs:
+        if spec.kind == InputKind.USER_INPUT:
+            if not isinstance(placeholders[spec.arg.name].meta.get("val"), torch.Tensor):
+                raise TranspileError("forward takes a non-tensor argument; pass only tensors in `example_inputs`")
+            user_inputs.append(spec.arg.name)
+        elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            value = program.state_dict.get(spec.target)
+            if value is None:
+                value = program.constants[spec.target]
+            weights.append(
+                Weight(
+                    name=spec.arg.name,
+                    key=spec.target,
+                    user_supplied=spec.kind != InputKind.CONSTANT_TENSOR,
+                )
+            )
+            tensors[spec.target] = value.detach()
+        else:
+            raise TranspileError(f"unsupported graph input kind {spec.kind.name}; the model must not take custom objects")
+    if any(spec.kind.name != "USER_OUTPUT" for spec in signature.output_specs):
+        raise TranspileError("the forward mutates a buffer or input in place; the emitted package needs a functional forward")
+
+    symbol_ranges = {}
+    for symbol, value_range in program.range_constraints.items():
+        if not isinstance(symbol, sympy.Symbol):
+            continue
+        upper = value_range.upper
+        hi = None if upper.is_infinite else int(upper)
+        symbol_ranges[symbol] = (int(value_range.lower), hi, _hint(program, symbol))
+    return Capture(
+        program=program,
+        graph_module=torch.fx.GraphModule(program.graph_module, program.graph),
+        user_inputs=user_inputs,
+        weights=weights,
+        weight_tensors=tensors,
+        symbol_ranges=symbol_ranges,
+    )
+
+
+def _hint(program: ExportedProgram, symbol) -> int:
+    """The size the symbol had in the example inputs."""
+    for node in program.graph.find_nodes(op="placeholder"):
+        value = node.meta.get("val")
+        if isinstance(value, torch.Tensor):
+            for dim in value.shape:
+                if isinstance(dim, torch.SymInt) and dim.node.expr == symbol:
+                    return int(dim.node.hint)
+    return 2
+
+
+def input_specs(capture: Capture) -> list[TensorSpec]:
+    placeholders = {node.name: node for node in capture.program.graph.find_nodes(op="placeholder")}
+    specs = []
+    for name in capture.user_inputs:
+        value = placeholders[name].meta["val"]
+        shape = tuple(None if isinstance(d, torch.SymInt) else int(d) for d in value.shape)
+        specs.append(TensorSpec(name=name, dtype=str(value.dtype), shape=shape))
+    return specs
+
+
+def resolve_dispatch_dim(capture: Capture, requested: str | None) -> tuple[DispatchDim, sympy.Symbol]:
+    """The dimension whose runtime size picks the compiled variant."""
+    placeholders = {node.name: node for node in capture.program.graph.find_nodes(op="placeholder")}
+
+    def symbol_of(index: int, dim: int):
+        value = placeholders[capture.user_inputs[index]].meta["val"]
+        if dim >= value.dim() or dim < -value.dim():
+            return None
+        size = value.shape[dim]
+        if isinstance(size, torch.SymInt) and isinstance(size.node.expr, sympy.Symbol):
+            return size.node.expr
+        return None
+
+    if requested is None:
+        for index in range(len(capture.user_inputs)):
+            value = placeholders[capture.user_inputs[index]].meta["val"]
+            for dim in range(value.dim()):
+                if symbol_of(index, dim) is not None:
+                    return _dispatch(capture, index, dim, symbol_of(index, dim))
+        raise TranspileError(
+            "no input has a dynamic dimension; declare one in `dynamic_shapes` (torch.export.Dim) "
+            "so that sizes can be dispatched"
+        )
+    name, _, dim_text = requested.rpartition(":")
+    if not name or not dim_text.lstrip("-").isdigit():
+        raise TranspileError(f"--dispatch-dim {requested}: expected INPUT:DIM, for example input_ids:1")
+    index = int(name) if name.isdigit() else (capture.user_inputs.index(name) if name in capture.user_inputs else -1)
+    if not 0 <= index < len(capture.user_inputs):
+        raise TranspileError(
+            f"--dispatch-dim {requested}: no input {name!r}; inputs are {', '.join(capture.user_inputs)}"
+        )
+    dim = int(dim_text)
+    symbol = symbol_of(index, dim)
+    if symbol is None:
+        raise TranspileError(
+            f"--dispatch-dim {requested}: that dimension is not dynamic; declare it in `dynamic_shapes`"
+        )
+    return _dispatch(capture, index, dim % placeholders[capture.user_inputs[index]].meta["val"].dim(), symbol)
+
+
+def _dispatch(capture: Capture, index: int, dim: int, symbol) -> tuple[DispatchDim, sympy.Symbol]:
+    lo, hi, _ = capture.symbol_ranges[symbol]
+    return DispatchDim(input_index=index, input_name=capture.user_inputs[index], dim=dim, lo=lo, hi=hi), symbol

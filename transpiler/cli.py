@@ -1,0 +1,137 @@
+"""`transpile MODEL.py -o OUT`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import traceback
+import warnings
+from pathlib import Path
+
+from .errors import TranspileError
+
+EXIT_USAGE = 2
+EXIT_DIFFERS = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="transpile",
+        description="Turn a PyTorch model into a self-contained Python package of readable, precompiled source.",
+    )
+    parser.add_argument("model", type=Path, metavar="MODEL.py", help="file defining `model` and `example_inputs`")
+    parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="folder to write OUT/NAME/ into")
+    parser.add_argument("--name", help="package name (default: MODEL.py's file stem)")
+    parser.add_argument("--device", default="cpu", choices=["cpu"], help="target device (default: cpu)")
+    parser.add_argument("--split-ops", metavar="A,B", help="ops to split at, e.g. aten::scaled_dot_product_attention")
+    parser.add_argument("--ranges", metavar="LO-HI,...", help="ranges of the dispatch dim, compiled with symbolic shapes")
+    parser.add_argument("--sizes", metavar="N,...", help="exact sizes compiled with static shapes (win over ranges)")
+    parser.add_argument("--dispatch-dim", metavar="INPUT:DIM", help="input (name or index) and dim whose size dispatches")
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="module to import first (registers custom ops); the package imports it too",
+    )
+    parser.add_argument(
+        "--cpu-isa", default="avx2", choices=["avx2", "avx512", "native"],
+        help="x86-64 level the C++ kernels are built for (default: avx2, portable and reproducible)",
+    )
+    parser.add_argument("--check", action="store_true", help="compare with the existing OUT/NAME instead of writing")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and compiler logs")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    return parser
+
+
+def _progress_factory(quiet: bool):
+    if quiet:
+        return None
+
+    def start(total: int):
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="compiling pieces x variants", unit="compile", file=sys.stderr, leave=False)
+
+        def step():
+            bar.update(1)
+            if bar.n == bar.total:
+                bar.close()
+
+        return step
+
+    return start
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.verbose:
+        warnings.filterwarnings("ignore")
+        logging.disable(logging.WARNING)
+    try:
+        return _run(args)
+    except TranspileError as error:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"transpile: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("transpile: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    # Imported here so that `transpile --help` and argument errors answer at once.
+    from .pipeline import Options, package_name, transpile
+    from .treediff import diff_trees
+    from .write import check_writable, materialize_to, write_package
+
+    options = Options(
+        model_path=args.model,
+        name=args.name,
+        device=args.device,
+        split_ops=[op.strip() for op in args.split_ops.split(",") if op.strip()] if args.split_ops else None,
+        ranges=args.ranges,
+        sizes=args.sizes,
+        dispatch_dim=args.dispatch_dim,
+        imports=args.imports,
+        cpu_isa=args.cpu_isa,
+    )
+    target = args.out / package_name(options)
+    if args.check:
+        if not target.is_dir():
+            raise TranspileError(f"--check: {target} does not exist; run without --check to create it")
+    else:
+        check_writable(args.out)
+
+    rendered, summary = transpile(options, progress=_progress_factory(args.quiet))
+
+    if args.check:
+        with tempfile.TemporaryDirectory(prefix="transpile-check-") as scratch:
+            fresh = Path(scratch) / target.name
+            materialize_to(rendered, fresh)
+            differences = diff_trees(target, fresh)
+        if differences:
+            print(f"transpile: {target} differs from a fresh transpile:", file=sys.stderr)
+            for line in differences[:20]:
+                print(f"  {line}", file=sys.stderr)
+            if len(differences) > 20:
+                print(f"  ... and {len(differences) - 20} more", file=sys.stderr)
+            return EXIT_DIFFERS
+        if not args.quiet:
+            print(f"{target} is up to date")
+        return 0
+
+    write_package(rendered, target)
+    if not args.quiet:
+        print(
+            f"wrote {target}: {summary.pieces} piece calls ({summary.unique_pieces} unique), "
+            f"{summary.splitting_calls} splitting-op calls, {summary.variants} variants, "
+            f"{summary.kernels} kernels in {summary.seconds:.1f} s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

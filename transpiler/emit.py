@@ -1,0 +1,219 @@
+"""Render the package: Jinja templates filled from the intermediate model, then black.
+
+Returns file contents in memory (relative path -> bytes) plus the kernel binaries to
+copy, so that nothing touches the output folder until everything has rendered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import black
+import jinja2
+
+from .ir import Package
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+BLACK_MODE = black.Mode()
+
+# CPU flags (as /proc/cpuinfo names them) that code built for each x86-64 level may use.
+_X86_64_V3 = ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "sse4_1", "sse4_2", "ssse3", "popcnt")
+CPU_FEATURES = {
+    "avx2": _X86_64_V3,
+    "avx512": _X86_64_V3 + ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),
+}
+# For --cpu-isa native: the vector extensions of this machine, all of which gcc may use.
+_NATIVE_CANDIDATES = CPU_FEATURES["avx512"] + (
+    "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx512vbmi", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
+)
+
+
+@dataclass
+class RenderedPackage:
+    files: dict[str, bytes]  # relative path -> content (deterministic)
+    binaries: dict[str, str]  # relative path -> path of the built binary to copy
+    manifest: dict
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def format_python(source: str, path: str) -> str:
+    try:
+        return black.format_str(source, mode=BLACK_MODE)
+    except black.parsing.InvalidInput as error:  # a bug in a template or a rewrite
+        raise RuntimeError(f"emitted {path} is not valid Python: {error}") from error
+
+
+def cpu_features(cpu_isa: str) -> tuple[str, ...]:
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return ()
+    if cpu_isa in CPU_FEATURES:
+        return CPU_FEATURES[cpu_isa]
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next(line for line in cpuinfo if line.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration):
+        return ()
+    return tuple(flag for flag in _NATIVE_CANDIDATES if flag in flags)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def render(package: Package) -> RenderedPackage:
+    env = _environment()
+    common = {
+        "name": package.name,
+        "model_file": package.model_file,
+        "dispatch_input": package.dispatch.input_name,
+        "dispatch_dim": package.dispatch.dim,
+    }
+    python: dict[str, str] = {}
+    text: dict[str, str] = {}
+    binaries: dict[str, str] = {}
+
+    piece_modules = [piece.module_name for piece in package.pieces]
+    python["stitch.py"] = env.get_template("stitch.py.jinja").render(
+        **common, stitch=package.stitch, imports=package.imports
+    )
+    python["dispatch.py"] = env.get_template("dispatch.py.jinja").render(**common, **_dispatch_context(package))
+    python["runtime.py"] = env.get_template("runtime.py.jinja").render(**common)
+    python["pieces/__init__.py"] = env.get_template("pieces/__init__.py.jinja").render(**common)
+    for piece in package.pieces:
+        python[f"pieces/{piece.module_name}.py"] = env.get_template("pieces/piece.py.jinja").render(
+            **common,
+            piece=piece,
+            variant_names=[v.variant.name for v in piece.variants],
+            modules=sorted({m for v in piece.variants for m in v.module_names}),
+            runtime_names=sorted({"load_kernel"} | {n for v in piece.variants for n in v.runtime_names})
+            if piece.kernels
+            else sorted({n for v in piece.variants for n in v.runtime_names}),
+        )
+        for kernel in piece.kernels:
+            text[f"kernels/{piece.module_name}/{kernel.name}.cpp"] = kernel.source
+            binaries[f"kernels/{piece.module_name}/{kernel.name}.so"] = kernel.binary_path
+
+    files = {path: format_python(source, path).encode() for path, source in python.items()}
+    files.update({path: source.encode() for path, source in text.items()})
+    features = cpu_features(package.cpu_isa)
+    # The fingerprint covers everything that decides behaviour; __init__.py prints it.
+    fingerprint = _sha256(
+        json.dumps(
+            {
+                "files": {path: _sha256(data) for path, data in sorted(files.items())},
+                "torch": package.torch_version,
+                "model": package.model_sha256,
+                "cpu_features": features,
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    init_source = env.get_template("__init__.py.jinja").render(
+        **common, **_init_context(package, fingerprint, features)
+    )
+    files["__init__.py"] = format_python(init_source, "__init__.py").encode()
+
+    manifest = {
+        "format": 1,
+        "name": package.name,
+        "model": {"file": package.model_file, "sha256": package.model_sha256},
+        "fingerprint": fingerprint,
+        "torch": package.torch_version,
+        "python": package.python_version,
+        "device": package.device,
+        "machine": platform.machine(),
+        "cpu_isa": package.cpu_isa,
+        "march": package.march,
+        "cpu_features": list(features),
+        "imports": package.imports,
+        "split_ops": package.split_ops,
+        "dispatch": {
+            "input": package.dispatch.input_name,
+            "dim": package.dispatch.dim,
+            "min": package.dispatch.lo,
+            "max": package.dispatch.hi,
+        },
+        "sizes": [v.range.lo for v in package.exact_variants],
+        "ranges": [[v.range.lo, v.range.hi] for v in package.range_variants],
+        "pieces": [
+            {
+                "module": piece.module_name,
+                "calls": piece.call_count,
+                "inputs": piece.input_names,
+                "kernels": [k.name for k in piece.kernels],
+            }
+            for piece in package.pieces
+        ],
+        "splitting_calls": package.num_split_calls,
+        "weights": "weights.safetensors",
+        # Binaries are built for this machine; their hashes are in binaries.json.
+        "files": {path: _sha256(data) for path, data in sorted(files.items())},
+    }
+    return RenderedPackage(files=files, binaries=binaries, manifest=manifest)
+
+
+def _literal(value) -> str:
+    return repr(value)
+
+
+def _dispatch_context(package: Package) -> dict:
+    rows = []
+    for variant in package.variants:
+        rows.append(
+            {
+                "constant": variant.name.upper(),
+                "functions": [f"{piece.module_name}.{variant.name}" for piece in package.pieces],
+                "size": variant.range.lo,
+                "lo": variant.range.lo,
+                "hi": 'float("inf")' if variant.range.hi is None else variant.range.hi,
+                "static": variant.static,
+            }
+        )
+    supported = [f"size {v.range.lo}" for v in package.exact_variants] + [
+        v.range.label() for v in package.range_variants
+    ]
+    return {
+        "piece_modules": [piece.module_name for piece in package.pieces],
+        "rows": rows,
+        "exact_rows": [r for r in rows if r["static"]],
+        "range_rows": [r for r in rows if not r["static"]],
+        "supported": ", ".join(supported),
+    }
+
+
+def _init_context(package: Package, fingerprint: str, features: tuple) -> dict:
+    dispatch = package.dispatch
+    inputs = [
+        {"name": spec.name, "dtype": spec.dtype, "shape_literal": _literal(spec.shape)} for spec in package.inputs
+    ]
+    return {
+        "fingerprint": fingerprint,
+        "dispatch_literal": _literal(
+            {"input": dispatch.input_name, "dim": dispatch.dim, "min": dispatch.lo, "max": dispatch.hi}
+        ),
+        "sizes_literal": _literal(tuple(v.range.lo for v in package.exact_variants)),
+        "ranges_literal": _literal(tuple((v.range.lo, v.range.hi) for v in package.range_variants)),
+        "torch_version": package.torch_version,
+        "python_version": package.python_version,
+        "machine": platform.machine(),
+        "cpu_isa": package.cpu_isa,
+        "cpu_features_literal": _literal(tuple(features)),
+        "weight_keys_literal": _literal(tuple(w.key for w in package.weights)),
+        "replaceable_literal": _literal(tuple(w.key for w in package.weights if w.user_supplied)),
+        "inputs": inputs,
+        "input_names": [spec.name for spec in package.inputs],
+    }

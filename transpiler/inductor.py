@@ -1,0 +1,184 @@
+"""Compile one piece for one variant with Inductor, keeping its wrapper source and kernels.
+
+Each (piece, variant) gets a fresh ShapeEnv: the dispatch symbol is bounded by the
+variant's range (or replaced by the exact size), every other symbol keeps the range
+torch.export found. A fresh environment keeps guards and replacements made while
+compiling one variant from leaking into the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from dataclasses import dataclass
+
+import sympy
+import torch
+import torch.fx
+
+from .errors import TranspileError
+from .ir import Variant
+
+# The portable x86-64 levels the C++ kernels can be built for. The vector width
+# decides the generated source, so pinning it keeps output identical across
+# machines of the same level.
+CPU_ISAS = {
+    "avx2": {"march": "x86-64-v3", "simdlen": 256},
+    "avx512": {"march": "x86-64-v4", "simdlen": 512},
+    "native": {"march": "native", "simdlen": None},
+}
+
+
+@dataclass
+class InductorOutput:
+    source_code: str  # Inductor's wrapper module
+    kernel_files: dict[str, str]  # kernel global name -> path of the loaded binary
+
+
+def _fresh_fake_inputs(
+    piece: torch.fx.GraphModule, dispatch_symbol: sympy.Symbol, variant: Variant, symbol_ranges: dict
+):
+    """Fake tensors (and ints) for the piece's placeholders under a fresh ShapeEnv."""
+    from torch._dynamo.source import ConstantSource
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import (
+        DimDynamic,
+        ShapeEnv,
+        StrictMinMaxConstraint,
+    )
+    from torch.utils._sympy.value_ranges import ValueRanges
+
+    shape_env = ShapeEnv()
+    fake_mode = FakeTensorMode(shape_env=shape_env)
+    substitutions: dict[sympy.Symbol, sympy.Expr] = {}
+    for symbol in sorted(symbol_ranges, key=str):
+        lo, hi, hint = symbol_ranges[symbol]
+        if symbol == dispatch_symbol:
+            if variant.static:
+                substitutions[symbol] = sympy.Integer(variant.range.lo)
+                continue
+            lo, hi = variant.range.lo, variant.range.hi
+            hint = min(max(hint, lo), hi if hi is not None else hint)
+        # A hint of 0 or 1 would make the ShapeEnv specialize the symbol.
+        if hint < 2 and (hi is None or hi >= 2):
+            hint = 2
+        upper = hi if hi is not None else sympy.oo
+        substitutions[symbol] = shape_env.create_symbol(
+            hint,
+            ConstantSource(str(symbol)),
+            dynamic_dim=DimDynamic.DYNAMIC,
+            constraint_dim=StrictMinMaxConstraint(vr=ValueRanges(lo, upper), warn_only=False),
+        )
+
+    def convert(value):
+        if isinstance(value, torch.SymInt):
+            expr = value.node.expr.xreplace(substitutions)
+            if expr.is_number:
+                return int(expr)
+            return shape_env.create_symintnode(expr, hint=None)
+        return value
+
+    inputs = []
+    for node in piece.graph.find_nodes(op="placeholder"):
+        value = node.meta["val"]
+        if isinstance(value, torch.Tensor):
+            with fake_mode:
+                inputs.append(
+                    torch.empty_strided(
+                        [convert(d) for d in value.shape],
+                        [convert(s) for s in value.stride()],
+                        dtype=value.dtype,
+                        device=value.device,
+                    )
+                )
+        else:
+            inputs.append(convert(value))
+    return inputs, fake_mode
+
+
+@contextlib.contextmanager
+def inductor_config(device: str, cpu_isa: str):
+    import torch._inductor.config as config
+
+    patches: dict = {
+        # One kernel per fused region, no autotuning across processes, and no
+        # freezing: weights are inputs, so one binary serves any weights.
+        "freezing": False,
+        "fx_graph_remote_cache": False,
+    }
+    if device == "cpu":
+        isa = CPU_ISAS[cpu_isa]
+        if hasattr(config.cpp, "march"):
+            patches["cpp.march"] = None if isa["march"] == "native" else isa["march"]
+        elif isa["march"] != "native":
+            raise TranspileError(
+                f"--cpu-isa {cpu_isa} needs torch >= 2.12 (found {torch.__version__}); use --cpu-isa native"
+            )
+        patches["cpp.simdlen"] = isa["simdlen"]
+    import torch._functorch.config as functorch_config
+
+    # AOTAutograd's own cache would skip the inner compile we read the output of;
+    # Inductor's FX graph cache below it still makes repeated compiles cheap.
+    with config.patch(patches), functorch_config.patch(enable_autograd_cache=False):
+        yield
+
+
+def compile_variant(
+    piece: torch.fx.GraphModule,
+    dispatch_symbol: sympy.Symbol,
+    variant: Variant,
+    symbol_ranges: dict,
+) -> InductorOutput:
+    """Run Inductor on `piece` for `variant`; return its wrapper source and kernel binaries."""
+    from torch._inductor.compile_fx import compile_fx, compile_fx_inner
+
+    inputs, fake_mode = _fresh_fake_inputs(piece, dispatch_symbol, variant, symbol_ranges)
+    for node in piece.graph.nodes:
+        if "val" in node.meta:
+            node.meta["example_value"] = node.meta["val"]
+
+    captured = []
+
+    def inner_compile(gm, example_inputs, **kwargs):
+        compiled = compile_fx_inner(gm, example_inputs, **kwargs)
+        captured.append((gm, compiled))
+        return compiled
+
+    with fake_mode:
+        compile_fx(piece, inputs, inner_compile=inner_compile)
+    if len(captured) != 1:
+        raise TranspileError(f"Inductor produced {len(captured)} graphs for one piece; expected one")
+    inner_graph, compiled = captured[0]
+    _check_calling_convention(piece, inner_graph)
+    callable_ = compiled.current_callable
+    module_globals = getattr(callable_, "__func__", callable_).__globals__
+    kernel_files = {}
+    for name, value in module_globals.items():
+        owner = getattr(value, "__self__", None)
+        file = getattr(owner, "__file__", None)
+        if file and file.endswith(".so") and type(value).__name__ == "builtin_function_or_method":
+            kernel_files[name] = file
+    return InductorOutput(source_code=compiled.source_code, kernel_files=kernel_files)
+
+
+def _check_calling_convention(piece: torch.fx.GraphModule, inner_graph: torch.fx.GraphModule) -> None:
+    """The emitted code calls Inductor's `call` directly, without AOTAutograd's runtime
+    wrappers; that is only right when those wrappers pass arguments and results through."""
+    outer_inputs = len(piece.graph.find_nodes(op="placeholder"))
+    inner_inputs = len(inner_graph.graph.find_nodes(op="placeholder"))
+    outer_outputs = len(piece.graph.output_node().args[0])
+    inner_outputs = len(inner_graph.graph.output_node().args[0])
+    if (outer_inputs, outer_outputs) != (inner_inputs, inner_outputs):
+        raise TranspileError(
+            "a piece mutates an input or returns an alias of one, which the emitted code cannot "
+            f"reproduce ({outer_inputs}->{inner_inputs} inputs, {outer_outputs}->{inner_outputs} outputs); "
+            "move the op into a splitting op or make the model functional"
+        )
+
+
+def kernel_isa_description(device: str, cpu_isa: str) -> str:
+    if device != "cpu":
+        return ""
+    if cpu_isa == "native":
+        return f"native ({platform.machine()})"
+    return cpu_isa

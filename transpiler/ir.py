@@ -1,0 +1,173 @@
+"""The typed intermediate model passed between stages, and rendered by the templates.
+
+Everything a template prints is computed here or in the stage that fills these
+classes: templates only loop and print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, order=True)
+class SizeRange:
+    """A closed interval of the dispatch dimension; `hi` None means unbounded."""
+
+    lo: int
+    hi: int | None
+
+    @property
+    def is_exact(self) -> bool:
+        return self.hi == self.lo
+
+    def __contains__(self, size: int) -> bool:
+        return self.lo <= size and (self.hi is None or size <= self.hi)
+
+    def label(self) -> str:
+        return f"{self.lo}-{'max' if self.hi is None else self.hi}"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One compiled form of every piece: an exact size (static shapes) or a range."""
+
+    name: str  # "size_8" or "range_1_16": the function name in each piece module
+    range: SizeRange
+    static: bool  # compiled with static shapes (an exact size from --sizes)
+
+
+@dataclass(frozen=True)
+class DispatchDim:
+    input_index: int
+    input_name: str
+    dim: int
+    lo: int
+    hi: int | None  # None: unbounded above
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What the package checks about one user input before running."""
+
+    name: str
+    dtype: str  # "torch.float32"
+    shape: tuple[int | None, ...]  # None where the dim is dynamic
+
+
+@dataclass
+class Kernel:
+    """A compiled kernel: its global name in the piece module and its files."""
+
+    name: str  # e.g. "range_1_16_cpp_fused_add_0"
+    kind: str  # "cpp"
+    source: str  # the C++ the binary was built from
+    binary_path: str  # where the transpiler found the binary (build-time only)
+
+
+@dataclass
+class CompiledVariant:
+    variant: Variant
+    function_source: str  # `def range_1_16(args): ...`, standalone
+    kernels: list[Kernel]
+    runtime_names: list[str]  # names the function needs from the package runtime
+    module_names: list[str]  # modules it needs imported (torch, math)
+
+
+@dataclass
+class SourceLines:
+    """Lines of MODEL.py (or a library file) that a piece or call comes from."""
+
+    path: str  # relative: to MODEL.py's folder, or to the sys.path entry holding it
+    lines: tuple[int, ...]
+
+    def render(self) -> str:
+        spans: list[str] = []
+        start = prev = None
+        for line in self.lines:
+            if prev is not None and line == prev + 1:
+                prev = line
+                continue
+            if start is not None:
+                spans.append(str(start) if start == prev else f"{start}-{prev}")
+            start = prev = line
+        if start is not None:
+            spans.append(str(start) if start == prev else f"{start}-{prev}")
+        return f"{self.path}:{','.join(spans)}"
+
+
+@dataclass
+class UniquePiece:
+    """A compiled piece, emitted once and called from every place it stands."""
+
+    module_name: str  # "piece_0"
+    input_names: list[str]  # the names Inductor's arguments are renamed to
+    num_outputs: int
+    variants: list[CompiledVariant] = field(default_factory=list)
+    call_count: int = 0
+
+    @property
+    def kernels(self) -> list[Kernel]:
+        return [k for v in self.variants for k in v.kernels]
+
+
+@dataclass
+class StitchLine:
+    """One statement of the stitching function, with the comment above it."""
+
+    comment: str | None
+    code: str
+    deletes: list[str]  # values whose last use is this statement
+
+
+@dataclass
+class Stitch:
+    params: list[str]  # user input names, in forward's order
+    weight_names: list[str]  # unpacked from the weights tuple, in order
+    dispatch_expr: str  # e.g. "input_ids.size(1)"
+    lines: list[StitchLine]
+    return_expr: str
+
+
+@dataclass
+class Weight:
+    name: str  # the placeholder name used in the stitching function
+    key: str  # state-dict key (the file's tensor name)
+    user_supplied: bool  # a parameter or buffer that `load(weights=...)` may replace
+
+
+@dataclass
+class Package:
+    """All that the emitted package contains, before rendering."""
+
+    name: str
+    model_file: str  # MODEL.py's file name
+    model_sha256: str
+    device: str
+    cpu_isa: str
+    march: str
+    torch_version: str
+    python_version: str
+    imports: list[str]
+    split_ops: list[str]
+    dispatch: DispatchDim
+    variants: list[Variant]
+    inputs: list[TensorSpec]
+    weights: list[Weight]
+    weight_tensors: dict  # key -> torch.Tensor, written to weights.safetensors
+    pieces: list[UniquePiece]
+    stitch: Stitch
+    num_piece_calls: int
+    num_split_calls: int
+
+    @property
+    def exact_variants(self) -> list[Variant]:
+        return [v for v in self.variants if v.static]
+
+    @property
+    def range_variants(self) -> list[Variant]:
+        return [v for v in self.variants if not v.static]
+
+
+def replace(obj, **changes):
+    return dataclasses.replace(obj, **changes)

@@ -1,0 +1,89 @@
+"""Load MODEL.py and check its contract: `model`, `example_inputs`, optional
+`dynamic_shapes` and `split_ops` at module level."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import TranspileError
+
+
+@dataclass
+class ModelFile:
+    path: Path
+    sha256: str
+    model: torch.nn.Module
+    example_inputs: tuple
+    dynamic_shapes: object
+    split_ops: list[str] | None
+
+
+def import_modules(names: list[str]) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:
+            raise TranspileError(
+                f"--import {name}: {type(error).__name__}: {error}; make the module importable "
+                "(it is looked up from MODEL.py's folder and the current sys.path)"
+            ) from error
+
+
+def load_model_file(path: str | Path, imports: list[str]) -> ModelFile:
+    path = Path(path)
+    if not path.is_file():
+        raise TranspileError(f"{path}: no such file; pass the path of a model.py that defines `model` and `example_inputs`")
+    source = path.read_bytes()
+    folder = str(path.resolve().parent)
+    # Sibling modules (custom ops, layers) import as they would next to the model.
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import_modules(imports)
+    module_name = f"_transpile_model_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        code = compile(source, str(path), "exec")
+    except SyntaxError as error:
+        raise TranspileError(f"{path}:{error.lineno}: syntax error: {error.msg}; fix the file and run again") from error
+    try:
+        exec(code, module.__dict__)
+    except Exception as error:
+        raise TranspileError(
+            f"{path} raised {type(error).__name__} when imported: {error}; run `python {path}` to see where"
+        ) from error
+
+    missing = [name for name in ("model", "example_inputs") if name not in module.__dict__]
+    if missing:
+        raise TranspileError(
+            f"{path} does not define {' or '.join(f'`{n}`' for n in missing)}; "
+            "define `model` (a torch.nn.Module) and `example_inputs` (a tuple of tensors) at module level"
+        )
+    model = module.model
+    if not isinstance(model, torch.nn.Module):
+        raise TranspileError(f"{path}: `model` is a {type(model).__name__}, not a torch.nn.Module; assign the module instance to `model`")
+    example_inputs = module.example_inputs
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in example_inputs):
+        raise TranspileError(f"{path}: `example_inputs` must be a tuple of tensors (one per argument of forward)")
+    split_ops = module.__dict__.get("split_ops")
+    if split_ops is not None and (
+        not isinstance(split_ops, (list, tuple)) or not all(isinstance(op, str) for op in split_ops)
+    ):
+        raise TranspileError(f'{path}: `split_ops` must be a list of op names such as "aten::scaled_dot_product_attention"')
+    return ModelFile(
+        path=path,
+        sha256=hashlib.sha256(source).hexdigest(),
+        model=model,
+        example_inputs=tuple(example_inputs),
+        dynamic_shapes=module.__dict__.get("dynamic_shapes"),
+        split_ops=list(split_ops) if split_ops is not None else None,
+    )

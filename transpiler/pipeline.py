@@ -1,0 +1,184 @@
+"""The stages in order: load -> capture -> split -> dedupe -> compile per variant ->
+rewrite -> stitch -> render. Each stage is its own module; this one only connects them."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from . import capture as capture_stage
+from .dedupe import group_pieces, shared_names
+from .emit import RenderedPackage, render
+from .errors import TranspileError
+from .inductor import CPU_ISAS, compile_variant, inductor_config
+from .ir import CompiledVariant, Kernel, Package, UniquePiece
+from .model_file import load_model_file
+from .ranges import make_variants, parse_ranges, parse_sizes
+from .rewrite import rewrite_call
+from .split import DEFAULT_SPLIT_OPS, check_split_ops, split_graph
+from .stitching import build_stitch
+
+
+@dataclass
+class Options:
+    model_path: Path
+    name: str | None = None
+    device: str = "cpu"
+    split_ops: list[str] | None = None
+    ranges: str | None = None
+    sizes: str | None = None
+    dispatch_dim: str | None = None
+    imports: list[str] = field(default_factory=list)
+    cpu_isa: str = "avx2"
+
+
+@dataclass
+class Summary:
+    pieces: int
+    unique_pieces: int
+    splitting_calls: int
+    variants: int
+    kernels: int
+    seconds: float
+
+
+def package_name(options: Options) -> str:
+    name = options.name or options.model_path.stem
+    if not name.isidentifier():
+        raise TranspileError(f"package name {name!r} is not a Python identifier; pass --name NAME")
+    return name
+
+
+def transpile(options: Options, progress: Callable[[int], object] | None = None) -> tuple[RenderedPackage, Summary]:
+    """Everything but writing: returns the rendered package and a summary.
+
+    `progress(total)` is called once with the number of compiles and returns a
+    callable invoked after each one.
+    """
+    started = time.perf_counter()
+    if options.device != "cpu":
+        raise TranspileError(f"--device {options.device}: only cpu is supported by this version")
+    if options.cpu_isa not in CPU_ISAS:
+        raise TranspileError(f"--cpu-isa {options.cpu_isa}: choose one of {', '.join(CPU_ISAS)}")
+    name = package_name(options)
+    model_file = load_model_file(options.model_path, options.imports)
+    split_ops = options.split_ops if options.split_ops is not None else model_file.split_ops
+    if split_ops is None:
+        split_ops = list(DEFAULT_SPLIT_OPS)
+    else:
+        check_split_ops(split_ops)
+
+    captured = capture_stage.export_model(model_file)
+    dispatch, dispatch_symbol = capture_stage.resolve_dispatch_dim(captured, options.dispatch_dim)
+    variants = make_variants(parse_ranges(options.ranges, dispatch), parse_sizes(options.sizes, dispatch))
+
+    pieces = split_graph(captured.graph_module, split_ops)
+    groups = group_pieces(pieces)
+    unique: list[UniquePiece] = []
+    module_of_piece: dict[int, str] = {}
+    for number, instances in enumerate(groups.values()):
+        module = f"piece_{number}"
+        input_names = shared_names([[node.name for node in p.inputs] for p in instances])
+        unique.append(
+            UniquePiece(
+                module_name=module,
+                input_names=input_names,
+                num_outputs=len(instances[0].outputs),
+                call_count=len(instances),
+            )
+        )
+        for piece in instances:
+            module_of_piece[piece.index] = module
+
+    step = progress(len(unique) * len(variants)) if progress else None
+    with inductor_config(options.device, options.cpu_isa):
+        for piece, instances in zip(unique, groups.values()):
+            for variant in variants:
+                piece.variants.append(_compile(instances[0], piece, variant, dispatch_symbol, captured))
+                if step:
+                    step()
+
+    weight_names = [w.name for w in captured.weights]
+    stitch = build_stitch(
+        captured.graph_module,
+        pieces,
+        module_of_piece,
+        captured.user_inputs,
+        weight_names,
+        f"{dispatch.input_name}.size({dispatch.dim})",
+        captured.program.call_spec.out_spec,
+        model_file.path.resolve().parent,
+    )
+    package = Package(
+        name=name,
+        model_file=model_file.path.name,
+        model_sha256=model_file.sha256,
+        device=options.device,
+        cpu_isa=options.cpu_isa,
+        march=CPU_ISAS[options.cpu_isa]["march"],
+        torch_version=torch.__version__.split("+")[0],
+        python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
+        imports=list(options.imports),
+        split_ops=list(split_ops),
+        dispatch=dispatch,
+        variants=variants,
+        inputs=capture_stage.input_specs(captured),
+        weights=captured.weights,
+        weight_tensors=captured.weight_tensors,
+        pieces=unique,
+        stitch=stitch,
+        num_piece_calls=sum(not p.is_split for p in pieces),
+        num_split_calls=sum(len(p.nodes) for p in pieces if p.is_split),
+    )
+    rendered = render(package)
+    rendered.files["weights.safetensors"] = safetensors.torch.save(
+        {key: tensor.contiguous().clone() for key, tensor in sorted(captured.weight_tensors.items())}
+    )
+    summary = Summary(
+        pieces=package.num_piece_calls,
+        unique_pieces=len(unique),
+        splitting_calls=package.num_split_calls,
+        variants=len(variants),
+        kernels=sum(len(p.kernels) for p in unique),
+        seconds=time.perf_counter() - started,
+    )
+    return rendered, summary
+
+
+def _compile(piece, unique: UniquePiece, variant, dispatch_symbol, captured) -> CompiledVariant:
+    output = compile_variant(piece.graph_module, dispatch_symbol, variant, captured.symbol_ranges)
+    prefix = f"{variant.name}_"
+    rewritten = rewrite_call(output.source_code, variant.name, unique.input_names, prefix)
+    kernels = []
+    for kernel_name, source in rewritten.kernel_sources.items():
+        binary = output.kernel_files.get(kernel_name)
+        if binary is None:
+            raise TranspileError(f"Inductor did not build kernel {kernel_name}; this is a bug, run with -v")
+        full_source = Path(binary).with_suffix(".cpp")
+        kernels.append(
+            Kernel(
+                name=f"{prefix}{kernel_name}",
+                kind="cpp",
+                # The exact file the binary was built from, when Inductor kept it.
+                source=full_source.read_text() if full_source.is_file() else source,
+                binary_path=binary,
+            )
+        )
+    return CompiledVariant(
+        variant=variant,
+        function_source=rewritten.function_source,
+        kernels=kernels,
+        runtime_names=rewritten.runtime_names,
+        module_names=rewritten.module_names,
+    )
+
+
+def machine_description() -> str:
+    return f"{platform.machine()}, torch {torch.__version__}, Python {platform.python_version()}"
