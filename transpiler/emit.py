@@ -14,11 +14,12 @@ from pathlib import Path
 
 import black
 import jinja2
+import safetensors.torch
 
 from .ir import Package
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
-BLACK_MODE = black.Mode()
+BLACK_MODE = black.Mode(magic_trailing_comma=False)
 
 # CPU flags (as /proc/cpuinfo names them) that code built for each x86-64 level may use.
 _X86_64_V3 = ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "sse4_1", "sse4_2", "ssse3", "popcnt")
@@ -104,11 +105,16 @@ def render(package: Package) -> RenderedPackage:
             else sorted({n for v in piece.variants for n in v.runtime_names}),
         )
         for kernel in piece.kernels:
+            if kernel.alias_of:
+                continue
             text[f"kernels/{piece.module_name}/{kernel.name}.cpp"] = kernel.source
             binaries[f"kernels/{piece.module_name}/{kernel.name}.so"] = kernel.binary_path
 
     files = {path: format_python(source, path).encode() for path, source in python.items()}
     files.update({path: source.encode() for path, source in text.items()})
+    files["weights.safetensors"] = safetensors.torch.save(
+        {key: tensor.contiguous().clone() for key, tensor in sorted(package.weight_tensors.items())}
+    )
     features = cpu_features(package.cpu_isa)
     # The fingerprint covers everything that decides behaviour; __init__.py prints it.
     fingerprint = _sha256(

@@ -63,6 +63,7 @@ class Kernel:
     kind: str  # "cpp"
     source: str  # the C++ the binary was built from
     binary_path: str  # where the transpiler found the binary (build-time only)
+    alias_of: str | None = None  # an earlier kernel of the piece with the same source
 
 
 @dataclass

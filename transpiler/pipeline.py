@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import safetensors.torch
 import torch
 
 from . import capture as capture_stage
@@ -100,8 +99,15 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
     step = progress(len(unique) * len(variants)) if progress else None
     with inductor_config(options.device, options.cpu_isa):
         for piece, instances in zip(unique, groups.values()):
+            first_kernel_with_source: dict[str, str] = {}
             for variant in variants:
-                piece.variants.append(_compile(instances[0], piece, variant, dispatch_symbol, captured))
+                compiled = _compile(instances[0], piece, variant, dispatch_symbol, captured)
+                # Variants often compile a kernel to the same C++: ship it once.
+                for kernel in compiled.kernels:
+                    kernel.alias_of = first_kernel_with_source.setdefault(kernel.source, kernel.name)
+                    if kernel.alias_of == kernel.name:
+                        kernel.alias_of = None
+                piece.variants.append(compiled)
                 if step:
                     step()
 
@@ -138,9 +144,6 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         num_split_calls=sum(len(p.nodes) for p in pieces if p.is_split),
     )
     rendered = render(package)
-    rendered.files["weights.safetensors"] = safetensors.torch.save(
-        {key: tensor.contiguous().clone() for key, tensor in sorted(captured.weight_tensors.items())}
-    )
     summary = Summary(
         pieces=package.num_piece_calls,
         unique_pieces=len(unique),

@@ -28,7 +28,8 @@ _TORCH_DIR = str(Path(torch.__file__).parent)
 def _innermost_user_frame(node: torch.fx.Node) -> tuple[str, int] | None:
     frames = _FRAME.findall(node.meta.get("stack_trace") or "")
     for file, line in reversed(frames):
-        if not file.startswith(_TORCH_DIR):
+        # Frames inside torch itself (some passes record them relative) say nothing of the model.
+        if not file.startswith((_TORCH_DIR, "torch/", "<")):
             return file, int(line)
     return None
 

@@ -1,0 +1,1 @@
+"""The compiled pieces of custom_op, one module per structurally unique piece."""

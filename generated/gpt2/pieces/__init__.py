@@ -1,0 +1,1 @@
+"""The compiled pieces of gpt2, one module per structurally unique piece."""

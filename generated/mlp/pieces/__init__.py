@@ -1,0 +1,1 @@
+"""The compiled pieces of mlp, one module per structurally unique piece."""
