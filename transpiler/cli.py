@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -45,14 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress_factory(quiet: bool):
+def _progress_factory(quiet: bool, console):
     if quiet:
         return None
 
     def start(total: int):
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc="compiling pieces x variants", unit="compile", file=sys.stderr, leave=False)
+        bar = tqdm(total=total, desc="compiling pieces x variants", unit="compile", file=console, leave=False)
 
         def step():
             bar.update(1)
@@ -68,20 +70,29 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not args.verbose:
         warnings.filterwarnings("ignore")
-        logging.disable(logging.WARNING)
+        logging.disable(logging.CRITICAL)
+    console, console_out = sys.stderr, sys.stdout
+    # torch prints graphs and hints of its own while exporting; without -v only our
+    # own lines reach the terminal.
+    chatter = io.StringIO()
+    quiet_torch = contextlib.nullcontext() if args.verbose else contextlib.ExitStack()
+    if not args.verbose:
+        quiet_torch.enter_context(contextlib.redirect_stderr(chatter))
+        quiet_torch.enter_context(contextlib.redirect_stdout(chatter))
     try:
-        return _run(args)
+        with quiet_torch:
+            return _run(args, console, console_out)
     except TranspileError as error:
         if args.verbose:
             traceback.print_exc()
-        print(f"transpile: error: {error}", file=sys.stderr)
+        print(f"transpile: error: {error}", file=console)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("transpile: interrupted; nothing was written", file=sys.stderr)
+        print("transpile: interrupted; nothing was written", file=console)
         return 130
 
 
-def _run(args) -> int:
+def _run(args, console, console_out) -> int:
     # Imported here so that `transpile --help` and argument errors answer at once.
     from .pipeline import Options, package_name, transpile
     from .treediff import diff_trees
@@ -105,7 +116,7 @@ def _run(args) -> int:
     else:
         check_writable(args.out)
 
-    rendered, summary = transpile(options, progress=_progress_factory(args.quiet))
+    rendered, summary = transpile(options, progress=_progress_factory(args.quiet, console))
 
     if args.check:
         with tempfile.TemporaryDirectory(prefix="transpile-check-") as scratch:
@@ -113,23 +124,24 @@ def _run(args) -> int:
             materialize_to(rendered, fresh)
             differences = diff_trees(target, fresh)
         if differences:
-            print(f"transpile: {target} differs from a fresh transpile:", file=sys.stderr)
+            print(f"transpile: {target} differs from a fresh transpile:", file=console)
             for line in differences[:20]:
-                print(f"  {line}", file=sys.stderr)
+                print(f"  {line}", file=console)
             if len(differences) > 20:
-                print(f"  ... and {len(differences) - 20} more", file=sys.stderr)
+                print(f"  ... and {len(differences) - 20} more", file=console)
             return EXIT_DIFFERS
         if not args.quiet:
-            print(f"{target} is up to date")
+            print(f"{target} is up to date", file=console_out)
         return 0
 
     write_package(rendered, target)
     if not args.quiet:
-        print(
+        message = (
             f"wrote {target}: {summary.pieces} piece calls ({summary.unique_pieces} unique), "
             f"{summary.splitting_calls} splitting-op calls, {summary.variants} variants, "
             f"{summary.kernels} kernels in {summary.seconds:.1f} s"
         )
+        print(message, file=console_out)
     return 0
 
 

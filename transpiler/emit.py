@@ -221,5 +221,8 @@ def _init_context(package: Package, fingerprint: str, features: tuple) -> dict:
         "weight_keys_literal": _literal(tuple(w.key for w in package.weights)),
         "replaceable_literal": _literal(tuple(w.key for w in package.weights if w.user_supplied)),
         "inputs": inputs,
+        "inputs_literal": "("
+        + "".join(f"({spec.name!r}, {spec.dtype}, {spec.shape!r}), " for spec in package.inputs)
+        + ")",
         "input_names": [spec.name for spec in package.inputs],
     }

@@ -36,6 +36,8 @@ CPU_FEATURES = (
     "ssse3",
     "popcnt",
 )
+# Each input: name, dtype and shape (None where the size may vary).
+INPUTS = (("x", torch.float32, (None, 32)),)
 # State-dict keys of the weights, in the order the stitching function takes them.
 WEIGHT_KEYS = (
     "net.0.weight",

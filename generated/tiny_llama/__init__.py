@@ -36,6 +36,8 @@ CPU_FEATURES = (
     "ssse3",
     "popcnt",
 )
+# Each input: name, dtype and shape (None where the size may vary).
+INPUTS = (("input_ids", torch.int64, (1, None)), ("positions", torch.int64, (1, None)))
 # State-dict keys of the weights, in the order the stitching function takes them.
 WEIGHT_KEYS = (
     "embed_tokens.weight",
