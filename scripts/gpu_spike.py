@@ -29,9 +29,7 @@ FORBIDDEN = ("triton", "torch._inductor", "torch._dynamo")
 
 
 def forbidden_modules():
-    return sorted(
-        name for name in sys.modules if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)
-    )
+    return sorted(name for name in sys.modules if any(name == f or name.startswith(f + ".") for f in FORBIDDEN))
 
 
 def make_block_class():
@@ -112,7 +110,14 @@ def build(work: Path) -> dict:
 
     Block = make_block_class()
     cases = [
-        ("f32", torch.float32, [Variant("range_1_256", SizeRange(*RANGE), False), Variant(f"size_{STATIC_SIZE}", SizeRange(STATIC_SIZE, STATIC_SIZE), True)]),
+        (
+            "f32",
+            torch.float32,
+            [
+                Variant("range_1_256", SizeRange(*RANGE), False),
+                Variant(f"size_{STATIC_SIZE}", SizeRange(STATIC_SIZE, STATIC_SIZE), True),
+            ],
+        ),
         ("bf16", torch.bfloat16, [Variant("range_1_256", SizeRange(*RANGE), False)]),
     ]
     refs = {}
@@ -138,7 +143,9 @@ def build(work: Path) -> dict:
                 hi = None if value_range.upper.is_infinite else int(value_range.upper)
                 symbol_ranges[symbol] = (int(value_range.lower), hi, 64 if symbol == dispatch_symbol else 2)
             targets = {s.arg.name: s.target for s in program.graph_signature.input_specs if s.kind.name != "USER_INPUT"}
-            weights = [program.state_dict[targets[name]] for name in input_names if name != x_name]
+            # Detached: Inductor's extern_kernels.addmm(..., out=) refuses tensors that require grad
+            # (so must the emitted package's weights).
+            weights = [program.state_dict[targets[name]].detach() for name in input_names if name != x_name]
             assert input_names[-1] == x_name, input_names
             case["input_names"] = input_names
 
@@ -195,9 +202,8 @@ def build(work: Path) -> dict:
                     xs = torch.randn(size, D, device="cuda", dtype=dtype)
                     with torch.no_grad():
                         info[f"eager_us_T{size}"] = round(per_call_us(lambda a: model(a[0]), lambda: [xs]), 1)
-                    info[f"inductor_us_T{size}"] = round(
-                        per_call_us(output.call, lambda: [*weights, xs]), 1
-                    )
+                    with torch.no_grad():
+                        info[f"inductor_us_T{size}"] = round(per_call_us(output.call, lambda: [*weights, xs]), 1)
 
             first = compiled_variants[0]["rewritten"]
             piece_ns = type("P", (), {})()
@@ -388,7 +394,10 @@ def main(work: Path) -> int:
     for kind in ("eager", "emitted"):
         t = time.perf_counter()
         first = subprocess.run(
-            [sys.executable, __file__, "first", str(work), kind], env=fresh_env(work, kind), capture_output=True, text=True
+            [sys.executable, __file__, "first", str(work), kind],
+            env=fresh_env(work, kind),
+            capture_output=True,
+            text=True,
         )
         firsts[kind] = {"process_s": round(time.perf_counter() - t, 2), "stdout": first.stdout.strip()[-300:]}
         if first.returncode:
@@ -429,7 +438,11 @@ def main(work: Path) -> int:
                 not errors and bitwise and worst < tol,
                 f"sizes={list(sizes)} bitwise==inductor:{bitwise} max rel err vs eager {worst:.2e} (tol {tol}) {errors}",
             )
-    verdict("no triton/_inductor/_dynamo in fresh process", checked.get("forbidden_modules") == [], checked.get("forbidden_modules"))
+    verdict(
+        "no triton/_inductor/_dynamo in fresh process",
+        checked.get("forbidden_modules") == [],
+        checked.get("forbidden_modules"),
+    )
     caches = checked.get("cache_dirs", {})
     verdict("fresh caches stay empty", all(v == [] for v in caches.values()) and bool(caches), caches)
     lines.append(f"INFO  cuda graph capture equal: {checked.get('cuda_graph_equal')}")
@@ -441,12 +454,18 @@ def main(work: Path) -> int:
     for tag, case in report.get("cases", {}).items():
         for vname, info in case.get("variants", {}).items():
             emitted = checked.get("cases", {}).get(tag, {}).get(vname, {})
-            timing = {k: v for k, v in info.items() if k.endswith("_us_T1") or k.endswith("_us_T256") or k.endswith(f"_us_T{STATIC_SIZE}")}
+            timing = {
+                k: v
+                for k, v in info.items()
+                if k.endswith("_us_T1") or k.endswith("_us_T256") or k.endswith(f"_us_T{STATIC_SIZE}")
+            }
             timing.update({k: v for k, v in emitted.items() if k.startswith("emitted_us")})
             lines.append(f"INFO  us/call {tag}/{vname}: {timing}")
     lines.append(f"INFO  time to first output (fresh process): {json.dumps(firsts)}")
-    lines.append(f"INFO  build {report.get('build_s')}s, check process {report.get('check_process_s')}s; "
-                 f"torch {report.get('torch')} triton {report.get('triton')} on {report.get('device')}")
+    lines.append(
+        f"INFO  build {report.get('build_s')}s, check process {report.get('check_process_s')}s; "
+        f"torch {report.get('torch')} triton {report.get('triton')} on {report.get('device')}"
+    )
     lines.append(f"{'PASS' if ok else 'FAIL'}  overall")
     (work / "summary.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)

@@ -139,10 +139,7 @@ class _CudaRenamer(cst.CSTTransformer):
 
     def leave_Call(self, original: cst.Call, updated: cst.Call):
         func = updated.func
-        if not (
-            m.matches(func, m.Attribute(value=m.Name(), attr=m.Name("run")))
-            and func.value.value in self.kernels
-        ):
+        if not (m.matches(func, m.Attribute(value=m.Name(), attr=m.Name("run"))) and func.value.value in self.kernels):
             return updated
         keywords = {a.keyword.value for a in updated.args if a.keyword is not None}
         unknown = keywords - _RUN_KEYWORDS
@@ -293,9 +290,7 @@ def capture_triton_kernels(module_globals: dict, num_configs: dict[str, int] | N
 
 def count_configs(module_globals: dict) -> dict[str, int]:
     """Before autotuning: how many compiled configs each kernel has."""
-    return {
-        name: len(value.compile_results) for name, value in module_globals.items() if is_triton_autotuner(value)
-    }
+    return {name: len(value.compile_results) for name, value in module_globals.items() if is_triton_autotuner(value)}
 
 
 def _capture_one(name: str, autotuner, num_configs: int | None) -> TritonKernel:
@@ -308,7 +303,9 @@ def _capture_one(name: str, autotuner, num_configs: int | None) -> TritonKernel:
         )
     launcher = autotuner.launchers[0]
     results = [r for r in autotuner.compile_results if r.config is launcher.config] or [
-        r for r in autotuner.compile_results if th.triton_config_to_hashable(r.config) == th.triton_config_to_hashable(launcher.config)
+        r
+        for r in autotuner.compile_results
+        if th.triton_config_to_hashable(r.config) == th.triton_config_to_hashable(launcher.config)
     ]
     if len(results) != 1:
         raise TranspileError(f"kernel {name}: cannot tell which compiled config its launcher runs")
@@ -326,9 +323,7 @@ def _capture_one(name: str, autotuner, num_configs: int | None) -> TritonKernel:
         compiled._cubin_path = _cubin_path(th, device, compiled.hash, fn.__name__)
         static = th.StaticallyLaunchedCudaKernel(compiled)
     call_args = [
-        arg
-        for i, arg in enumerate(static.arg_names)
-        if i not in static.full_constexprs and arg not in none_args
+        arg for i, arg in enumerate(static.arg_names) if i not in static.full_constexprs and arg not in none_args
     ]
     missing = [a for a in call_args if a not in def_args]
     if missing:
@@ -414,8 +409,7 @@ def launcher_context(kernel: TritonKernel, function_name: str, handle_name: str)
         "arg_types": kernel.arg_types,
         "arch": kernel.arch,
         "params": kernel.def_args + ["stream"],
-        "grid_lines": kernel.grid_prefix
-        + [f"grid_{axis} = {expr}" for axis, expr in enumerate(kernel.grid)],
+        "grid_lines": kernel.grid_prefix + [f"grid_{axis} = {expr}" for axis, expr in enumerate(kernel.grid)],
         "launch_args": kernel.call_args + ["None"] * kernel.scratch_args,
         "comment": kernel.describe(),
     }
@@ -541,8 +535,10 @@ def unwrap_call(callable_) -> tuple[dict, tuple[int, ...]]:
         align = tuple(int(i) for i in cells["inputs_to_check"])
         fn = cells["model"]
     module_globals = getattr(getattr(fn, "__func__", fn), "__globals__", {})
-    if "call" not in module_globals or "get_raw_stream" not in module_globals and not any(
-        is_triton_autotuner(v) for v in module_globals.values()
+    if (
+        "call" not in module_globals
+        or "get_raw_stream" not in module_globals
+        and not any(is_triton_autotuner(v) for v in module_globals.values())
     ):
         raise TranspileError("unexpected Inductor output: cannot find the wrapper module behind the compiled callable")
     return module_globals, align
