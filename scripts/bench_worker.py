@@ -443,13 +443,15 @@ def mode_stitch(params):
 
     def recorder(call_name, fn):
         def record(arguments):
-            outputs = fn(arguments)
+            outputs = fn(list(arguments))  # the Interpreter passes an immutable list
             cached.setdefault(call_name, outputs)
             return outputs
 
         return record
 
-    recording, _ = _build_graph_modules(torch, captured, pieces, [recorder(c, f) for c, f in zip(call_names, real_fns)])
+    recording, _ = _build_graph_modules(
+        torch, captured, pieces, [recorder(c, f) for c, f in zip(call_names, real_fns)]
+    )
     split_calls = []
 
     class SplitRecorder(torch.fx.Interpreter):
@@ -465,7 +467,7 @@ def mode_stitch(params):
         reference = stitch.forward(weights, *args)
         flat_out = flat(*weights, *args)
         vllm_out = vllm(*weights, *args)
-        SplitRecorder(recording).run(*weights, *args)
+        SplitRecorder(recording).run(*weights, *args)  # also records the piece outputs
 
     def first(value):
         return value[0] if isinstance(value, (tuple, list)) else value
@@ -523,17 +525,35 @@ def mode_stitch(params):
         "split_ops_only": split_only,
         "empty_call": lambda: None,
     }
+    # Fine-grained interleaving: many short blocks, one per candidate in turn, so that
+    # load from other processes falls on every candidate alike. A sample is the mean
+    # per-call time of one block of `block_calls` calls.
+    import gc
+
     samples = {key: [] for key in candidates}
+    block_calls = params["block_calls"]
+    perf_ns = time.perf_counter_ns
     with torch.no_grad():
-        for _ in range(params["rounds"]):
+        for key, fn in candidates.items():  # warm up
+            if key == "stitch_stub":
+                install_stubs()
+            for _ in range(50):
+                fn()
+            if key == "stitch_stub":
+                restore()
+        gc.collect()
+        gc.disable()
+        for _ in range(params["blocks"]):
             for key, fn in candidates.items():
                 if key == "stitch_stub":
                     install_stubs()
-                for _ in range(20):
+                start = perf_ns()
+                for _ in range(block_calls):
                     fn()
-                samples[key].extend(time_calls(fn, (), params["budget_s"], 50, 200000))
+                samples[key].append((perf_ns() - start) / block_calls)
                 if key == "stitch_stub":
                     restore()
+        gc.enable()
     emit(
         {
             "size": size,

@@ -14,7 +14,7 @@ import torch
 from . import runtime
 
 NAME = "tiny_llama"
-FINGERPRINT = "e7a336fd9b121a87507d32a6c54a827f65c51b0b1829dd4242bf013f69d414d9"
+FINGERPRINT = "d0afa35a56fc92c0b33d89c9e504b62363abb81ade41126c0ffbb2b839f3929b"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1, 8)
