@@ -149,7 +149,7 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         unique_pieces=len(unique),
         splitting_calls=package.num_split_calls,
         variants=len(variants),
-        kernels=sum(len(p.kernels) for p in unique),
+        kernels=sum(1 for p in unique for k in p.kernels if not k.alias_of),
         seconds=time.perf_counter() - started,
     )
     return rendered, summary
