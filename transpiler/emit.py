@@ -100,9 +100,10 @@ def render(package: Package) -> RenderedPackage:
             piece=piece,
             variant_names=[v.variant.name for v in piece.variants],
             modules=sorted({m for v in piece.variants for m in v.module_names}),
-            runtime_names=sorted({"load_kernel"} | {n for v in piece.variants for n in v.runtime_names})
-            if piece.kernels
-            else sorted({n for v in piece.variants for n in v.runtime_names}),
+            runtime_names=sorted(
+                {n for v in piece.variants for n in v.runtime_names}
+                | ({"load_kernel"} if any(not k.alias_of for k in piece.kernels) else set())
+            ),
         )
         for kernel in piece.kernels:
             if kernel.alias_of:

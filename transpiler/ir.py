@@ -69,10 +69,12 @@ class Kernel:
 @dataclass
 class CompiledVariant:
     variant: Variant
+    canonical_code: str  # the code with variant-neutral names: equal means interchangeable
     function_source: str  # `def range_1_16(args): ...`, standalone
     kernels: list[Kernel]
     runtime_names: list[str]  # names the function needs from the package runtime
     module_names: list[str]  # modules it needs imported (torch, math)
+    alias_of: str | None = None  # an earlier variant of the piece with the same code
 
 
 @dataclass

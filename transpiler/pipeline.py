@@ -100,9 +100,16 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
     with inductor_config(options.device, options.cpu_isa):
         for piece, instances in zip(unique, groups.values()):
             first_kernel_with_source: dict[str, str] = {}
+            first_variant_with_code: dict[str, str] = {}
             for variant in variants:
                 compiled = _compile(instances[0], piece, variant, dispatch_symbol, captured)
-                # Variants often compile a kernel to the same C++: ship it once.
+                # Ranges often compile to the same code: emit it once, bind the others to it.
+                compiled.alias_of = first_variant_with_code.setdefault(compiled.canonical_code, variant.name)
+                if compiled.alias_of == variant.name:
+                    compiled.alias_of = None
+                else:
+                    compiled.kernels = []
+                # Variants also often compile a kernel to the same C++: ship it once.
                 for kernel in compiled.kernels:
                     kernel.alias_of = first_kernel_with_source.setdefault(kernel.source, kernel.name)
                     if kernel.alias_of == kernel.name:
@@ -174,8 +181,14 @@ def _compile(piece, unique: UniquePiece, variant, dispatch_symbol, captured) -> 
                 binary_path=binary,
             )
         )
+    # The same code with names that do not depend on the variant, to find repeats.
+    neutral = rewrite_call(output.source_code, "variant", unique.input_names, "")
+    canonical = neutral.function_source + "".join(
+        f"\n{name}\n{source}" for name, source in sorted(neutral.kernel_sources.items())
+    )
     return CompiledVariant(
         variant=variant,
+        canonical_code=canonical,
         function_source=rewritten.function_source,
         kernels=kernels,
         runtime_names=rewritten.runtime_names,

@@ -14,7 +14,7 @@ import torch
 from . import runtime
 
 NAME = "tiny_llama"
-FINGERPRINT = "d0afa35a56fc92c0b33d89c9e504b62363abb81ade41126c0ffbb2b839f3929b"
+FINGERPRINT = "6d074f960a2fad1fe906955aab2854b9361b4e23b06c3c89c71020e510b0a6f4"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1, 8)
