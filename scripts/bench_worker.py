@@ -46,6 +46,11 @@ def read_inputs(params):
 
 def load_model(path, imports=()):
     """Execute MODEL.py the way transpiler.model_file does and return its eval-mode `model`."""
+    return load_model_module(path, imports).model.eval()
+
+
+def load_model_module(path, imports=()):
+    """Execute MODEL.py the way transpiler.model_file does (its folder on sys.path)."""
     import importlib
     import importlib.util
 
@@ -57,7 +62,7 @@ def load_model(path, imports=()):
     spec = importlib.util.spec_from_file_location("bench_model_file", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.model.eval()
+    return module
 
 
 def import_package(parent, name):
@@ -313,8 +318,8 @@ def mode_aoti_compile(params):
     import torch
 
     model_started = time.perf_counter()
-    model = load_model(params["model"], params.get("imports", ()))
-    namespace = sys.modules["bench_model_file"].__dict__
+    namespace = load_model_module(params["model"], params.get("imports", ())).__dict__
+    model = namespace["model"].eval()
     example = namespace["example_inputs"]
     if isinstance(example, torch.Tensor):
         example = (example,)
