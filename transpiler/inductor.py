@@ -93,7 +93,7 @@ def _fresh_fake_inputs(
                 )
         else:
             inputs.append(convert(value))
-    return inputs, fake_mode
+    return inputs, fake_mode, substitutions.get(dispatch_symbol)
 
 
 @contextlib.contextmanager
@@ -132,7 +132,7 @@ def compile_variant(
     """Run Inductor on `piece` for `variant`; return its wrapper source and kernel binaries."""
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
 
-    inputs, fake_mode = _fresh_fake_inputs(piece, dispatch_symbol, variant, symbol_ranges)
+    inputs, fake_mode, range_symbol = _fresh_fake_inputs(piece, dispatch_symbol, variant, symbol_ranges)
     for node in piece.graph.nodes:
         if "val" in node.meta:
             node.meta["example_value"] = node.meta["val"]
@@ -150,6 +150,8 @@ def compile_variant(
         raise TranspileError(f"Inductor produced {len(captured)} graphs for one piece; expected one")
     inner_graph, compiled = captured[0]
     _check_calling_convention(piece, inner_graph)
+    if not variant.static:
+        _check_guards_hold(fake_mode.shape_env, range_symbol, variant)
     callable_ = compiled.current_callable
     module_globals = getattr(callable_, "__func__", callable_).__globals__
     kernel_files = {}
@@ -159,6 +161,31 @@ def compile_variant(
         if file and file.endswith(".so") and type(value).__name__ == "builtin_function_or_method":
             kernel_files[name] = file
     return InductorOutput(source_code=compiled.source_code, kernel_files=kernel_files)
+
+
+# Past this many sizes a range's guards are checked at its bounds and a sample between.
+_GUARD_CHECK_LIMIT = 4096
+
+
+def _check_guards_hold(shape_env, symbol: sympy.Symbol, variant: Variant) -> None:
+    """The emitted code runs without guards, so whatever Inductor assumed about the
+    dispatch size while compiling must hold for every size of the range."""
+    lo, hi = variant.range.lo, variant.range.hi if variant.range.hi is not None else variant.range.lo + _GUARD_CHECK_LIMIT
+    if hi - lo <= _GUARD_CHECK_LIMIT:
+        sizes = range(lo, hi + 1)
+    else:
+        step = (hi - lo) // _GUARD_CHECK_LIMIT + 1
+        sizes = sorted({*range(lo, hi + 1, step), hi})
+    for guard in shape_env.guards:
+        expr = guard.expr
+        if expr.free_symbols != {symbol}:
+            continue
+        for size in sizes:
+            if expr.xreplace({symbol: sympy.Integer(size)}) is sympy.false:
+                raise TranspileError(
+                    f"Inductor specialized range {variant.range.label()} on `{expr}`, which fails at size {size}; "
+                    f"split the range at {size} (--ranges) or add {size} to --sizes"
+                )
 
 
 def _check_calling_convention(piece: torch.fx.GraphModule, inner_graph: torch.fx.GraphModule) -> None:
