@@ -182,11 +182,20 @@ def mode_import(params):
         "dynamo_inductor_after_torch": len(dynamo_inductor_modules()),
         "modules_after_torch": len(baseline_modules),
     }
-    if params["variant"] == "package":
+    if params["variant"] in ("package", "package_load"):
         package = import_package(params["package_parent"], params["package_name"])
         package_done = time.perf_counter()
         after_import = dynamo_inductor_modules()
         new_modules = sorted(set(sys.modules) - baseline_modules)
+        result.update(
+            {
+                "import_package_s": package_done - torch_done,
+                "new_modules_on_import": len(new_modules),
+                "new_module_names": new_modules[:40],
+                "dynamo_inductor_after_import": len(after_import),
+            }
+        )
+    if params["variant"] == "package_load":
         inputs = make_inputs(torch, read_inputs(params)["example"])
         load_started = time.perf_counter()
         model = package.load()
@@ -197,14 +206,11 @@ def mode_import(params):
         after_call = dynamo_inductor_modules()
         result.update(
             {
-                "import_package_s": package_done - torch_done,
                 "load_s": load_done - load_started,
                 "first_call_s": call_done - load_done,
-                "new_modules_on_import": len(new_modules),
-                "new_module_names": new_modules[:40],
-                "dynamo_inductor_after_import": len(after_import),
                 "dynamo_inductor_after_first_call": len(after_call),
                 "dynamo_inductor_names": after_call[:20],
+                "modules_after_first_call": len(sys.modules),
             }
         )
     emit(result)
