@@ -30,13 +30,14 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def export_model(model_file: ModelFile) -> Capture:
-    model = model_file.model.eval()
+def export_model(model_file: ModelFile, device: str = "cpu") -> Capture:
+    model = model_file.model.eval().to(device)
+    example_inputs = tuple(t.to(device) for t in model_file.example_inputs)
     try:
         with torch.no_grad():
             program = torch.export.export(
                 model,
-                model_file.example_inputs,
+                example_inputs,
                 dynamic_shapes=model_file.dynamic_shapes,
                 strict=False,
             )

@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("model", type=Path, metavar="MODEL.py", help="file defining `model` and `example_inputs`")
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="folder to write OUT/NAME/ into")
     parser.add_argument("--name", help="package name (default: MODEL.py's file stem)")
-    parser.add_argument("--device", default="cpu", choices=["cpu"], help="target device (default: cpu)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="target device (default: cpu); cuda needs the GPU the package will run on")
     parser.add_argument("--split-ops", metavar="A,B", help="ops to split at, e.g. aten::scaled_dot_product_attention")
     parser.add_argument("--ranges", metavar="LO-HI,...", help="ranges of the dispatch dim, compiled with symbolic shapes")
     parser.add_argument("--sizes", metavar="N,...", help="exact sizes compiled with static shapes (win over ranges)")

@@ -443,102 +443,23 @@ def kernel_manifest(kernel: TritonKernel) -> dict:
 @dataclass
 class CudaInductorOutput:
     source_code: str  # Inductor's wrapper module
-    call: object  # its `call`, autotuned (transpile time only)
     kernels: dict[str, TritonKernel]  # wrapper global name -> kernel
     align_indices: tuple[int, ...] = ()  # inputs to copy when not 16-byte aligned
-    launcher_state: dict[str, dict] = field(default_factory=dict)  # raw static-launcher fields, for notes
 
 
 def compile_cuda_variant(piece, dispatch_symbol, variant, symbol_ranges) -> CudaInductorOutput:
-    """inductor.compile_variant for CUDA: compile, autotune on random inputs, capture the cubins.
+    """inductor.compile_variant, then settle each kernel on one config and capture its cubin.
 
-    Runs under inductor.inductor_config("cuda", ...) like the CPU path; needs the GPU the
-    package will run on (Triton compiles for its architecture and autotunes on it).
+    Runs under inductor.inductor_config("cuda", ...); needs the GPU the package will run on
+    (Triton compiles for its architecture).
     """
-    from torch._inductor.compile_fx import compile_fx, compile_fx_inner
+    from .inductor import compile_variant
 
-    from .inductor import _check_calling_convention, _fresh_fake_inputs
-
-    inputs, fake_mode = _fresh_fake_inputs(piece, dispatch_symbol, variant, symbol_ranges)
-    for node in piece.graph.nodes:
-        if "val" in node.meta:
-            node.meta["example_value"] = node.meta["val"]
-    captured = []
-
-    def inner_compile(gm, example_inputs, **kwargs):
-        compiled = compile_fx_inner(gm, example_inputs, **kwargs)
-        captured.append((gm, compiled))
-        return compiled
-
-    with fake_mode:
-        compile_fx(piece, inputs, inner_compile=inner_compile)
-    if len(captured) != 1:
-        raise TranspileError(f"Inductor produced {len(captured)} graphs for one piece; expected one")
-    inner_graph, compiled = captured[0]
-    _check_calling_convention(piece, inner_graph)
-    callable_ = compiled.current_callable
-    module_globals, align_indices = unwrap_call(callable_)
-    num_configs = count_configs(module_globals)
-    autotune_variant(callable_, inputs)
-    kernels = capture_triton_kernels(module_globals, num_configs)
-    sources = triton_kernel_sources(cst.parse_module(compiled.source_code))
+    output = compile_variant(piece, dispatch_symbol, variant, symbol_ranges)
+    num_configs = count_configs(output.module_globals)
+    autotune_variant(output.compiled_callable, output.fake_inputs)
+    kernels = capture_triton_kernels(output.module_globals, num_configs)
+    sources = triton_kernel_sources(cst.parse_module(output.source_code))
     for name, kernel in kernels.items():
         kernel.source = sources.get(name, "")
-    state = {}
-    for name, value in module_globals.items():
-        if is_triton_autotuner(value):
-            result = value.compile_results[0]
-            state[name] = {
-                "compile_result": type(result).__name__,
-                "kernel_type": type(result.kernel).__name__,
-                "kernel_fields": {
-                    k: (v if isinstance(v, (int, str, float, bool, type(None), list, tuple)) else repr(type(v)))
-                    for k, v in vars(result.kernel).items()
-                    if not isinstance(v, bytes)
-                },
-                "inductor_meta": {k: repr(v)[:200] for k, v in result.inductor_meta.items()},
-                "triton_meta": {k: repr(v)[:300] for k, v in value.triton_meta.items()},
-                "launcher_attrs": sorted(vars(value.launchers[0])) if hasattr(value.launchers[0], "__dict__") else [],
-            }
-    return CudaInductorOutput(
-        source_code=compiled.source_code,
-        call=callable_,
-        kernels=kernels,
-        align_indices=align_indices,
-        launcher_state=state,
-    )
-
-
-def unwrap_call(callable_) -> tuple[dict, tuple[int, ...]]:
-    """The wrapper module's globals, and the inputs Inductor re-aligns before calling `call`.
-
-    On CUDA, `CompiledFxGraph.current_callable` is not the module's `call` but
-    `torch._inductor.utils.align_inputs_from_check_idxs`'s closure `run(new_inputs)`, which
-    copies inputs (`inputs_to_check`) whose data pointer is not 16-byte aligned and then calls
-    `model`, the module's `call` (since 2.11 `Runner(partitions=[]).call`, a bound method).
-    """
-    align: tuple[int, ...] = ()
-    fn = callable_
-    for _ in range(4):
-        function = getattr(fn, "__func__", fn)
-        code, closure = getattr(function, "__code__", None), getattr(function, "__closure__", None)
-        if code is None or not closure:
-            break
-        cells = {}
-        for name, cell in zip(code.co_freevars, closure):
-            try:
-                cells[name] = cell.cell_contents
-            except ValueError:
-                pass
-        if "model" not in cells or "inputs_to_check" not in cells:
-            break
-        align = tuple(int(i) for i in cells["inputs_to_check"])
-        fn = cells["model"]
-    module_globals = getattr(getattr(fn, "__func__", fn), "__globals__", {})
-    if (
-        "call" not in module_globals
-        or "get_raw_stream" not in module_globals
-        and not any(is_triton_autotuner(v) for v in module_globals.values())
-    ):
-        raise TranspileError("unexpected Inductor output: cannot find the wrapper module behind the compiled callable")
-    return module_globals, align
+    return CudaInductorOutput(source_code=output.source_code, kernels=kernels, align_indices=output.align_indices)

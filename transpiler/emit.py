@@ -36,7 +36,7 @@ _NATIVE_CANDIDATES = CPU_FEATURES["avx512"] + (
 @dataclass
 class RenderedPackage:
     files: dict[str, bytes]  # relative path -> content (deterministic)
-    binaries: dict[str, str]  # relative path -> path of the built binary to copy
+    binaries: dict[str, str | bytes]  # relative path -> built binary: a path to copy, or its bytes
     manifest: dict
 
 
@@ -85,7 +85,7 @@ def render(package: Package) -> RenderedPackage:
     }
     python: dict[str, str] = {}
     text: dict[str, str] = {}
-    binaries: dict[str, str] = {}
+    binaries: dict[str, str | bytes] = {}  # a path to copy, or the content
 
     piece_modules = [piece.module_name for piece in package.pieces]
     python["stitch.py"] = env.get_template("stitch.py.jinja").render(
@@ -94,29 +94,44 @@ def render(package: Package) -> RenderedPackage:
     python["dispatch.py"] = env.get_template("dispatch.py.jinja").render(**common, **_dispatch_context(package))
     python["runtime.py"] = env.get_template("runtime.py.jinja").render(**common)
     python["pieces/__init__.py"] = env.get_template("pieces/__init__.py.jinja").render(**common)
+    cuda = package.device == "cuda"
+    if cuda:
+        python["cuda_runtime.py"] = env.get_template("cuda_runtime.py.jinja").render(**common)
     for piece in package.pieces:
-        python[f"pieces/{piece.module_name}.py"] = env.get_template("pieces/piece.py.jinja").render(
+        shipped = [k for k in piece.kernels if not k.alias_of]
+        runtime_names = {n for v in piece.variants for n in v.runtime_names}
+        if shipped and not cuda:
+            runtime_names.add("load_kernel")
+        cuda_runtime_names = {n for v in piece.variants for n in v.cuda_runtime_names}
+        if shipped and cuda:
+            cuda_runtime_names.add("load_triton_kernel")
+        template = "pieces/cuda_piece.py.jinja" if cuda else "pieces/piece.py.jinja"
+        python[f"pieces/{piece.module_name}.py"] = env.get_template(template).render(
             **common,
             piece=piece,
             variant_names=[v.variant.name for v in piece.variants],
             modules=sorted({m for v in piece.variants for m in v.module_names}),
-            runtime_names=sorted(
-                {n for v in piece.variants for n in v.runtime_names}
-                | ({"load_kernel"} if any(not k.alias_of for k in piece.kernels) else set())
-            ),
+            runtime_names=sorted(runtime_names),
+            cuda_runtime_names=sorted(cuda_runtime_names),
+            kernels=[k.launch for k in shipped] if cuda else [],
+            kernel_aliases=[k for k in piece.kernels if k.alias_of],
         )
-        for kernel in piece.kernels:
-            if kernel.alias_of:
-                continue
-            text[f"kernels/{piece.module_name}/{kernel.name}.cpp"] = kernel.source
-            binaries[f"kernels/{piece.module_name}/{kernel.name}.so"] = kernel.binary_path
+        folder = f"kernels/{piece.module_name}"
+        for kernel in shipped:
+            if kernel.kind == "triton":
+                text[f"{folder}/{kernel.name}.py"] = kernel.source
+                text[f"{folder}/{kernel.name}.json"] = json.dumps(kernel.metadata, indent=2, sort_keys=True) + "\n"
+                binaries[f"{folder}/{kernel.name}.cubin"] = kernel.binary
+            else:
+                text[f"{folder}/{kernel.name}.cpp"] = kernel.source
+                binaries[f"{folder}/{kernel.name}.so"] = kernel.binary_path
 
     files = {path: format_python(source, path).encode() for path, source in python.items()}
     files.update({path: source.encode() for path, source in text.items()})
     files["weights.safetensors"] = safetensors.torch.save(
-        {key: tensor.contiguous().clone() for key, tensor in sorted(package.weight_tensors.items())}
+        {key: tensor.detach().cpu().contiguous().clone() for key, tensor in sorted(package.weight_tensors.items())}
     )
-    features = cpu_features(package.cpu_isa)
+    features = cpu_features(package.cpu_isa) if package.device == "cpu" else ()
     # The fingerprint covers everything that decides behaviour; __init__.py prints it.
     fingerprint = _sha256(
         json.dumps(
@@ -125,6 +140,7 @@ def render(package: Package) -> RenderedPackage:
                 "torch": package.torch_version,
                 "model": package.model_sha256,
                 "cpu_features": features,
+                "gpu": package.gpu,
             },
             sort_keys=True,
         ).encode()
@@ -146,6 +162,7 @@ def render(package: Package) -> RenderedPackage:
         "cpu_isa": package.cpu_isa,
         "march": package.march,
         "cpu_features": list(features),
+        "gpu": package.gpu,
         "imports": package.imports,
         "split_ops": package.split_ops,
         "dispatch": {
@@ -222,6 +239,9 @@ def _init_context(package: Package, fingerprint: str, features: tuple) -> dict:
         "weight_keys_literal": _literal(tuple(w.key for w in package.weights)),
         "replaceable_literal": _literal(tuple(w.key for w in package.weights if w.user_supplied)),
         "inputs": inputs,
+        "device": package.device,
+        "cuda": package.device == "cuda",
+        "gpu_literal": _literal({k: package.gpu[k] for k in ("arch", "cuda", "triton")}) if package.gpu else "{}",
         "inputs_literal": "("
         + "".join(f"({spec.name!r}, {spec.dtype}, {spec.shape!r}), " for spec in package.inputs)
         + ")",

@@ -32,7 +32,51 @@ CPU_ISAS = {
 @dataclass
 class InductorOutput:
     source_code: str  # Inductor's wrapper module
-    kernel_files: dict[str, str]  # kernel global name -> path of the loaded binary
+    module_globals: dict  # the loaded wrapper module's namespace: its kernels live here
+    compiled_callable: object  # what Inductor returned (transpile time only)
+    fake_inputs: list  # the inputs it was compiled for
+    align_indices: tuple[int, ...] = ()  # inputs Inductor re-aligns to 16 bytes before `call` (CUDA)
+
+
+def cpp_kernel_files(module_globals: dict) -> dict[str, str]:
+    """Kernel global name -> the CPython extension (.so) Inductor built and loaded for it."""
+    kernel_files = {}
+    for name, value in module_globals.items():
+        owner = getattr(value, "__self__", None)
+        file = getattr(owner, "__file__", None)
+        if file and file.endswith(".so") and type(value).__name__ == "builtin_function_or_method":
+            kernel_files[name] = file
+    return kernel_files
+
+
+def unwrap_call(callable_) -> tuple[dict, tuple[int, ...]]:
+    """The wrapper module's globals, and the inputs Inductor re-aligns before calling `call`.
+
+    On CPU `CompiledFxGraph.current_callable` is the module's `call` (a bound method of
+    its `Runner`). On CUDA it is `align_inputs_from_check_idxs`'s closure, which copies
+    inputs whose data is not 16-byte aligned, then calls `model`, the module's `call`.
+    """
+    align: tuple[int, ...] = ()
+    fn = callable_
+    for _ in range(4):
+        function = getattr(fn, "__func__", fn)
+        code, closure = getattr(function, "__code__", None), getattr(function, "__closure__", None)
+        if code is None or not closure:
+            break
+        cells = {}
+        for name, cell in zip(code.co_freevars, closure):
+            try:
+                cells[name] = cell.cell_contents
+            except ValueError:
+                pass
+        if "model" not in cells or "inputs_to_check" not in cells:
+            break
+        align = tuple(int(i) for i in cells["inputs_to_check"])
+        fn = cells["model"]
+    module_globals = getattr(getattr(fn, "__func__", fn), "__globals__", {})
+    if "call" not in module_globals:
+        raise TranspileError("unexpected Inductor output: cannot find the wrapper module behind the compiled callable")
+    return module_globals, align
 
 
 def _fresh_fake_inputs(
@@ -106,6 +150,12 @@ def inductor_config(device: str, cpu_isa: str):
         "freezing": False,
         "fx_graph_remote_cache": False,
     }
+    if device == "cuda":
+        # One config per kernel, chosen without timing: autotuning picks by benchmark,
+        # which would make the emitted launch parameters differ from run to run.
+        patches["triton.autotune_pointwise"] = False
+        if hasattr(config, "deterministic"):
+            patches["deterministic"] = True
     if device == "cpu":
         isa = CPU_ISAS[cpu_isa]
         if hasattr(config.cpp, "march"):
@@ -129,7 +179,7 @@ def compile_variant(
     variant: Variant,
     symbol_ranges: dict,
 ) -> InductorOutput:
-    """Run Inductor on `piece` for `variant`; return its wrapper source and kernel binaries."""
+    """Run Inductor on `piece` for `variant`; return its wrapper module, loaded."""
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
 
     inputs, fake_mode, range_symbol = _fresh_fake_inputs(piece, dispatch_symbol, variant, symbol_ranges)
@@ -152,15 +202,14 @@ def compile_variant(
     _check_calling_convention(piece, inner_graph)
     if not variant.static:
         _check_guards_hold(fake_mode.shape_env, range_symbol, variant)
-    callable_ = compiled.current_callable
-    module_globals = getattr(callable_, "__func__", callable_).__globals__
-    kernel_files = {}
-    for name, value in module_globals.items():
-        owner = getattr(value, "__self__", None)
-        file = getattr(owner, "__file__", None)
-        if file and file.endswith(".so") and type(value).__name__ == "builtin_function_or_method":
-            kernel_files[name] = file
-    return InductorOutput(source_code=compiled.source_code, kernel_files=kernel_files)
+    module_globals, align_indices = unwrap_call(compiled.current_callable)
+    return InductorOutput(
+        source_code=compiled.source_code,
+        module_globals=module_globals,
+        compiled_callable=compiled.current_callable,
+        fake_inputs=inputs,
+        align_indices=align_indices,
+    )
 
 
 # Past this many sizes a range's guards are checked at its bounds and a sample between.

@@ -60,9 +60,12 @@ class Kernel:
     """A compiled kernel: its global name in the piece module and its files."""
 
     name: str  # e.g. "range_1_16_cpp_fused_add_0"
-    kind: str  # "cpp"
-    source: str  # the C++ the binary was built from
-    binary_path: str  # where the transpiler found the binary (build-time only)
+    kind: str  # "cpp" (a CPython extension) or "triton" (a cubin)
+    source: str  # the C++ the binary was built from, or the Triton source
+    binary_path: str | None = None  # cpp: where the transpiler found the binary (build-time only)
+    binary: bytes | None = None  # triton: the cubin
+    launch: dict | None = None  # triton: what the piece template prints to launch it
+    metadata: dict | None = None  # triton: launch metadata written beside the cubin
     alias_of: str | None = None  # an earlier kernel of the piece with the same source
 
 
@@ -74,6 +77,7 @@ class CompiledVariant:
     kernels: list[Kernel]
     runtime_names: list[str]  # names the function needs from the package runtime
     module_names: list[str]  # modules it needs imported (torch, math)
+    cuda_runtime_names: list[str] = field(default_factory=list)  # from the CUDA runtime
     alias_of: str | None = None  # an earlier variant of the piece with the same code
 
 
@@ -162,6 +166,7 @@ class Package:
     stitch: Stitch
     num_piece_calls: int
     num_split_calls: int
+    gpu: dict = field(default_factory=dict)  # cuda: arch, cuda and triton versions
 
     @property
     def exact_variants(self) -> list[Variant]:

@@ -3,6 +3,7 @@ rewrite -> stitch -> render. Each stage is its own module; this one only connect
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 import time
@@ -16,7 +17,7 @@ from . import capture as capture_stage
 from .dedupe import group_pieces, shared_names
 from .emit import RenderedPackage, render
 from .errors import TranspileError
-from .inductor import CPU_ISAS, compile_variant, inductor_config
+from .inductor import CPU_ISAS, compile_variant, cpp_kernel_files, inductor_config
 from .ir import CompiledVariant, Kernel, Package, UniquePiece
 from .model_file import load_model_file
 from .ranges import make_variants, parse_ranges, parse_sizes
@@ -62,8 +63,10 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
     callable invoked after each one.
     """
     started = time.perf_counter()
-    if options.device != "cpu":
-        raise TranspileError(f"--device {options.device}: only cpu is supported by this version")
+    if options.device not in ("cpu", "cuda"):
+        raise TranspileError(f"--device {options.device}: choose cpu or cuda")
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise TranspileError("--device cuda: no CUDA GPU is visible; transpile on the GPU the package will run on")
     if options.cpu_isa not in CPU_ISAS:
         raise TranspileError(f"--cpu-isa {options.cpu_isa}: choose one of {', '.join(CPU_ISAS)}")
     name = package_name(options)
@@ -74,7 +77,7 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
     else:
         check_split_ops(split_ops)
 
-    captured = capture_stage.export_model(model_file)
+    captured = capture_stage.export_model(model_file, options.device)
     dispatch, dispatch_symbol = capture_stage.resolve_dispatch_dim(captured, options.dispatch_dim)
     variants = make_variants(parse_ranges(options.ranges, dispatch), parse_sizes(options.sizes, dispatch))
 
@@ -102,7 +105,8 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
             first_kernel_with_source: dict[str, str] = {}
             first_variant_with_code: dict[str, str] = {}
             for variant in variants:
-                compiled = _compile(instances[0], piece, variant, dispatch_symbol, captured)
+                compile_one = _compile_cuda if options.device == "cuda" else _compile_cpu
+                compiled = compile_one(instances[0], piece, variant, dispatch_symbol, captured)
                 # Ranges often compile to the same code: emit it once, bind the others to it.
                 compiled.alias_of = first_variant_with_code.setdefault(compiled.canonical_code, variant.name)
                 if compiled.alias_of == variant.name:
@@ -111,7 +115,8 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
                     compiled.kernels = []
                 # Variants also often compile a kernel to the same C++: ship it once.
                 for kernel in compiled.kernels:
-                    kernel.alias_of = first_kernel_with_source.setdefault(kernel.source, kernel.name)
+                    identity = kernel.source + json.dumps(kernel.metadata, sort_keys=True)
+                    kernel.alias_of = first_kernel_with_source.setdefault(identity, kernel.name)
                     if kernel.alias_of == kernel.name:
                         kernel.alias_of = None
                 piece.variants.append(compiled)
@@ -149,6 +154,7 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         stitch=stitch,
         num_piece_calls=sum(not p.is_split for p in pieces),
         num_split_calls=sum(len(p.nodes) for p in pieces if p.is_split),
+        gpu=_gpu_fingerprint() if options.device == "cuda" else {},
     )
     rendered = render(package)
     summary = Summary(
@@ -162,13 +168,14 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
     return rendered, summary
 
 
-def _compile(piece, unique: UniquePiece, variant, dispatch_symbol, captured) -> CompiledVariant:
+def _compile_cpu(piece, unique: UniquePiece, variant, dispatch_symbol, captured) -> CompiledVariant:
     output = compile_variant(piece.graph_module, dispatch_symbol, variant, captured.symbol_ranges)
+    kernel_files = cpp_kernel_files(output.module_globals)
     prefix = f"{variant.name}_"
     rewritten = rewrite_call(output.source_code, variant.name, unique.input_names, prefix)
     kernels = []
     for kernel_name, source in rewritten.kernel_sources.items():
-        binary = output.kernel_files.get(kernel_name)
+        binary = kernel_files.get(kernel_name)
         if binary is None:
             raise TranspileError(f"Inductor did not build kernel {kernel_name}; this is a bug, run with -v")
         full_source = Path(binary).with_suffix(".cpp")
@@ -194,6 +201,56 @@ def _compile(piece, unique: UniquePiece, variant, dispatch_symbol, captured) -> 
         runtime_names=rewritten.runtime_names,
         module_names=rewritten.module_names,
     )
+
+
+def _compile_cuda(piece, unique: UniquePiece, variant, dispatch_symbol, captured) -> CompiledVariant:
+    from .cuda_kernels import compile_cuda_variant, kernel_manifest, launcher_context, rewrite_cuda_call
+    from .emit import format_python
+
+    output = compile_cuda_variant(piece.graph_module, dispatch_symbol, variant, captured.symbol_ranges)
+    prefix = f"{variant.name}_"
+    rewritten = rewrite_cuda_call(output.source_code, variant.name, unique.input_names, prefix, output.align_indices)
+    neutral = rewrite_cuda_call(output.source_code, "variant", unique.input_names, "", output.align_indices)
+    kernels = []
+    for kernel_name, kernel in sorted(output.kernels.items()):
+        name = f"{prefix}{kernel_name}"
+        kernels.append(
+            Kernel(
+                name=name,
+                kind="triton",
+                source=format_python(kernel.source, f"{name}.py"),
+                binary=kernel.cubin,
+                launch=launcher_context(kernel, name, f"_{name}"),
+                metadata=kernel_manifest(kernel),
+            )
+        )
+    # Launch parameters are part of what makes two variants interchangeable.
+    canonical = neutral.function_source + "".join(
+        f"\n{name}\n{k.source}\n{json.dumps(kernel_manifest(k), sort_keys=True)}"
+        for name, k in sorted(output.kernels.items())
+    )
+    return CompiledVariant(
+        variant=variant,
+        canonical_code=canonical,
+        function_source=rewritten.function_source,
+        kernels=kernels,
+        runtime_names=rewritten.runtime_names,
+        module_names=rewritten.module_names,
+        cuda_runtime_names=rewritten.cuda_runtime_names,
+    )
+
+
+def _gpu_fingerprint() -> dict:
+    """What the cubins depend on: the GPU's architecture and the CUDA and Triton versions."""
+    import importlib.metadata
+
+    major, minor = torch.cuda.get_device_capability()
+    return {
+        "arch": major * 10 + minor,
+        "name": torch.cuda.get_device_name(),
+        "cuda": torch.version.cuda,
+        "triton": importlib.metadata.version("triton"),
+    }
 
 
 def machine_description() -> str:

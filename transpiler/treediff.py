@@ -6,7 +6,7 @@ import difflib
 from pathlib import Path
 
 # Built for the machine that ran the transpiler: not part of the golden record.
-MACHINE_SPECIFIC = ("*.so", "binaries.json")
+MACHINE_SPECIFIC = ("*.so", "*.cubin", "binaries.json")
 
 
 def source_files(root: Path) -> dict[str, bytes]:

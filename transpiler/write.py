@@ -27,7 +27,10 @@ def _materialize(rendered: RenderedPackage, folder: Path) -> None:
     for relative, source in sorted(rendered.binaries.items()):
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, path)
+        if isinstance(source, bytes):
+            path.write_bytes(source)
+        else:
+            shutil.copyfile(source, path)
         hashes[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
     (folder / "manifest.json").write_text(json.dumps(rendered.manifest, indent=2, sort_keys=True) + "\n")
     (folder / BINARY_HASHES).write_text(json.dumps(hashes, indent=2, sort_keys=True) + "\n")

@@ -14,7 +14,7 @@ import torch
 from . import runtime
 
 NAME = "custom_op"
-FINGERPRINT = "952267271ffbded51128399d80691fec17843fedabcc6196f96dde2016ada9d9"
+FINGERPRINT = "896c196a49318ade600e584116edea3e12ba54cf6347b57174793c41e264df0a"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "x", "dim": 1, "min": 1, "max": 64}
 SIZES = (8,)
@@ -36,6 +36,7 @@ CPU_FEATURES = (
     "ssse3",
     "popcnt",
 )
+DEVICE = "cpu"
 # Each input: name, dtype and shape (None where the size may vary).
 INPUTS = (("x", torch.float32, (1, None, 32)),)
 # State-dict keys of the weights, in the order the stitching function takes them.
@@ -83,7 +84,7 @@ class CompiledModel:
         if len(inputs) != 1:
             raise TypeError(f"custom_op takes 1 input (x), got {len(inputs)}")
         (x,) = inputs
-        x = runtime.check_input(x, "x", torch.float32, (1, None, 32))
+        x = runtime.check_input(x, "x", torch.float32, (1, None, 32), DEVICE)
         return self._forward(self.weights, x)
 
 
@@ -92,6 +93,5 @@ def load(weights=None) -> CompiledModel:
     runtime.check_machine(TORCH_VERSION, PYTHON_VERSION, MACHINE, CPU_FEATURES)
     from . import stitch  # imports the pieces, which load the kernel binaries
 
-    return CompiledModel(
-        stitch.forward, runtime.load_weights(WEIGHT_KEYS, REPLACEABLE_WEIGHTS, weights)
-    )
+    tensors = runtime.load_weights(WEIGHT_KEYS, REPLACEABLE_WEIGHTS, weights)
+    return CompiledModel(stitch.forward, tensors)

@@ -14,7 +14,7 @@ import torch
 from . import runtime
 
 NAME = "gpt2"
-FINGERPRINT = "67d91395e3565fa185859c3109b94ea894e7c5d588f444c51428ab775e2a2f98"
+FINGERPRINT = "54ae282b924b7d5065e5a846f93062479fca433664fb436dac9c4012cb7816a9"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 128}
 SIZES = (8,)
@@ -36,6 +36,7 @@ CPU_FEATURES = (
     "ssse3",
     "popcnt",
 )
+DEVICE = "cpu"
 # Each input: name, dtype and shape (None where the size may vary).
 INPUTS = (("input_ids", torch.int64, (1, None)),)
 # State-dict keys of the weights, in the order the stitching function takes them.
@@ -117,7 +118,9 @@ class CompiledModel:
         if len(inputs) != 1:
             raise TypeError(f"gpt2 takes 1 input (input_ids), got {len(inputs)}")
         (input_ids,) = inputs
-        input_ids = runtime.check_input(input_ids, "input_ids", torch.int64, (1, None))
+        input_ids = runtime.check_input(
+            input_ids, "input_ids", torch.int64, (1, None), DEVICE
+        )
         return self._forward(self.weights, input_ids)
 
 
@@ -126,6 +129,5 @@ def load(weights=None) -> CompiledModel:
     runtime.check_machine(TORCH_VERSION, PYTHON_VERSION, MACHINE, CPU_FEATURES)
     from . import stitch  # imports the pieces, which load the kernel binaries
 
-    return CompiledModel(
-        stitch.forward, runtime.load_weights(WEIGHT_KEYS, REPLACEABLE_WEIGHTS, weights)
-    )
+    tensors = runtime.load_weights(WEIGHT_KEYS, REPLACEABLE_WEIGHTS, weights)
+    return CompiledModel(stitch.forward, tensors)

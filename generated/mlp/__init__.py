@@ -14,7 +14,7 @@ import torch
 from . import runtime
 
 NAME = "mlp"
-FINGERPRINT = "40d6e89ccd63c444f3bac2a0fc1589f4f724145b0f9a0e754cac50c64d6416b8"
+FINGERPRINT = "9f6e98f8c3834e501151d94fcdc2b1b3baabe48a0fa8f7b5b4ead95f592444a3"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "x", "dim": 0, "min": 1, "max": 128}
 SIZES = (4,)
@@ -36,6 +36,7 @@ CPU_FEATURES = (
     "ssse3",
     "popcnt",
 )
+DEVICE = "cpu"
 # Each input: name, dtype and shape (None where the size may vary).
 INPUTS = (("x", torch.float32, (None, 32)),)
 # State-dict keys of the weights, in the order the stitching function takes them.
@@ -79,7 +80,7 @@ class CompiledModel:
         if len(inputs) != 1:
             raise TypeError(f"mlp takes 1 input (x), got {len(inputs)}")
         (x,) = inputs
-        x = runtime.check_input(x, "x", torch.float32, (None, 32))
+        x = runtime.check_input(x, "x", torch.float32, (None, 32), DEVICE)
         return self._forward(self.weights, x)
 
 
@@ -88,6 +89,5 @@ def load(weights=None) -> CompiledModel:
     runtime.check_machine(TORCH_VERSION, PYTHON_VERSION, MACHINE, CPU_FEATURES)
     from . import stitch  # imports the pieces, which load the kernel binaries
 
-    return CompiledModel(
-        stitch.forward, runtime.load_weights(WEIGHT_KEYS, REPLACEABLE_WEIGHTS, weights)
-    )
+    tensors = runtime.load_weights(WEIGHT_KEYS, REPLACEABLE_WEIGHTS, weights)
+    return CompiledModel(stitch.forward, tensors)

@@ -163,10 +163,14 @@ def load_weights(keys: tuple, replaceable: frozenset, given) -> tuple:
     return tuple(tensors[key] for key in keys)
 
 
-def check_input(value, name: str, dtype: torch.dtype, shape: tuple):
+def check_input(value, name: str, dtype: torch.dtype, shape: tuple, device: str):
     """Fail early, naming the input, instead of deep inside a compiled kernel."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a tensor, got {type(value).__name__}")
+    if value.device.type != device:
+        raise ValueError(
+            f"{name}: expected a {device} tensor, got one on {value.device}"
+        )
     if value.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype}, got {value.dtype}")
     if value.dim() != len(shape) or any(

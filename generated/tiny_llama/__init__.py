@@ -14,7 +14,7 @@ import torch
 from . import runtime
 
 NAME = "tiny_llama"
-FINGERPRINT = "6d074f960a2fad1fe906955aab2854b9361b4e23b06c3c89c71020e510b0a6f4"
+FINGERPRINT = "a2a9b695e973bc17565bf80e7bb09ff57940b2da5a8ed8ec09f15052abcdeaab"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1, 8)
@@ -36,6 +36,7 @@ CPU_FEATURES = (
     "ssse3",
     "popcnt",
 )
+DEVICE = "cpu"
 # Each input: name, dtype and shape (None where the size may vary).
 INPUTS = (("input_ids", torch.int64, (1, None)), ("positions", torch.int64, (1, None)))
 # State-dict keys of the weights, in the order the stitching function takes them.
@@ -105,8 +106,12 @@ class CompiledModel:
                 f"tiny_llama takes 2 inputs (input_ids, positions), got {len(inputs)}"
             )
         input_ids, positions = inputs
-        input_ids = runtime.check_input(input_ids, "input_ids", torch.int64, (1, None))
-        positions = runtime.check_input(positions, "positions", torch.int64, (1, None))
+        input_ids = runtime.check_input(
+            input_ids, "input_ids", torch.int64, (1, None), DEVICE
+        )
+        positions = runtime.check_input(
+            positions, "positions", torch.int64, (1, None), DEVICE
+        )
         return self._forward(self.weights, input_ids, positions)
 
 
@@ -115,6 +120,5 @@ def load(weights=None) -> CompiledModel:
     runtime.check_machine(TORCH_VERSION, PYTHON_VERSION, MACHINE, CPU_FEATURES)
     from . import stitch  # imports the pieces, which load the kernel binaries
 
-    return CompiledModel(
-        stitch.forward, runtime.load_weights(WEIGHT_KEYS, REPLACEABLE_WEIGHTS, weights)
-    )
+    tensors = runtime.load_weights(WEIGHT_KEYS, REPLACEABLE_WEIGHTS, weights)
+    return CompiledModel(stitch.forward, tensors)
