@@ -163,3 +163,23 @@ def test_manifest_records_hashes_of_every_file(example_out):
     assert manifest["model"]["sha256"] == hashlib.sha256((ROOT / "examples/tiny_llama/model.py").read_bytes()).hexdigest()
     assert manifest["torch"] == torch.__version__.split("+")[0]
     assert manifest["cpu_isa"] == "avx2"
+
+
+def test_cuda_golden_record_is_formatted_source():
+    """The CUDA package under generated/cuda was produced on a GPU (scripts/gpu-check.sh);
+    CI has none, so it checks what it can: black-stable Python, launch metadata, no cubins."""
+    import black
+
+    root = ROOT / "generated" / "cuda" / "tiny_llama"
+    sources = sorted(root.rglob("*.py"))
+    assert len(sources) > 10
+    for path in sources:
+        text = path.read_text()
+        assert black.format_str(text, mode=black.Mode(magic_trailing_comma=False)) == text, path
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["device"] == "cuda" and manifest["gpu"]["arch"] >= 70
+    for metadata in (root / "kernels").rglob("*.json"):
+        launch = json.loads(metadata.read_text())
+        assert launch["num_warps"] > 0 and launch["arg_types"]
+        assert (metadata.with_suffix(".py")).is_file()
+    assert not list(root.rglob("*.cubin"))

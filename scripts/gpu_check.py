@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""The whole GPU check in one go (run on the GPU machine through scripts/gpu-check.sh).
+
+Stages: transpile the examples for cuda; compare with eager at range bounds, exact sizes
+(and capture sizes, with and without CUDA graphs, where the package has them); the
+nothing-compiles import check in a fresh process; re-transpile determinism; a latency
+table per size against eager, torch.compile and torch.compile(mode="reduce-overhead");
+time to first output from a fresh process. Prints PASS/FAIL lines and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import torch  # noqa: E402
+
+from transpiler.treediff import source_files  # noqa: E402
+
+EXAMPLES = json.loads((ROOT / "examples" / "examples.json").read_text())
+CUDA_EXAMPLES = ["tiny_llama", "mlp", "custom_op"]
+RESULTS: list[tuple[str, bool, str]] = []
+
+
+def record(name: str, ok: bool, detail: str = "") -> None:
+    RESULTS.append((name, ok, detail))
+    print(f"{'PASS' if ok else 'FAIL'} {name} {detail}", flush=True)
+
+
+def transpile(name: str, out: Path, extra=()) -> float:
+    args = [str(ROOT / a) if a.startswith("examples/") else a for a in EXAMPLES[name]]
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "transpiler.cli", *args, "--device", "cuda", "-o", str(out), "-q", *extra],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    seconds = time.perf_counter() - start
+    record(f"transpile {name}", result.returncode == 0, f"{seconds:.1f} s {result.stderr[-2000:]}")
+    return seconds
+
+
+def import_package(out: Path, name: str):
+    sys.path[:0] = [str(out), str(ROOT / "examples" / "custom_op")]
+    try:
+        return importlib.import_module(name)
+    finally:
+        del sys.path[:2]
+
+
+def eager_model(name: str):
+    from transpiler.model_file import load_model_file
+
+    model_file = load_model_file(ROOT / EXAMPLES[name][0], [])
+    return model_file, model_file.model.eval().cuda()
+
+
+def check_correctness(name: str, out: Path) -> None:
+    from conftest import boundary_sizes, inputs_at
+
+    package = import_package(out, name)
+    model_file, eager = eager_model(name)
+    compiled = package.load()
+    sizes = boundary_sizes(package)
+    runners = [("plain", compiled)]
+    if hasattr(compiled, "capture"):
+        for mode in ("piecewise", "full"):
+            graphed = package.load(cuda_graphs=mode)
+            graphed.capture()
+            runners.append((f"graphs-{mode}", graphed))
+        sizes = sorted(set(sizes) | set(getattr(package, "CAPTURE_SIZES", ())))
+    worst = {label: 0.0 for label, _ in runners}
+    for size in sizes:
+        inputs = tuple(t.cuda() for t in inputs_at(model_file.example_inputs, package.INPUTS, size, seed=size))
+        with torch.no_grad():
+            expected = eager(*inputs)
+        for label, runner in runners:
+            actual = runner(*inputs)
+            error = (actual.float() - expected.float()).abs().max().item()
+            worst[label] = max(worst[label], error)
+    for label, error in worst.items():
+        record(f"eager equality {name} {label}", error < 1e-3, f"max abs error {error:.2e} over {len(sizes)} sizes")
+
+
+ISOLATED = """
+import json, sys, time
+start = time.perf_counter()
+import torch
+after_torch = time.perf_counter()
+import {name}
+model = {name}.load()
+inputs = {inputs}
+out = model(*inputs)
+torch.cuda.synchronize()
+done = time.perf_counter()
+bad = sorted(m for m in sys.modules if m.startswith(("torch._dynamo", "torch._inductor", "triton")))
+print(json.dumps({{"bad": bad, "first_output_after_torch": done - after_torch, "whole": done - start}}))
+"""
+
+
+def check_isolation(name: str, out: Path, scratch: Path) -> dict:
+    inputs = "(torch.tensor([[3, 17, 99, 5, 64]], device='cuda'), torch.arange(5, device='cuda').unsqueeze(0))"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(out),
+        "TRITON_CACHE_DIR": str(scratch / "empty-triton"),
+        "TORCHINDUCTOR_CACHE_DIR": str(scratch / "empty-inductor"),
+        "CC": "/bin/false",
+        "CXX": "/bin/false",
+    }
+    result = subprocess.run([sys.executable, "-c", ISOLATED.format(name=name, inputs=inputs)], env=env,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        record(f"fresh-process import {name}", False, result.stderr[-1500:])
+        return {}
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    empty = not (scratch / "empty-triton").exists() and not (scratch / "empty-inductor").exists()
+    record(f"fresh-process import {name} compiles nothing", not report["bad"] and empty,
+           f"modules {report['bad']}, caches untouched {empty}")
+    return report
+
+
+def check_determinism(name: str, first: Path, scratch: Path) -> None:
+    second = scratch / "again"
+    transpile(name, second)
+    a, b = source_files(first / name), source_files(second / name)
+    differing = sorted(p for p in a.keys() | b.keys() if a.get(p) != b.get(p))
+    record(f"re-transpile determinism {name}", not differing, f"differing: {differing[:5]}")
+
+
+def time_cuda(fn, inputs, repeats=50) -> float:
+    for _ in range(5):
+        fn(*inputs)
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*inputs)
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(samples)
+
+
+def latency_table(name: str, out: Path) -> list[str]:
+    from conftest import inputs_at
+
+    package = import_package(out, name)
+    model_file, eager = eager_model(name)
+    variants = {"package": package.load()}
+    if hasattr(variants["package"], "capture"):
+        for mode in ("piecewise", "full"):
+            graphed = package.load(cuda_graphs=mode)
+            graphed.capture()
+            variants[f"package + graphs ({mode})"] = graphed
+    compiled = torch.compile(eager, dynamic=True)
+    reduce_overhead = torch.compile(eager, mode="reduce-overhead", dynamic=False)
+    sizes = sorted({1, 8, 16, 64, 256} & set(range(package.DISPATCH["min"], package.DISPATCH["max"] + 1)))
+    header = ["size", "eager", "torch.compile", "reduce-overhead", *variants]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    with torch.no_grad():
+        for size in sizes:
+            inputs = tuple(t.cuda() for t in inputs_at(model_file.example_inputs, package.INPUTS, size))
+            row = [time_cuda(eager, inputs), time_cuda(compiled, inputs), time_cuda(reduce_overhead, inputs)]
+            row += [time_cuda(v, inputs) for v in variants.values()]
+            lines.append(f"| {size} | " + " | ".join(f"{v:.0f} µs" for v in row) + " |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scratch", type=Path)
+    parser.add_argument("--stages", default="transpile,correct,isolate,determinism,latency")
+    options = parser.parse_args()
+    stages = set(options.stages.split(","))
+    out = options.scratch / "gen"
+    print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(), flush=True)
+    if "transpile" in stages:
+        for name in CUDA_EXAMPLES:
+            transpile(name, out)
+    if "correct" in stages:
+        for name in CUDA_EXAMPLES:
+            try:
+                check_correctness(name, out)
+            except Exception as error:  # report and go on to the other checks
+                record(f"eager equality {name}", False, repr(error)[:1500])
+    report = {}
+    if "isolate" in stages:
+        report = check_isolation("tiny_llama", out, options.scratch)
+    if "determinism" in stages:
+        check_determinism("tiny_llama", out, options.scratch)
+    table = []
+    if "latency" in stages:
+        try:
+            table = latency_table("tiny_llama", out)
+        except Exception as error:
+            record("latency table", False, repr(error)[:1500])
+    print("\n".join(table))
+    if report:
+        print(f"time to first output after import torch (package): {report['first_output_after_torch']:.2f} s")
+    failed = [r for r in RESULTS if not r[1]]
+    print(f"{len(RESULTS) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
