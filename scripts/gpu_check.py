@@ -75,8 +75,7 @@ def check_correctness(name: str, out: Path) -> None:
     runners = [("plain", compiled)]
     if hasattr(compiled, "capture"):
         for mode in ("piecewise", "full"):
-            graphed = package.load(cuda_graphs=mode)
-            graphed.capture()
+            graphed = package.load().capture(mode=mode)
             runners.append((f"graphs-{mode}", graphed))
         sizes = sorted(set(sizes) | set(getattr(package, "CAPTURE_SIZES", ())))
     worst = {label: 0.0 for label, _ in runners}
@@ -130,6 +129,58 @@ def check_isolation(name: str, out: Path, scratch: Path) -> dict:
     return report
 
 
+FIRST_OUTPUT = """
+import json, sys, time
+start = time.perf_counter()
+import torch
+after_torch = time.perf_counter()
+input_ids = torch.tensor([[3, 17, 99, 5, 64]], device="cuda")
+positions = torch.arange(5, device="cuda").unsqueeze(0)
+{body}
+torch.cuda.synchronize()
+done = time.perf_counter()
+print(json.dumps({{"after_torch": done - after_torch, "whole": done - start}}))
+"""
+EAGER_BODY = """
+import importlib.util
+spec = importlib.util.spec_from_file_location("m", "{model}")
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+model = m.model.cuda()
+{extra}
+with torch.no_grad():
+    out = model(input_ids, positions)
+"""
+
+
+def time_to_first_output(out: Path, scratch: Path) -> list[str]:
+    """Fresh processes, after `import torch` to the first result (and the whole process)."""
+    model = ROOT / "examples" / "tiny_llama" / "model.py"
+    bodies = {
+        "eager": EAGER_BODY.format(model=model, extra=""),
+        "torch.compile (warm cache)": EAGER_BODY.format(model=model, extra="model = torch.compile(model, dynamic=True)"),
+        "emitted package": "import tiny_llama\nout = tiny_llama.load()(input_ids, positions)",
+        "emitted package + piecewise graphs": "import tiny_llama\nout = tiny_llama.load(capture=True)(input_ids, positions)",
+    }
+    env = {**os.environ, "PYTHONPATH": str(out), "TORCHINDUCTOR_CACHE_DIR": str(scratch / "ttfo-cache")}
+    lines = ["| path | after import torch (s) | whole process (s) |", "| --- | --- | --- |"]
+    for label, body in bodies.items():
+        code = FIRST_OUTPUT.format(body=body)
+        if "compile" in label:  # warm the cache first
+            subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+        samples = []
+        for _ in range(3):
+            result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+            if result.returncode != 0:
+                record(f"time to first output {label}", False, result.stderr[-1000:])
+                break
+            samples.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        if samples:
+            after = statistics.median(s["after_torch"] for s in samples)
+            whole = statistics.median(s["whole"] for s in samples)
+            lines.append(f"| {label} | {after:.2f} | {whole:.2f} |")
+    return lines
+
+
 def check_determinism(name: str, first: Path, scratch: Path) -> None:
     second = scratch / "again"
     transpile(name, second)
@@ -161,8 +212,7 @@ def latency_table(name: str, out: Path) -> list[str]:
     variants = {"package": package.load()}
     if hasattr(variants["package"], "capture"):
         for mode in ("piecewise", "full"):
-            graphed = package.load(cuda_graphs=mode)
-            graphed.capture()
+            graphed = package.load(capture=True, cuda_graphs=mode)
             variants[f"package + graphs ({mode})"] = graphed
     compiled = torch.compile(eager, dynamic=True)
     reduce_overhead = torch.compile(eager, mode="reduce-overhead", dynamic=False)
@@ -181,7 +231,7 @@ def latency_table(name: str, out: Path) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("scratch", type=Path)
-    parser.add_argument("--stages", default="transpile,correct,isolate,determinism,latency")
+    parser.add_argument("--stages", default="transpile,correct,isolate,determinism,latency,first-output")
     options = parser.parse_args()
     stages = set(options.stages.split(","))
     out = options.scratch / "gen"
@@ -206,6 +256,8 @@ def main() -> int:
             table = latency_table("tiny_llama", out)
         except Exception as error:
             record("latency table", False, repr(error)[:1500])
+    if "first-output" in stages:
+        table += ["", *time_to_first_output(out, options.scratch)]
     print("\n".join(table))
     if report:
         print(f"time to first output after import torch (package): {report['first_output_after_torch']:.2f} s")

@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
         "--cpu-isa", default="avx2", choices=["avx2", "avx512", "native"],
         help="x86-64 level the C++ kernels are built for (default: avx2, portable and reproducible)",
     )
+    parser.add_argument(
+        "--capture-sizes", metavar="N,...",
+        help="sizes the CUDA-graph wrappers capture (cuda; default: 1, 2, 4, then multiples of 8 up to 512)",
+    )
     parser.add_argument("--check", action="store_true", help="compare with the existing OUT/NAME instead of writing")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and compiler logs")
@@ -108,6 +112,7 @@ def _run(args, console, console_out) -> int:
         dispatch_dim=args.dispatch_dim,
         imports=args.imports,
         cpu_isa=args.cpu_isa,
+        capture_sizes=args.capture_sizes,
     )
     target = args.out / package_name(options)
     if args.check:

@@ -96,7 +96,10 @@ def render(package: Package) -> RenderedPackage:
     python["pieces/__init__.py"] = env.get_template("pieces/__init__.py.jinja").render(**common)
     cuda = package.device == "cuda"
     if cuda:
+        from .cudagraphs import render_source
+
         python["cuda_runtime.py"] = env.get_template("cuda_runtime.py.jinja").render(**common)
+        python["cudagraphs.py"] = render_source(package.cuda_graphs, env)
     for piece in package.pieces:
         shipped = [k for k in piece.kernels if not k.alias_of]
         runtime_names = {n for v in piece.variants for n in v.runtime_names}
@@ -141,6 +144,7 @@ def render(package: Package) -> RenderedPackage:
                 "model": package.model_sha256,
                 "cpu_features": features,
                 "gpu": package.gpu,
+        "capture_sizes": list(package.cuda_graphs.capture_sizes) if package.cuda_graphs else [],
             },
             sort_keys=True,
         ).encode()

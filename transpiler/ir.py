@@ -167,6 +167,7 @@ class Package:
     num_piece_calls: int
     num_split_calls: int
     gpu: dict = field(default_factory=dict)  # cuda: arch, cuda and triton versions
+    cuda_graphs: object = None  # cuda: cudagraphs.CudaGraphsContext of the emitted cudagraphs.py
 
     @property
     def exact_variants(self) -> list[Variant]:

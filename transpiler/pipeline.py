@@ -37,6 +37,7 @@ class Options:
     dispatch_dim: str | None = None
     imports: list[str] = field(default_factory=list)
     cpu_isa: str = "avx2"
+    capture_sizes: str | None = None
 
 
 @dataclass
@@ -79,7 +80,13 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
 
     captured = capture_stage.export_model(model_file, options.device)
     dispatch, dispatch_symbol = capture_stage.resolve_dispatch_dim(captured, options.dispatch_dim)
-    variants = make_variants(parse_ranges(options.ranges, dispatch), parse_sizes(options.sizes, dispatch))
+    ranges = parse_ranges(options.ranges, dispatch)
+    variants = make_variants(ranges, parse_sizes(options.sizes, dispatch))
+    graphs = None
+    if options.device == "cuda":
+        graphs = _cuda_graphs_context(name, captured, dispatch, dispatch_symbol, ranges, options.capture_sizes)
+    elif options.capture_sizes is not None:
+        raise TranspileError("--capture-sizes: CUDA graphs need --device cuda")
 
     pieces = split_graph(captured.graph_module, split_ops)
     groups = group_pieces(pieces)
@@ -155,6 +162,7 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         num_piece_calls=sum(not p.is_split for p in pieces),
         num_split_calls=sum(len(p.nodes) for p in pieces if p.is_split),
         gpu=_gpu_fingerprint() if options.device == "cuda" else {},
+        cuda_graphs=graphs,
     )
     rendered = render(package)
     summary = Summary(
@@ -238,6 +246,22 @@ def _compile_cuda(piece, unique: UniquePiece, variant, dispatch_symbol, captured
         runtime_names=rewritten.runtime_names,
         module_names=rewritten.module_names,
         cuda_runtime_names=rewritten.cuda_runtime_names,
+    )
+
+
+def _cuda_graphs_context(name, captured, dispatch, dispatch_symbol, ranges, capture_sizes_text):
+    """What the emitted cudagraphs.py needs: capture sizes and which dims to pad and slice."""
+    from . import cudagraphs
+
+    sizes = cudagraphs.parse_capture_sizes(capture_sizes_text, ranges[0].lo, ranges[-1].hi)
+    return cudagraphs.cudagraphs_context(
+        name,
+        sizes,
+        capture_stage.input_specs(captured),
+        dispatch.input_index,
+        dispatch.dim,
+        cudagraphs.output_dispatch_dims(captured.graph_module, dispatch_symbol),
+        cudagraphs.input_dispatch_dims(captured.graph_module, dispatch_symbol, captured.user_inputs),
     )
 
 

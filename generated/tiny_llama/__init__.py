@@ -14,7 +14,7 @@ import torch
 from . import runtime
 
 NAME = "tiny_llama"
-FINGERPRINT = "a2a9b695e973bc17565bf80e7bb09ff57940b2da5a8ed8ec09f15052abcdeaab"
+FINGERPRINT = "d5d39b04681e65e5fbbc0466c4eb40fb8143a45702ea7a2f3573ceee71154435"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1, 8)

@@ -1,0 +1,301 @@
+"""CUDA graphs for the CUDA target: capture sizes, output dispatch dims, and the context
+of the emitted `cudagraphs.py` (templates/cudagraphs.py.jinja).
+
+The emitted module replays the compiled forward from CUDA graphs captured once per
+capture size (vLLM's CUDAPiecewiseBackend semantics). Everything it needs to know about
+the model is computed here, from plain values, and printed by the template:
+
+- the capture sizes (vLLM's defaults, or a validated `--capture-sizes` list);
+- per user input, the dim padded up to the capture size (the dim whose size is the
+  dispatch symbol), every other dim static;
+- per flat output leaf, the dim sliced back from the capture size to the runtime size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import sympy
+import torch
+import torch.fx
+
+from .errors import TranspileError
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATE = "cudagraphs.py.jinja"
+
+# vLLM's default capture sizes: 1, 2, 4, then every multiple of 8 up to this.
+MAX_DEFAULT_CAPTURE_SIZE = 512
+
+
+# --- capture sizes ------------------------------------------------------------------
+
+
+def default_capture_sizes(lo: int, hi: int | None) -> list[int]:
+    """1, 2, 4, 8, 16, ..., 512 (vLLM's), keeping those inside [lo, hi] (hi None: unbounded).
+
+    Pass the span of the dispatch dim that the compiled variants cover. The list may be
+    empty (a narrow range such as 5-7): then no size is captured and the runner always
+    runs the plain forward.
+    """
+    top = MAX_DEFAULT_CAPTURE_SIZE if hi is None else min(hi, MAX_DEFAULT_CAPTURE_SIZE)
+    candidates = [1, 2, 4, *range(8, MAX_DEFAULT_CAPTURE_SIZE + 1, 8)]
+    return [size for size in candidates if lo <= size <= top]
+
+
+def _bounds(lo: int, hi: int | None) -> str:
+    return f"[{lo}, {'inf' if hi is None else hi}]"
+
+
+def validate_capture_sizes(sizes: Sequence[int], lo: int, hi: int | None) -> list[int]:
+    """Check a user's capture sizes: positive whole numbers inside [lo, hi], each once, in
+    increasing order. Returns them as a list; raises TranspileError (one line) otherwise."""
+    example = "for example 1,2,4,8"
+    if not sizes:
+        raise TranspileError(f"--capture-sizes: no size given; list at least one, {example}")
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TranspileError(f"--capture-sizes: {size!r} is not a whole number; {example}")
+        if size < 1:
+            raise TranspileError(f"--capture-sizes: {size} is not positive; capture sizes start at 1")
+        if size < lo or (hi is not None and size > hi):
+            raise TranspileError(
+                f"--capture-sizes: {size} falls outside the compiled sizes {_bounds(lo, hi)}; "
+                "keep capture sizes inside them"
+            )
+    for previous, current in zip(sizes, sizes[1:]):
+        if current == previous:
+            raise TranspileError(f"--capture-sizes: {current} appears twice; list each size once")
+        if current < previous:
+            raise TranspileError(
+                f"--capture-sizes: {current} comes after {previous}; list the sizes in increasing order"
+            )
+    return list(sizes)
+
+
+def parse_capture_sizes(text: str | None, lo: int, hi: int | None) -> list[int]:
+    """`--capture-sizes 1,2,4,8` (None: the defaults), validated as validate_capture_sizes does."""
+    if text is None:
+        return default_capture_sizes(lo, hi)
+    sizes = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.lstrip("-").isdigit():
+            raise TranspileError(f"--capture-sizes: {part!r} is not a whole number; write for example 1,2,4,8")
+        sizes.append(int(part))
+    return validate_capture_sizes(sizes, lo, hi)
+
+
+def sizes_literal(sizes: Sequence[int]) -> str:
+    """A tuple literal of increasing sizes, a long evenly spaced tail written as a range:
+    "(1, 2, 4, *range(8, 257, 8))" rather than 35 numbers one per line."""
+    sizes = list(sizes)
+    start = len(sizes)
+    if len(sizes) >= 4:
+        step = sizes[-1] - sizes[-2]
+        start = len(sizes) - 2
+        while start > 0 and sizes[start] - sizes[start - 1] == step:
+            start -= 1
+        if step <= 0 or len(sizes) - start < 4:
+            start = len(sizes)
+    items = [str(size) for size in sizes[:start]]
+    if start < len(sizes):
+        items.append(f"*range({sizes[start]}, {sizes[-1] + 1}, {sizes[-1] - sizes[-2]})")
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+# --- dispatch dims of the exported graph's inputs and outputs -----------------------
+
+
+def _size_expressions(value: torch.Tensor) -> list:
+    return [sympy.sympify(d.node.expr) if isinstance(d, torch.SymInt) else sympy.Integer(int(d)) for d in value.shape]
+
+
+def _dispatch_dim_of(value, symbol: sympy.Symbol, what: str) -> int | None:
+    """The one dim of `value` whose size is exactly `symbol`; None if no dim involves it."""
+    if isinstance(value, torch.SymInt):
+        if symbol in sympy.sympify(value.node.expr).free_symbols:
+            raise TranspileError(
+                f"{what} is a size computed from the dispatch size ({value.node.expr}); under CUDA "
+                "graphs it would be the padded capture size, so return it from outside the model"
+            )
+        return None
+    if not isinstance(value, torch.Tensor):
+        return None
+    dims = []
+    for dim, expr in enumerate(_size_expressions(value)):
+        if expr == symbol:
+            dims.append(dim)
+        elif symbol in expr.free_symbols:
+            raise TranspileError(
+                f"{what} dim {dim} has size {expr}, computed from the dispatch size {symbol}; CUDA-graph "
+                "padding cannot be undone along it by slicing, so make the dispatch size a dim of its "
+                "own (reshape outside the model)"
+            )
+    if len(dims) > 1:
+        raise TranspileError(
+            f"{what} has the dispatch size {symbol} in dims {dims[0]} and {dims[1]}; CUDA-graph padding "
+            "can be undone along one dim only"
+        )
+    return dims[0] if dims else None
+
+
+def output_dispatch_dims(graph_module: torch.fx.GraphModule, symbol: sympy.Symbol) -> tuple[int | None, ...]:
+    """Per flat output leaf of a torch.export graph: the dim whose size is the dispatch
+    symbol (sliced back to the runtime size after a padded replay), or None."""
+    (output_node,) = graph_module.graph.find_nodes(op="output")
+    leaves = output_node.args[0]
+    if not isinstance(leaves, (tuple, list)):
+        leaves = (leaves,)
+    dims = []
+    for index, leaf in enumerate(leaves):
+        value = leaf.meta.get("val") if isinstance(leaf, torch.fx.Node) else leaf
+        dims.append(_dispatch_dim_of(value, symbol, f"output {index}"))
+    return tuple(dims)
+
+
+def input_dispatch_dims(
+    graph_module: torch.fx.GraphModule, symbol: sympy.Symbol, user_inputs: Sequence[str]
+) -> tuple[int | None, ...]:
+    """Per user input (placeholder names, in forward's order): the dim whose size is the
+    dispatch symbol (padded up to the capture size), or None. Static buffers need every
+    other dim static, so an input with another dynamic dim is refused."""
+    placeholders = {node.name: node for node in graph_module.graph.find_nodes(op="placeholder")}
+    dims = []
+    for name in user_inputs:
+        value = placeholders[name].meta["val"]
+        dim = _dispatch_dim_of(value, symbol, f"input {name}")
+        for other, expr in enumerate(_size_expressions(value)):
+            if other != dim and expr.free_symbols:
+                raise TranspileError(
+                    f"input {name} dim {other} varies independently of the dispatch dim ({expr}); CUDA "
+                    "graphs need static buffers, so make it static or make it the dispatch dim"
+                )
+        dims.append(dim)
+    return tuple(dims)
+
+
+# --- the template's context ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CudaGraphInput:
+    """One user input as the emitted INPUTS table prints it."""
+
+    name: str
+    dtype: str  # "torch.int64"
+    shape_literal: str  # "(1, None)": None at the dispatch dim
+    dispatch_dim_literal: str  # "1", or "None" for an input copied whole
+
+
+@dataclass(frozen=True)
+class CudaGraphsContext:
+    """What templates/cudagraphs.py.jinja prints; every value is ready to print."""
+
+    name: str  # the package name (also the logger's name)
+    dispatch_input_index: int
+    dispatch_input_name: str
+    dispatch_dim: int
+    capture_sizes: tuple[int, ...]
+    capture_sizes_literal: str  # "(1, 2, 4, 8)"
+    largest_capture_size: int | None
+    inputs: tuple[CudaGraphInput, ...]
+    output_dispatch_dims_literal: str  # "(1, None)"
+
+    def template_vars(self) -> dict:
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
+def _spec_fields(spec) -> tuple[str, str, tuple]:
+    """(name, dtype string, shape) from a (name, dtype, shape) tuple or an ir.TensorSpec."""
+    if hasattr(spec, "name"):
+        return spec.name, spec.dtype, tuple(spec.shape)
+    name, dtype, shape = spec
+    return name, str(dtype), tuple(shape)
+
+
+def cudagraphs_context(
+    name: str,
+    capture_sizes: Iterable[int],
+    inputs: Sequence,
+    dispatch_input_index: int,
+    dispatch_dim: int,
+    output_dispatch_dims: Sequence[int | None],
+    input_dispatch_dims: Sequence[int | None] | None = None,
+) -> CudaGraphsContext:
+    """The context of the emitted cudagraphs.py, from plain values.
+
+    inputs: per user input, (name, dtype string, shape with None for dynamic dims), or
+    ir.TensorSpec. input_dispatch_dims (from input_dispatch_dims()) says which dim of each
+    input is the dispatch dim; without it, an input is padded along `dispatch_dim` where its
+    shape has None there, and any other None is refused.
+    """
+    sizes = sorted(capture_sizes)
+    if len(set(sizes)) != len(sizes) or any(size < 1 for size in sizes):
+        raise TranspileError(f"capture sizes {sizes} must be positive and distinct")
+    specs = [_spec_fields(spec) for spec in inputs]
+    if not 0 <= dispatch_input_index < len(specs):
+        raise TranspileError(f"dispatch input {dispatch_input_index} is not one of the {len(specs)} inputs")
+    if input_dispatch_dims is None:
+        input_dispatch_dims = [
+            dispatch_dim if dispatch_dim < len(shape) and shape[dispatch_dim] is None else None
+            for _, _, shape in specs
+        ]
+    if len(input_dispatch_dims) != len(specs):
+        raise TranspileError(f"{len(input_dispatch_dims)} input dispatch dims for {len(specs)} inputs")
+    if input_dispatch_dims[dispatch_input_index] != dispatch_dim:
+        raise TranspileError(
+            f"input {specs[dispatch_input_index][0]} dim {dispatch_dim} is the dispatch dim, but it is not dynamic"
+        )
+    rows = []
+    for (input_name, dtype, shape), dim in zip(specs, input_dispatch_dims):
+        for other, size in enumerate(shape):
+            if size is None and other != dim:
+                raise TranspileError(
+                    f"input {input_name} dim {other} varies independently of the dispatch dim; CUDA graphs "
+                    "need static buffers, so make it static or make it the dispatch dim"
+                )
+        # The dispatch dim prints as None: the runner fills in the capture size.
+        printed_shape = tuple(None if index == dim else size for index, size in enumerate(shape))
+        rows.append(
+            CudaGraphInput(
+                name=input_name,
+                dtype=dtype,
+                shape_literal=repr(printed_shape),
+                dispatch_dim_literal=repr(dim),
+            )
+        )
+    return CudaGraphsContext(
+        name=name,
+        dispatch_input_index=dispatch_input_index,
+        dispatch_input_name=specs[dispatch_input_index][0],
+        dispatch_dim=dispatch_dim,
+        capture_sizes=tuple(sizes),
+        capture_sizes_literal=sizes_literal(sizes),
+        largest_capture_size=sizes[-1] if sizes else None,
+        inputs=tuple(rows),
+        output_dispatch_dims_literal=repr(tuple(output_dispatch_dims)),
+    )
+
+
+def template_environment():
+    """The Jinja environment emit.py uses (StrictUndefined, trim/lstrip blocks)."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render_source(context: CudaGraphsContext, environment=None) -> str:
+    """cudagraphs.py's source, before black (emit.py formats it with the other modules)."""
+    environment = environment or template_environment()
+    return environment.get_template(TEMPLATE).render(**context.template_vars())
