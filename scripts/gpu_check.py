@@ -77,7 +77,8 @@ def check_correctness(name: str, out: Path) -> None:
         for mode in ("piecewise", "full"):
             graphed = package.load().capture(mode=mode)
             runners.append((f"graphs-{mode}", graphed))
-        sizes = sorted(set(sizes) | set(getattr(package, "CAPTURE_SIZES", ())))
+        capture_sizes = importlib.import_module(f"{name}.cudagraphs").CAPTURE_SIZES
+        sizes = sorted(set(sizes) | set(capture_sizes))
     worst = {label: 0.0 for label, _ in runners}
     for size in sizes:
         inputs = tuple(t.cuda() for t in inputs_at(model_file.example_inputs, package.INPUTS, size, seed=size))
@@ -204,31 +205,55 @@ def time_cuda(fn, inputs, repeats=50) -> float:
     return statistics.median(samples)
 
 
-def latency_table(name: str, out: Path) -> list[str]:
+LATENCY_VARIANTS = ["eager", "torch.compile", "reduce-overhead", "package", "package + graphs (piecewise)",
+                    "package + graphs (full)"]
+
+
+def latency_worker(name: str, out: Path, label: str) -> None:
+    """One variant's latency at each size, in its own process (a crash stays contained)."""
     from conftest import inputs_at
 
     package = import_package(out, name)
     model_file, eager = eager_model(name)
-    variants = {"package": package.load()}
-    if hasattr(variants["package"], "capture"):
-        for mode in ("piecewise", "full"):
-            graphed = package.load(capture=True, cuda_graphs=mode)
-            variants[f"package + graphs ({mode})"] = graphed
-    compiled = torch.compile(eager, dynamic=True)
-    reduce_overhead = torch.compile(eager, mode="reduce-overhead", dynamic=False)
+    runners = {
+        "eager": lambda: eager,
+        "torch.compile": lambda: torch.compile(eager, dynamic=True),
+        "reduce-overhead": lambda: torch.compile(eager, mode="reduce-overhead"),
+        "package": lambda: package.load(),
+        "package + graphs (piecewise)": lambda: package.load(capture=True, cuda_graphs="piecewise"),
+        "package + graphs (full)": lambda: package.load(capture=True, cuda_graphs="full"),
+    }
+    runner = runners[label]()
     sizes = sorted({1, 8, 16, 64, 256} & set(range(package.DISPATCH["min"], package.DISPATCH["max"] + 1)))
-    header = ["size", "eager", "torch.compile", "reduce-overhead", *variants]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    timings = {}
     with torch.no_grad():
         for size in sizes:
             inputs = tuple(t.cuda() for t in inputs_at(model_file.example_inputs, package.INPUTS, size))
-            row = [time_cuda(eager, inputs), time_cuda(compiled, inputs), time_cuda(reduce_overhead, inputs)]
-            row += [time_cuda(v, inputs) for v in variants.values()]
-            lines.append(f"| {size} | " + " | ".join(f"{v:.0f} µs" for v in row) + " |")
+            timings[size] = time_cuda(runner, inputs)
+    print(json.dumps(timings))
+
+
+def latency_table(name: str, out: Path) -> list[str]:
+    columns = {}
+    for label in LATENCY_VARIANTS:
+        result = subprocess.run([sys.executable, __file__, "latency-worker", name, str(out), label],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            record(f"latency {label}", False, result.stderr[-800:])
+            continue
+        columns[label] = json.loads(result.stdout.strip().splitlines()[-1])
+    sizes = sorted({int(size) for column in columns.values() for size in column})
+    lines = ["| size | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for size in sizes:
+        cells = [f"{columns[label].get(str(size), float('nan')):.0f} µs" for label in columns]
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
     return lines
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["latency-worker"]:
+        latency_worker(sys.argv[2], Path(sys.argv[3]), sys.argv[4])
+        return 0
     parser = argparse.ArgumentParser()
     parser.add_argument("scratch", type=Path)
     parser.add_argument("--stages", default="transpile,correct,isolate,determinism,latency,first-output")

@@ -14,7 +14,7 @@ import torch
 from . import runtime
 
 NAME = "tiny_llama"
-FINGERPRINT = "d7fc3bf08ff4c5139c10cfd4951eadfb569b81cae1ee8c5e96c5adc5b770e059"
+FINGERPRINT = "42f6172f5fe2f03b7541e026ff6a1f1e10fc1e480d15c1babebb4c4fb29200f1"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1, 8)
@@ -89,6 +89,7 @@ class CompiledModel:
     def __init__(self, forward, weights):
         self._forward = forward
         self.weights = weights
+        self._graphs = None  # a cudagraphs.CudaGraphRunner once capture() has run
 
     def __call__(self, *inputs):
         if len(inputs) != 2:
@@ -102,11 +103,35 @@ class CompiledModel:
         positions = runtime.check_input(
             positions, "positions", torch.int64, (1, None), DEVICE
         )
+        if self._graphs is not None:
+            return self._graphs(input_ids, positions)
         return self._forward(self.weights, input_ids, positions)
 
+    def capture(self, mode="piecewise", capture_sizes=None):
+        """Capture CUDA graphs now (logged, with timings); later calls replay them.
 
-def load(weights=None) -> CompiledModel:
-    """Load the kernels and weights; `weights` (a state_dict) replaces the packaged ones."""
+        mode "piecewise" graphs each compiled piece and runs splitting ops eagerly;
+        "full" graphs the whole forward (splitting ops must be capturable). Outputs of a
+        replayed call are overwritten by the next call that maps to the same capture size:
+        .clone() what you keep. See cudagraphs.py.
+        """
+        from . import cudagraphs
+
+        sizes = cudagraphs.CAPTURE_SIZES if capture_sizes is None else capture_sizes
+        runner = cudagraphs.CudaGraphRunner(
+            self.weights, capture_sizes=sizes, mode=mode
+        )
+        runner.capture()
+        self._graphs = runner
+        return self
+
+
+def load(weights=None, capture=False, cuda_graphs="piecewise") -> CompiledModel:
+    """Load the kernels and weights; `weights` (a state_dict) replaces the packaged ones.
+
+    capture=True captures CUDA graphs (mode `cuda_graphs`) before returning, as
+    model.capture() would: never in the middle of serving.
+    """
     runtime.check_machine(TORCH_VERSION, PYTHON_VERSION, MACHINE, CPU_FEATURES)
     from . import cuda_runtime
 
@@ -114,5 +139,7 @@ def load(weights=None) -> CompiledModel:
     from . import stitch  # imports the pieces, which load the kernel binaries
 
     tensors = runtime.load_weights(WEIGHT_KEYS, REPLACEABLE_WEIGHTS, weights)
-    tensors = tuple(tensor.to(DEVICE) for tensor in tensors)
-    return CompiledModel(stitch.forward, tensors)
+    model = CompiledModel(
+        stitch.forward, tuple(tensor.to(DEVICE) for tensor in tensors)
+    )
+    return model.capture(mode=cuda_graphs) if capture else model

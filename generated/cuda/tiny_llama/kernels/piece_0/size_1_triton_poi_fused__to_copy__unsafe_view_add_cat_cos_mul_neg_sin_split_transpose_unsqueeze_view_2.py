@@ -1,3 +1,5 @@
+# Triton source of size_1_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2, kept for review: the package launches the cubin
+# beside it and never imports this file.
 import triton
 import triton.language as tl
 

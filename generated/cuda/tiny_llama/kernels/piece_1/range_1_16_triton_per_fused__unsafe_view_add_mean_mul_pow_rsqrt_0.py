@@ -1,3 +1,5 @@
+# Triton source of range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0, kept for review: the package launches the cubin
+# beside it and never imports this file.
 import triton
 import triton.language as tl
 
