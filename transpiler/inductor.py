@@ -9,7 +9,6 @@ compiling one variant from leaking into the next.
 from __future__ import annotations
 
 import contextlib
-import platform
 from dataclasses import dataclass
 
 import sympy
@@ -250,11 +249,3 @@ def _check_calling_convention(piece: torch.fx.GraphModule, inner_graph: torch.fx
             f"reproduce ({outer_inputs}->{inner_inputs} inputs, {outer_outputs}->{inner_outputs} outputs); "
             "move the op into a splitting op or make the model functional"
         )
-
-
-def kernel_isa_description(device: str, cpu_isa: str) -> str:
-    if device != "cpu":
-        return ""
-    if cpu_isa == "native":
-        return f"native ({platform.machine()})"
-    return cpu_isa

@@ -6,7 +6,6 @@ classes: templates only loop and print.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 
@@ -176,7 +175,3 @@ class Package:
     @property
     def range_variants(self) -> list[Variant]:
         return [v for v in self.variants if not v.static]
-
-
-def replace(obj, **changes):
-    return dataclasses.replace(obj, **changes)

@@ -4,7 +4,6 @@ rewrite -> stitch -> render. Each stage is its own module; this one only connect
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -276,7 +275,3 @@ def _gpu_fingerprint() -> dict:
         "cuda": torch.version.cuda,
         "triton": importlib.metadata.version("triton"),
     }
-
-
-def machine_description() -> str:
-    return f"{platform.machine()}, torch {torch.__version__}, Python {platform.python_version()}"
