@@ -471,7 +471,7 @@ def mode_stitch(params):
             if isinstance(target, torch._ops.OpOverload) and any(
                 n.target is target for p in pieces if p.is_split for n in p.nodes
             ):
-                split_calls.append((target, call_args, kwargs))
+                split_calls.append((target, call_args, kwargs, result))
             return result
 
     with torch.no_grad():
@@ -496,31 +496,59 @@ def mode_stitch(params):
         stubs[call_name] = lambda arguments, _outputs=outputs: _outputs
     stub_variant = variant._replace(**stubs)
     flat_stub, vllm_stub = _build_graph_modules(torch, captured, pieces, [stubs[c] for c in call_names])
-    stub_method = "dispatch table entry replaced"
+
+    # The splitting ops too: stitch.py and the GraphModules' generated code both reach them
+    # as `torch.ops.<ns>.<op>.<overload>(...)` through a global `torch`; in stubbed runs
+    # that global is a stand-in whose chain ends in a function returning the op's recorded
+    # output (four plain attribute lookups, as on the real torch.ops objects once cached).
+    import types
+
+    class TorchStandIn:
+        def __init__(self):
+            self.ops = types.SimpleNamespace()
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    stand_in = TorchStandIn()
+    for target, _, _, result in split_calls:
+        namespace, op_name = target._schema.name.split("::")
+        ns = getattr(stand_in.ops, namespace, None) or types.SimpleNamespace()
+        setattr(stand_in.ops, namespace, ns)
+        packet = getattr(ns, op_name, None) or types.SimpleNamespace()
+        setattr(ns, op_name, packet)
+        if not hasattr(packet, target._overloadname):
+            setattr(packet, target._overloadname, lambda *a, _result=result, **k: _result)
+    flat_stub.forward.__globals__["torch"] = stand_in
+    for module in vllm_stub.modules():
+        if isinstance(module, torch.fx.GraphModule) and module is not vllm_stub:
+            module.forward.__globals__["torch"] = stand_in
+    stub_method = "dispatch table entry replaced (dispatch.select itself runs unchanged)"
     original_exact = dict(getattr(dispatch, "EXACT", {}))
     original_ranges = getattr(dispatch, "RANGE_VARIANTS", None)
-    original_select = dispatch.select
+    stub_select = {}  # extra keyword arguments for stitch.forward in stubbed runs
 
     def install_stubs():
         nonlocal stub_method
+        stitch.torch = stand_in
         if size in original_exact:
             dispatch.EXACT[size] = stub_variant
         elif original_ranges is not None:
             dispatch.RANGE_VARIANTS = tuple(stub_variant if v is variant else v for v in original_ranges)
         if dispatch.select(size) is not stub_variant:  # the dispatch module changed shape
-            stub_method = "dispatch.select replaced by a lambda"
-            dispatch.select = lambda _size: stub_variant
+            stub_method = "select= argument of stitch.forward (a lambda returning the stub variant)"
+            stub_select["select"] = lambda _size: stub_variant
 
     def restore():
+        stitch.torch = torch
         if original_exact:
             dispatch.EXACT.clear()
             dispatch.EXACT.update(original_exact)
         if original_ranges is not None:
             dispatch.RANGE_VARIANTS = original_ranges
-        dispatch.select = original_select
 
     def split_only():
-        for target, call_args, kwargs in split_calls:
+        for target, call_args, kwargs, _ in split_calls:
             target(*call_args, **kwargs)
 
     forward = stitch.forward
@@ -530,7 +558,7 @@ def mode_stitch(params):
         "package_call": lambda: model(*args),
         "graphmodule_flat": lambda: flat(*weights, *args),
         "graphmodule_vllm": lambda: vllm(*weights, *args),
-        "stitch_stub": lambda: forward(weights, *args),
+        "stitch_stub": lambda: forward(weights, *args, **stub_select),
         "graphmodule_flat_stub": lambda: flat_stub(*weights, *args),
         "graphmodule_vllm_stub": lambda: vllm_stub(*weights, *args),
         "split_ops_only": split_only,
