@@ -95,6 +95,7 @@ def test_emitted_modules_import_no_compiler():
 def test_wrong_inputs_raise_clear_errors(example_out):
     with imported_package(example_out("tiny_llama"), "tiny_llama") as package:
         model = package.load()
+        assert "kernel" not in sys.modules, "kernel binaries must not stay registered as `kernel`"
         ids = torch.zeros(1, 4, dtype=torch.int64)
         with pytest.raises(TypeError, match=r"tiny_llama takes 2 inputs \(input_ids, positions\), got 1"):
             model(ids)

@@ -95,3 +95,21 @@ def test_unknown_split_op_is_refused():
     with pytest.raises(TranspileError, match="namespace::name"):
         check_split_ops(["scaled_dot_product_attention"])
     check_split_ops(["aten::scaled_dot_product_attention", "aten::scaled_dot_product_attention.default"])
+
+
+def test_transformer_layers_dedupe_to_one_piece_whatever_their_inputs_position():
+    """The first middle piece reads the embedding (defined before the rotary tables), the
+    others read a residual (defined after them): input order must not split the group."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("tiny_llama_model", ROOT / "examples/tiny_llama/model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.build(4)
+    tokens = Dim("tokens", min=1, max=64)
+    graph = _lifted_graph(model, module.example_inputs, ({1: tokens}, {1: tokens}))
+    pieces = split_graph(graph, list(DEFAULT_SPLIT_OPS))
+    sizes = [len(group) for group in group_pieces(pieces).values()]
+    assert sizes == [1, 3, 1], sizes

@@ -83,11 +83,16 @@ def split_graph(graph_module: torch.fx.GraphModule, split_ops: list[str]) -> lis
         piece = pieces.setdefault(index, Piece(index=index, is_split=is_splitting_node(node, ops)))
         piece.nodes.append(node)
 
-    position = {node: i for i, node in enumerate(graph_module.graph.nodes)}
     for piece in pieces.values():
         members = set(piece.nodes)
-        inputs = {arg for node in piece.nodes for arg in node.all_input_nodes if arg not in members}
-        piece.inputs = sorted(inputs, key=position.__getitem__)
+        # Inputs in order of first use inside the piece, so that repeated layers, whose
+        # inputs come from different places in the graph, still line up for dedupe.
+        first_use: dict[torch.fx.Node, None] = {}
+        for node in piece.nodes:
+            for arg in node.all_input_nodes:
+                if arg not in members:
+                    first_use.setdefault(arg, None)
+        piece.inputs = list(first_use)
         piece.outputs = [node for node in piece.nodes if any(user not in members for user in node.users)]
         if not piece.is_split:
             piece.graph_module = _piece_graph_module(piece)

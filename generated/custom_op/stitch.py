@@ -31,7 +31,7 @@ def forward(weights, x, select=dispatch.select):
     variant = select(x.size(1))
     # model.py:34-35
     sym_size_int_1, getitem, getitem_1, getitem_2 = variant.piece_0(
-        [p_norm_weight, p_norm_bias, p_qkv_weight, p_qkv_bias, x]
+        [x, p_norm_weight, p_norm_bias, p_qkv_weight, p_qkv_bias]
     )
     # model.py:36
     attn = torch.ops.mylib.attn.default(getitem, getitem_1, getitem_2)
@@ -39,17 +39,17 @@ def forward(weights, x, select=dispatch.select):
     # model.py:37-39
     (add_1,) = variant.piece_1(
         [
+            attn,
+            sym_size_int_1,
             p_out_weight,
             p_out_bias,
+            x,
             p_mlp_norm_weight,
             p_mlp_norm_bias,
             p_mlp_0_weight,
             p_mlp_0_bias,
             p_mlp_2_weight,
             p_mlp_2_bias,
-            x,
-            sym_size_int_1,
-            attn,
         ]
     )
     del attn, sym_size_int_1

@@ -49,13 +49,13 @@ def forward(weights, input_ids, select=dispatch.select):
     sym_size_int_10, expand_1, dropout, transpose, transpose_1, transpose_2 = (
         variant.piece_0(
             [
+                input_ids,
+                p_gpt2_lm_head_weight,
                 p_gpt2_transformer_wpe_weight,
                 p_gpt2_transformer_h_0_ln_1_weight,
                 p_gpt2_transformer_h_0_ln_1_bias,
-                p_gpt2_transformer_h_0_attn_c_attn_weight,
                 p_gpt2_transformer_h_0_attn_c_attn_bias,
-                p_gpt2_lm_head_weight,
-                input_ids,
+                p_gpt2_transformer_h_0_attn_c_attn_weight,
             ]
         )
     )
@@ -67,21 +67,21 @@ def forward(weights, input_ids, select=dispatch.select):
     # transformers/models/gpt2/modeling_gpt2.py:185,187-188,191,211,222,224,242,273,282,304,307, transformers/pytorch_utils.py:119-120, transformers/activations.py:66
     add_7, transpose_4, transpose_5, transpose_6 = variant.piece_1(
         [
-            p_gpt2_transformer_h_0_attn_c_proj_weight,
+            scaled_dot_product_attention,
+            sym_size_int_10,
             p_gpt2_transformer_h_0_attn_c_proj_bias,
+            p_gpt2_transformer_h_0_attn_c_proj_weight,
+            dropout,
             p_gpt2_transformer_h_0_ln_2_weight,
             p_gpt2_transformer_h_0_ln_2_bias,
-            p_gpt2_transformer_h_0_mlp_c_fc_weight,
             p_gpt2_transformer_h_0_mlp_c_fc_bias,
-            p_gpt2_transformer_h_0_mlp_c_proj_weight,
+            p_gpt2_transformer_h_0_mlp_c_fc_weight,
             p_gpt2_transformer_h_0_mlp_c_proj_bias,
+            p_gpt2_transformer_h_0_mlp_c_proj_weight,
             p_gpt2_transformer_h_1_ln_1_weight,
             p_gpt2_transformer_h_1_ln_1_bias,
-            p_gpt2_transformer_h_1_attn_c_attn_weight,
             p_gpt2_transformer_h_1_attn_c_attn_bias,
-            sym_size_int_10,
-            dropout,
-            scaled_dot_product_attention,
+            p_gpt2_transformer_h_1_attn_c_attn_weight,
         ]
     )
     del dropout, scaled_dot_product_attention
@@ -95,20 +95,20 @@ def forward(weights, input_ids, select=dispatch.select):
     # transformers/models/gpt2/modeling_gpt2.py:211,222,224,242,282,304,307,617,619,694-695, transformers/pytorch_utils.py:119-120, transformers/activations.py:66
     (linear,) = variant.piece_2(
         [
-            p_gpt2_transformer_h_1_attn_c_proj_weight,
+            scaled_dot_product_attention_1,
+            sym_size_int_10,
             p_gpt2_transformer_h_1_attn_c_proj_bias,
+            p_gpt2_transformer_h_1_attn_c_proj_weight,
+            add_7,
             p_gpt2_transformer_h_1_ln_2_weight,
             p_gpt2_transformer_h_1_ln_2_bias,
-            p_gpt2_transformer_h_1_mlp_c_fc_weight,
             p_gpt2_transformer_h_1_mlp_c_fc_bias,
-            p_gpt2_transformer_h_1_mlp_c_proj_weight,
+            p_gpt2_transformer_h_1_mlp_c_fc_weight,
             p_gpt2_transformer_h_1_mlp_c_proj_bias,
+            p_gpt2_transformer_h_1_mlp_c_proj_weight,
             p_gpt2_transformer_ln_f_weight,
             p_gpt2_transformer_ln_f_bias,
             p_gpt2_lm_head_weight,
-            sym_size_int_10,
-            add_7,
-            scaled_dot_product_attention_1,
         ]
     )
     del add_7, scaled_dot_product_attention_1, sym_size_int_10

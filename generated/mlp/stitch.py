@@ -29,6 +29,7 @@ def forward(weights, x, select=dispatch.select):
     # model.py:28
     (linear_2,) = variant.piece_0(
         [
+            x,
             p_net_0_weight,
             p_net_0_bias,
             p_net_2_weight,
@@ -39,7 +40,6 @@ def forward(weights, x, select=dispatch.select):
             p_net_5_bias,
             p_net_6_weight,
             p_net_6_bias,
-            x,
         ]
     )
     return linear_2

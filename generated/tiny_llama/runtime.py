@@ -93,6 +93,10 @@ def load_kernel(piece: str, name: str):
     spec = importlib.util.spec_from_file_location("kernel", path, loader=loader)
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
+    # CPython registers single-phase extension modules under their name; do not leave
+    # ours standing as `kernel` for an unrelated `import kernel` to find.
+    if sys.modules.get("kernel") is module:
+        del sys.modules["kernel"]
     return module.kernel
 
 

@@ -42,14 +42,14 @@ def forward(weights, input_ids, positions, select=dispatch.select):
     sym_size_int_2, embedding, unsqueeze_1, unsqueeze_2, transpose_2, add_1, add_2 = (
         variant.piece_0(
             [
+                positions,
                 p_embed_tokens_weight,
+                input_ids,
+                b_rotary_inv_freq,
                 p_layers_0_input_layernorm_weight,
                 p_layers_0_self_attn_q_proj_weight,
                 p_layers_0_self_attn_k_proj_weight,
                 p_layers_0_self_attn_v_proj_weight,
-                b_rotary_inv_freq,
-                input_ids,
-                positions,
             ]
         )
     )
@@ -61,7 +61,10 @@ def forward(weights, input_ids, positions, select=dispatch.select):
     # model.py:36-37,72-74,76-77,79-80,93,105-106
     add_5, transpose_6, add_7, add_8 = variant.piece_1(
         [
+            scaled_dot_product_attention,
+            sym_size_int_2,
             p_layers_0_self_attn_o_proj_weight,
+            embedding,
             p_layers_0_post_attention_layernorm_weight,
             p_layers_0_mlp_gate_proj_weight,
             p_layers_0_mlp_up_proj_weight,
@@ -70,11 +73,8 @@ def forward(weights, input_ids, positions, select=dispatch.select):
             p_layers_1_self_attn_q_proj_weight,
             p_layers_1_self_attn_k_proj_weight,
             p_layers_1_self_attn_v_proj_weight,
-            sym_size_int_2,
-            embedding,
             unsqueeze_1,
             unsqueeze_2,
-            scaled_dot_product_attention,
         ]
     )
     del embedding, scaled_dot_product_attention, unsqueeze_1, unsqueeze_2
@@ -88,16 +88,16 @@ def forward(weights, input_ids, positions, select=dispatch.select):
     # model.py:36-37,79-80,93,105-106,124
     (linear_14,) = variant.piece_2(
         [
+            scaled_dot_product_attention_1,
+            sym_size_int_2,
             p_layers_1_self_attn_o_proj_weight,
+            add_5,
             p_layers_1_post_attention_layernorm_weight,
             p_layers_1_mlp_gate_proj_weight,
             p_layers_1_mlp_up_proj_weight,
             p_layers_1_mlp_down_proj_weight,
             p_norm_weight,
             p_lm_head_weight,
-            sym_size_int_2,
-            add_5,
-            scaled_dot_product_attention_1,
         ]
     )
     del add_5, scaled_dot_product_attention_1, sym_size_int_2

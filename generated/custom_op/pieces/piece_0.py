@@ -23,7 +23,7 @@ range_1_16_cpp_fused_native_layer_norm_0 = load_kernel(
 
 
 def size_8(args):
-    p_norm_weight, p_norm_bias, p_qkv_weight, p_qkv_bias, x = args
+    x, p_norm_weight, p_norm_bias, p_qkv_weight, p_qkv_bias = args
     args.clear()
     assert_size_stride(x, (1, 8, 32), (256, 32, 1), "input")
     assert_size_stride(p_norm_weight, (32,), (1,), "input")
@@ -38,9 +38,9 @@ def size_8(args):
     size_8_cpp_fused_native_layer_norm_0(
         buf1, x, p_norm_weight, p_norm_bias, buf2, buf3
     )
+    del x
     del p_norm_weight
     del p_norm_bias
-    del x
     del buf1
     del buf2
     buf4 = empty_strided_cpu((8, 96), (96, 1), torch.float32)
@@ -64,10 +64,10 @@ def size_8(args):
 
 
 def range_1_16(args):
-    p_norm_weight, p_norm_bias, p_qkv_weight, p_qkv_bias, x = args
+    x, p_norm_weight, p_norm_bias, p_qkv_weight, p_qkv_bias = args
     args.clear()
-    arg4_1_size = x.size()
-    s76 = arg4_1_size[1]
+    arg0_1_size = x.size()
+    s76 = arg0_1_size[1]
     assert_size_stride(x, (1, s76, 32), (32 * s76, 32, 1), "input")
     assert_size_stride(p_norm_weight, (32,), (1,), "input")
     assert_size_stride(p_norm_bias, (32,), (1,), "input")
@@ -81,9 +81,9 @@ def range_1_16(args):
     range_1_16_cpp_fused_native_layer_norm_0(
         buf1, x, p_norm_weight, p_norm_bias, buf2, buf3, s76
     )
+    del x
     del p_norm_weight
     del p_norm_bias
-    del x
     del buf1
     del buf2
     buf4 = empty_strided_cpu((s76, 96), (96, 1), torch.float32)

@@ -38,20 +38,20 @@ range_1_16_cpp_fused_add_view_3 = load_kernel(
 
 def size_8(args):
     (
+        attn,
+        sym_size_int_1,
         p_out_weight,
         p_out_bias,
+        x,
         p_mlp_norm_weight,
         p_mlp_norm_bias,
         p_mlp_0_weight,
         p_mlp_0_bias,
         p_mlp_2_weight,
         p_mlp_2_bias,
-        x,
-        sym_size_int_1,
-        attn,
     ) = args
     args.clear()
-    s83 = sym_size_int_1
+    s72 = sym_size_int_1
     assert_size_stride(attn, (1, 2, 8, 16), (256, 128, 16, 1), "input")
     buf0 = empty_strided_cpu((1, 8, 2, 16), (256, 32, 16, 1), torch.float32)
     assert_size_stride(p_out_bias, (32,), (1,), "input")
@@ -116,8 +116,8 @@ def size_8(args):
         beta=1,
         out=buf8,
     )
-    del p_mlp_2_weight
     del p_mlp_2_bias
+    del p_mlp_2_weight
     del buf7
     buf9 = reinterpret_tensor(buf1, (1, 8, 32), (256, 32, 1), 0)
     del buf1  # reuse
@@ -128,17 +128,17 @@ def size_8(args):
 
 def range_1_16(args):
     (
+        attn,
+        sym_size_int_1,
         p_out_weight,
         p_out_bias,
+        x,
         p_mlp_norm_weight,
         p_mlp_norm_bias,
         p_mlp_0_weight,
         p_mlp_0_bias,
         p_mlp_2_weight,
         p_mlp_2_bias,
-        x,
-        sym_size_int_1,
-        attn,
     ) = args
     args.clear()
     s76 = sym_size_int_1
@@ -206,8 +206,8 @@ def range_1_16(args):
         beta=1,
         out=buf8,
     )
-    del p_mlp_2_weight
     del p_mlp_2_bias
+    del p_mlp_2_weight
     del buf7
     buf9 = reinterpret_tensor(buf1, (1, s76, 32), (32 * s76, 32, 1), 0)
     del buf1  # reuse

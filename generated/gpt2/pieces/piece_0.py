@@ -39,13 +39,13 @@ range_1_32_cpp_fused_add_arange_bitwise_and_eq_expand_index_le_new_ones_unsqueez
 
 def size_8(args):
     (
+        input_ids,
+        p_gpt2_lm_head_weight,
         p_gpt2_transformer_wpe_weight,
         p_gpt2_transformer_h_0_ln_1_weight,
         p_gpt2_transformer_h_0_ln_1_bias,
-        p_gpt2_transformer_h_0_attn_c_attn_weight,
         p_gpt2_transformer_h_0_attn_c_attn_bias,
-        p_gpt2_lm_head_weight,
-        input_ids,
+        p_gpt2_transformer_h_0_attn_c_attn_weight,
     ) = args
     args.clear()
     buf2 = empty_strided_cpu((1, 9), (9, 1), torch.int64)
@@ -91,11 +91,11 @@ def size_8(args):
         buf9,
         buf10,
     )
+    del input_ids
+    del p_gpt2_lm_head_weight
     del p_gpt2_transformer_wpe_weight
     del p_gpt2_transformer_h_0_ln_1_weight
     del p_gpt2_transformer_h_0_ln_1_bias
-    del p_gpt2_lm_head_weight
-    del input_ids
     del buf8
     del buf9
     buf11 = empty_strided_cpu((8, 192), (192, 1), torch.float32)
@@ -108,8 +108,8 @@ def size_8(args):
         beta=1,
         out=buf11,
     )
-    del p_gpt2_transformer_h_0_attn_c_attn_weight
     del p_gpt2_transformer_h_0_attn_c_attn_bias
+    del p_gpt2_transformer_h_0_attn_c_attn_weight
     del buf10
     buf12 = empty_strided_cpu((1, 1, 8, 8), (64, 1, 8, 1), torch.bool)
     size_8_cpp_fused_add_arange_bitwise_and_eq_expand_index_le_new_ones_unsqueeze_2(
@@ -127,17 +127,17 @@ def size_8(args):
 
 def range_1_32(args):
     (
+        input_ids,
+        p_gpt2_lm_head_weight,
         p_gpt2_transformer_wpe_weight,
         p_gpt2_transformer_h_0_ln_1_weight,
         p_gpt2_transformer_h_0_ln_1_bias,
-        p_gpt2_transformer_h_0_attn_c_attn_weight,
         p_gpt2_transformer_h_0_attn_c_attn_bias,
-        p_gpt2_lm_head_weight,
-        input_ids,
+        p_gpt2_transformer_h_0_attn_c_attn_weight,
     ) = args
     args.clear()
-    arg6_1_size = input_ids.size()
-    s75 = arg6_1_size[1]
+    arg0_1_size = input_ids.size()
+    s75 = arg0_1_size[1]
     buf2 = empty_strided_cpu((1, 1 + s75), (1 + s75, 1), torch.int64)
     buf0 = reinterpret_tensor(buf2, (1, 1), (1 + s75, 1), 0)  # alias
     buf1 = reinterpret_tensor(buf2, (1, s75), (1 + s75, 1), 1)  # alias
@@ -182,11 +182,11 @@ def range_1_32(args):
         buf10,
         s75,
     )
+    del input_ids
+    del p_gpt2_lm_head_weight
     del p_gpt2_transformer_wpe_weight
     del p_gpt2_transformer_h_0_ln_1_weight
     del p_gpt2_transformer_h_0_ln_1_bias
-    del p_gpt2_lm_head_weight
-    del input_ids
     del buf8
     del buf9
     buf11 = empty_strided_cpu((s75, 192), (192, 1), torch.float32)
@@ -199,8 +199,8 @@ def range_1_32(args):
         beta=1,
         out=buf11,
     )
-    del p_gpt2_transformer_h_0_attn_c_attn_weight
     del p_gpt2_transformer_h_0_attn_c_attn_bias
+    del p_gpt2_transformer_h_0_attn_c_attn_weight
     del buf10
     buf12 = empty_strided_cpu((1, 1, s75, s75), (s75 * s75, 1, s75, 1), torch.bool)
     range_1_32_cpp_fused_add_arange_bitwise_and_eq_expand_index_le_new_ones_unsqueeze_2(

@@ -45,24 +45,24 @@ range_33_128_cpp_fused_add_native_layer_norm_view_2 = load_kernel(
 
 def size_8(args):
     (
-        p_gpt2_transformer_h_0_attn_c_proj_weight,
+        scaled_dot_product_attention,
+        sym_size_int_10,
         p_gpt2_transformer_h_0_attn_c_proj_bias,
+        p_gpt2_transformer_h_0_attn_c_proj_weight,
+        dropout,
         p_gpt2_transformer_h_0_ln_2_weight,
         p_gpt2_transformer_h_0_ln_2_bias,
-        p_gpt2_transformer_h_0_mlp_c_fc_weight,
         p_gpt2_transformer_h_0_mlp_c_fc_bias,
-        p_gpt2_transformer_h_0_mlp_c_proj_weight,
+        p_gpt2_transformer_h_0_mlp_c_fc_weight,
         p_gpt2_transformer_h_0_mlp_c_proj_bias,
+        p_gpt2_transformer_h_0_mlp_c_proj_weight,
         p_gpt2_transformer_h_1_ln_1_weight,
         p_gpt2_transformer_h_1_ln_1_bias,
-        p_gpt2_transformer_h_1_attn_c_attn_weight,
         p_gpt2_transformer_h_1_attn_c_attn_bias,
-        sym_size_int_10,
-        dropout,
-        scaled_dot_product_attention,
+        p_gpt2_transformer_h_1_attn_c_attn_weight,
     ) = args
     args.clear()
-    s78 = sym_size_int_10
+    s72 = sym_size_int_10
     assert_size_stride(p_gpt2_transformer_h_0_attn_c_proj_bias, (64,), (1,), "input")
     assert_size_stride(
         scaled_dot_product_attention, (1, 4, 8, 16), (512, 16, 64, 1), "input"
@@ -80,9 +80,9 @@ def size_8(args):
         beta=1,
         out=buf0,
     )
-    del p_gpt2_transformer_h_0_attn_c_proj_weight
     del scaled_dot_product_attention
     del p_gpt2_transformer_h_0_attn_c_proj_bias
+    del p_gpt2_transformer_h_0_attn_c_proj_weight
     assert_size_stride(dropout, (1, 8, 64), (512, 64, 1), "input")
     assert_size_stride(p_gpt2_transformer_h_0_ln_2_weight, (64,), (1,), "input")
     assert_size_stride(p_gpt2_transformer_h_0_ln_2_bias, (64,), (1,), "input")
@@ -118,8 +118,8 @@ def size_8(args):
         beta=1,
         out=buf5,
     )
-    del p_gpt2_transformer_h_0_mlp_c_fc_weight
     del p_gpt2_transformer_h_0_mlp_c_fc_bias
+    del p_gpt2_transformer_h_0_mlp_c_fc_weight
     del buf4
     buf6 = reinterpret_tensor(buf5, (1, 8, 256), (2048, 256, 1), 0)
     del buf5  # reuse
@@ -164,9 +164,9 @@ def size_8(args):
         buf11,
         buf12,
     )
-    del dropout
     del p_gpt2_transformer_h_1_ln_1_weight
     del p_gpt2_transformer_h_1_ln_1_bias
+    del dropout
     del buf10
     del buf11
     del buf7
@@ -180,8 +180,8 @@ def size_8(args):
         beta=1,
         out=buf13,
     )
-    del p_gpt2_transformer_h_1_attn_c_attn_weight
     del p_gpt2_transformer_h_1_attn_c_attn_bias
+    del p_gpt2_transformer_h_1_attn_c_attn_weight
     return (
         buf8,
         reinterpret_tensor(buf13, (1, 4, 8, 16), (1536, 16, 192, 1), 64),
@@ -192,21 +192,21 @@ def size_8(args):
 
 def range_1_32(args):
     (
-        p_gpt2_transformer_h_0_attn_c_proj_weight,
+        scaled_dot_product_attention,
+        sym_size_int_10,
         p_gpt2_transformer_h_0_attn_c_proj_bias,
+        p_gpt2_transformer_h_0_attn_c_proj_weight,
+        dropout,
         p_gpt2_transformer_h_0_ln_2_weight,
         p_gpt2_transformer_h_0_ln_2_bias,
-        p_gpt2_transformer_h_0_mlp_c_fc_weight,
         p_gpt2_transformer_h_0_mlp_c_fc_bias,
-        p_gpt2_transformer_h_0_mlp_c_proj_weight,
+        p_gpt2_transformer_h_0_mlp_c_fc_weight,
         p_gpt2_transformer_h_0_mlp_c_proj_bias,
+        p_gpt2_transformer_h_0_mlp_c_proj_weight,
         p_gpt2_transformer_h_1_ln_1_weight,
         p_gpt2_transformer_h_1_ln_1_bias,
-        p_gpt2_transformer_h_1_attn_c_attn_weight,
         p_gpt2_transformer_h_1_attn_c_attn_bias,
-        sym_size_int_10,
-        dropout,
-        scaled_dot_product_attention,
+        p_gpt2_transformer_h_1_attn_c_attn_weight,
     ) = args
     args.clear()
     s75 = sym_size_int_10
@@ -227,9 +227,9 @@ def range_1_32(args):
         beta=1,
         out=buf0,
     )
-    del p_gpt2_transformer_h_0_attn_c_proj_weight
     del scaled_dot_product_attention
     del p_gpt2_transformer_h_0_attn_c_proj_bias
+    del p_gpt2_transformer_h_0_attn_c_proj_weight
     assert_size_stride(dropout, (1, s75, 64), (64 * s75, 64, 1), "input")
     assert_size_stride(p_gpt2_transformer_h_0_ln_2_weight, (64,), (1,), "input")
     assert_size_stride(p_gpt2_transformer_h_0_ln_2_bias, (64,), (1,), "input")
@@ -266,8 +266,8 @@ def range_1_32(args):
         beta=1,
         out=buf5,
     )
-    del p_gpt2_transformer_h_0_mlp_c_fc_weight
     del p_gpt2_transformer_h_0_mlp_c_fc_bias
+    del p_gpt2_transformer_h_0_mlp_c_fc_weight
     del buf4
     buf6 = reinterpret_tensor(buf5, (1, s75, 256), (256 * s75, 256, 1), 0)
     del buf5  # reuse
@@ -313,9 +313,9 @@ def range_1_32(args):
         buf12,
         s75,
     )
-    del dropout
     del p_gpt2_transformer_h_1_ln_1_weight
     del p_gpt2_transformer_h_1_ln_1_bias
+    del dropout
     del buf10
     del buf11
     del buf7
@@ -329,8 +329,8 @@ def range_1_32(args):
         beta=1,
         out=buf13,
     )
-    del p_gpt2_transformer_h_1_attn_c_attn_weight
     del p_gpt2_transformer_h_1_attn_c_attn_bias
+    del p_gpt2_transformer_h_1_attn_c_attn_weight
     return (
         buf8,
         reinterpret_tensor(buf13, (1, 4, s75, 16), (192 * s75, 16, 192, 1), 64),
@@ -341,21 +341,21 @@ def range_1_32(args):
 
 def range_33_128(args):
     (
-        p_gpt2_transformer_h_0_attn_c_proj_weight,
+        scaled_dot_product_attention,
+        sym_size_int_10,
         p_gpt2_transformer_h_0_attn_c_proj_bias,
+        p_gpt2_transformer_h_0_attn_c_proj_weight,
+        dropout,
         p_gpt2_transformer_h_0_ln_2_weight,
         p_gpt2_transformer_h_0_ln_2_bias,
-        p_gpt2_transformer_h_0_mlp_c_fc_weight,
         p_gpt2_transformer_h_0_mlp_c_fc_bias,
-        p_gpt2_transformer_h_0_mlp_c_proj_weight,
+        p_gpt2_transformer_h_0_mlp_c_fc_weight,
         p_gpt2_transformer_h_0_mlp_c_proj_bias,
+        p_gpt2_transformer_h_0_mlp_c_proj_weight,
         p_gpt2_transformer_h_1_ln_1_weight,
         p_gpt2_transformer_h_1_ln_1_bias,
-        p_gpt2_transformer_h_1_attn_c_attn_weight,
         p_gpt2_transformer_h_1_attn_c_attn_bias,
-        sym_size_int_10,
-        dropout,
-        scaled_dot_product_attention,
+        p_gpt2_transformer_h_1_attn_c_attn_weight,
     ) = args
     args.clear()
     s75 = sym_size_int_10
@@ -376,9 +376,9 @@ def range_33_128(args):
         beta=1,
         out=buf0,
     )
-    del p_gpt2_transformer_h_0_attn_c_proj_weight
     del scaled_dot_product_attention
     del p_gpt2_transformer_h_0_attn_c_proj_bias
+    del p_gpt2_transformer_h_0_attn_c_proj_weight
     assert_size_stride(dropout, (1, s75, 64), (64 * s75, 64, 1), "input")
     assert_size_stride(p_gpt2_transformer_h_0_ln_2_weight, (64,), (1,), "input")
     assert_size_stride(p_gpt2_transformer_h_0_ln_2_bias, (64,), (1,), "input")
@@ -415,8 +415,8 @@ def range_33_128(args):
         beta=1,
         out=buf5,
     )
-    del p_gpt2_transformer_h_0_mlp_c_fc_weight
     del p_gpt2_transformer_h_0_mlp_c_fc_bias
+    del p_gpt2_transformer_h_0_mlp_c_fc_weight
     del buf4
     buf6 = reinterpret_tensor(buf5, (1, s75, 256), (256 * s75, 256, 1), 0)
     del buf5  # reuse
@@ -462,9 +462,9 @@ def range_33_128(args):
         buf12,
         s75,
     )
-    del dropout
     del p_gpt2_transformer_h_1_ln_1_weight
     del p_gpt2_transformer_h_1_ln_1_bias
+    del dropout
     del buf10
     del buf11
     del buf7
@@ -478,8 +478,8 @@ def range_33_128(args):
         beta=1,
         out=buf13,
     )
-    del p_gpt2_transformer_h_1_attn_c_attn_weight
     del p_gpt2_transformer_h_1_attn_c_attn_bias
+    del p_gpt2_transformer_h_1_attn_c_attn_weight
     return (
         buf8,
         reinterpret_tensor(buf13, (1, 4, s75, 16), (192 * s75, 16, 192, 1), 64),

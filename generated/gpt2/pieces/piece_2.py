@@ -45,23 +45,23 @@ range_33_128_cpp_fused_add_native_layer_norm_view_2 = load_kernel(
 
 def size_8(args):
     (
-        p_gpt2_transformer_h_1_attn_c_proj_weight,
+        scaled_dot_product_attention_1,
+        sym_size_int_10,
         p_gpt2_transformer_h_1_attn_c_proj_bias,
+        p_gpt2_transformer_h_1_attn_c_proj_weight,
+        add_7,
         p_gpt2_transformer_h_1_ln_2_weight,
         p_gpt2_transformer_h_1_ln_2_bias,
-        p_gpt2_transformer_h_1_mlp_c_fc_weight,
         p_gpt2_transformer_h_1_mlp_c_fc_bias,
-        p_gpt2_transformer_h_1_mlp_c_proj_weight,
+        p_gpt2_transformer_h_1_mlp_c_fc_weight,
         p_gpt2_transformer_h_1_mlp_c_proj_bias,
+        p_gpt2_transformer_h_1_mlp_c_proj_weight,
         p_gpt2_transformer_ln_f_weight,
         p_gpt2_transformer_ln_f_bias,
         p_gpt2_lm_head_weight,
-        sym_size_int_10,
-        add_7,
-        scaled_dot_product_attention_1,
     ) = args
     args.clear()
-    s79 = sym_size_int_10
+    s72 = sym_size_int_10
     assert_size_stride(p_gpt2_transformer_h_1_attn_c_proj_bias, (64,), (1,), "input")
     assert_size_stride(
         scaled_dot_product_attention_1, (1, 4, 8, 16), (512, 16, 64, 1), "input"
@@ -79,9 +79,9 @@ def size_8(args):
         beta=1,
         out=buf0,
     )
-    del p_gpt2_transformer_h_1_attn_c_proj_weight
     del scaled_dot_product_attention_1
     del p_gpt2_transformer_h_1_attn_c_proj_bias
+    del p_gpt2_transformer_h_1_attn_c_proj_weight
     assert_size_stride(add_7, (1, 8, 64), (512, 64, 1), "input")
     assert_size_stride(p_gpt2_transformer_h_1_ln_2_weight, (64,), (1,), "input")
     assert_size_stride(p_gpt2_transformer_h_1_ln_2_bias, (64,), (1,), "input")
@@ -117,8 +117,8 @@ def size_8(args):
         beta=1,
         out=buf5,
     )
-    del p_gpt2_transformer_h_1_mlp_c_fc_weight
     del p_gpt2_transformer_h_1_mlp_c_fc_bias
+    del p_gpt2_transformer_h_1_mlp_c_fc_weight
     del buf4
     buf6 = reinterpret_tensor(buf5, (1, 8, 256), (2048, 256, 1), 0)
     del buf5  # reuse
@@ -157,9 +157,9 @@ def size_8(args):
         p_gpt2_transformer_ln_f_bias,
         buf10,
     )
-    del add_7
     del p_gpt2_transformer_ln_f_weight
     del p_gpt2_transformer_ln_f_bias
+    del add_7
     del buf10
     del buf7
     del buf9
@@ -177,20 +177,20 @@ def size_8(args):
 
 def range_1_32(args):
     (
-        p_gpt2_transformer_h_1_attn_c_proj_weight,
+        scaled_dot_product_attention_1,
+        sym_size_int_10,
         p_gpt2_transformer_h_1_attn_c_proj_bias,
+        p_gpt2_transformer_h_1_attn_c_proj_weight,
+        add_7,
         p_gpt2_transformer_h_1_ln_2_weight,
         p_gpt2_transformer_h_1_ln_2_bias,
-        p_gpt2_transformer_h_1_mlp_c_fc_weight,
         p_gpt2_transformer_h_1_mlp_c_fc_bias,
-        p_gpt2_transformer_h_1_mlp_c_proj_weight,
+        p_gpt2_transformer_h_1_mlp_c_fc_weight,
         p_gpt2_transformer_h_1_mlp_c_proj_bias,
+        p_gpt2_transformer_h_1_mlp_c_proj_weight,
         p_gpt2_transformer_ln_f_weight,
         p_gpt2_transformer_ln_f_bias,
         p_gpt2_lm_head_weight,
-        sym_size_int_10,
-        add_7,
-        scaled_dot_product_attention_1,
     ) = args
     args.clear()
     s75 = sym_size_int_10
@@ -211,9 +211,9 @@ def range_1_32(args):
         beta=1,
         out=buf0,
     )
-    del p_gpt2_transformer_h_1_attn_c_proj_weight
     del scaled_dot_product_attention_1
     del p_gpt2_transformer_h_1_attn_c_proj_bias
+    del p_gpt2_transformer_h_1_attn_c_proj_weight
     assert_size_stride(add_7, (1, s75, 64), (64 * s75, 64, 1), "input")
     assert_size_stride(p_gpt2_transformer_h_1_ln_2_weight, (64,), (1,), "input")
     assert_size_stride(p_gpt2_transformer_h_1_ln_2_bias, (64,), (1,), "input")
@@ -250,8 +250,8 @@ def range_1_32(args):
         beta=1,
         out=buf5,
     )
-    del p_gpt2_transformer_h_1_mlp_c_fc_weight
     del p_gpt2_transformer_h_1_mlp_c_fc_bias
+    del p_gpt2_transformer_h_1_mlp_c_fc_weight
     del buf4
     buf6 = reinterpret_tensor(buf5, (1, s75, 256), (256 * s75, 256, 1), 0)
     del buf5  # reuse
@@ -291,9 +291,9 @@ def range_1_32(args):
         buf10,
         s75,
     )
-    del add_7
     del p_gpt2_transformer_ln_f_weight
     del p_gpt2_transformer_ln_f_bias
+    del add_7
     del buf10
     del buf7
     del buf9
@@ -311,20 +311,20 @@ def range_1_32(args):
 
 def range_33_128(args):
     (
-        p_gpt2_transformer_h_1_attn_c_proj_weight,
+        scaled_dot_product_attention_1,
+        sym_size_int_10,
         p_gpt2_transformer_h_1_attn_c_proj_bias,
+        p_gpt2_transformer_h_1_attn_c_proj_weight,
+        add_7,
         p_gpt2_transformer_h_1_ln_2_weight,
         p_gpt2_transformer_h_1_ln_2_bias,
-        p_gpt2_transformer_h_1_mlp_c_fc_weight,
         p_gpt2_transformer_h_1_mlp_c_fc_bias,
-        p_gpt2_transformer_h_1_mlp_c_proj_weight,
+        p_gpt2_transformer_h_1_mlp_c_fc_weight,
         p_gpt2_transformer_h_1_mlp_c_proj_bias,
+        p_gpt2_transformer_h_1_mlp_c_proj_weight,
         p_gpt2_transformer_ln_f_weight,
         p_gpt2_transformer_ln_f_bias,
         p_gpt2_lm_head_weight,
-        sym_size_int_10,
-        add_7,
-        scaled_dot_product_attention_1,
     ) = args
     args.clear()
     s75 = sym_size_int_10
@@ -345,9 +345,9 @@ def range_33_128(args):
         beta=1,
         out=buf0,
     )
-    del p_gpt2_transformer_h_1_attn_c_proj_weight
     del scaled_dot_product_attention_1
     del p_gpt2_transformer_h_1_attn_c_proj_bias
+    del p_gpt2_transformer_h_1_attn_c_proj_weight
     assert_size_stride(add_7, (1, s75, 64), (64 * s75, 64, 1), "input")
     assert_size_stride(p_gpt2_transformer_h_1_ln_2_weight, (64,), (1,), "input")
     assert_size_stride(p_gpt2_transformer_h_1_ln_2_bias, (64,), (1,), "input")
@@ -384,8 +384,8 @@ def range_33_128(args):
         beta=1,
         out=buf5,
     )
-    del p_gpt2_transformer_h_1_mlp_c_fc_weight
     del p_gpt2_transformer_h_1_mlp_c_fc_bias
+    del p_gpt2_transformer_h_1_mlp_c_fc_weight
     del buf4
     buf6 = reinterpret_tensor(buf5, (1, s75, 256), (256 * s75, 256, 1), 0)
     del buf5  # reuse
@@ -425,9 +425,9 @@ def range_33_128(args):
         buf10,
         s75,
     )
-    del add_7
     del p_gpt2_transformer_ln_f_weight
     del p_gpt2_transformer_ln_f_bias
+    del add_7
     del buf10
     del buf7
     del buf9

@@ -24,6 +24,7 @@ range_1_32_cpp_fused_gelu_native_layer_norm_0 = load_kernel(
 
 def size_4(args):
     (
+        x,
         p_net_0_weight,
         p_net_0_bias,
         p_net_2_weight,
@@ -34,7 +35,6 @@ def size_4(args):
         p_net_5_bias,
         p_net_6_weight,
         p_net_6_bias,
-        x,
     ) = args
     args.clear()
     assert_size_stride(p_net_0_bias, (64,), (1,), "input")
@@ -50,8 +50,8 @@ def size_4(args):
         beta=1,
         out=buf0,
     )
-    del p_net_0_weight
     del x
+    del p_net_0_weight
     del p_net_0_bias
     assert_size_stride(p_net_2_weight, (64,), (1,), "input")
     assert_size_stride(p_net_2_bias, (64,), (1,), "input")
@@ -110,13 +110,14 @@ def size_4(args):
         beta=1,
         out=buf10,
     )
-    del p_net_6_weight
     del p_net_6_bias
+    del p_net_6_weight
     return (buf10,)
 
 
 def range_1_32(args):
     (
+        x,
         p_net_0_weight,
         p_net_0_bias,
         p_net_2_weight,
@@ -127,11 +128,10 @@ def range_1_32(args):
         p_net_5_bias,
         p_net_6_weight,
         p_net_6_bias,
-        x,
     ) = args
     args.clear()
-    arg10_1_size = x.size()
-    s82 = arg10_1_size[0]
+    arg0_1_size = x.size()
+    s82 = arg0_1_size[0]
     assert_size_stride(p_net_0_bias, (64,), (1,), "input")
     assert_size_stride(x, (s82, 32), (32, 1), "input")
     assert_size_stride(p_net_0_weight, (64, 32), (32, 1), "input")
@@ -145,8 +145,8 @@ def range_1_32(args):
         beta=1,
         out=buf0,
     )
-    del p_net_0_weight
     del x
+    del p_net_0_weight
     del p_net_0_bias
     assert_size_stride(p_net_2_weight, (64,), (1,), "input")
     assert_size_stride(p_net_2_bias, (64,), (1,), "input")
@@ -205,8 +205,8 @@ def range_1_32(args):
         beta=1,
         out=buf10,
     )
-    del p_net_6_weight
     del p_net_6_bias
+    del p_net_6_weight
     return (buf10,)
 
 

@@ -39,14 +39,14 @@ range_1_16_cpp_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpo
 
 def size_1(args):
     (
+        positions,
         p_embed_tokens_weight,
+        input_ids,
+        b_rotary_inv_freq,
         p_layers_0_input_layernorm_weight,
         p_layers_0_self_attn_q_proj_weight,
         p_layers_0_self_attn_k_proj_weight,
         p_layers_0_self_attn_v_proj_weight,
-        b_rotary_inv_freq,
-        input_ids,
-        positions,
     ) = args
     args.clear()
     assert_size_stride(input_ids, (1, 1), (1, 1), "input")
@@ -65,8 +65,8 @@ def size_1(args):
         buf2,
     )
     del p_embed_tokens_weight
-    del p_layers_0_input_layernorm_weight
     del input_ids
+    del p_layers_0_input_layernorm_weight
     del buf1
     buf3 = empty_strided_cpu((1, 64), (64, 1), torch.float32)
     # Topologically Sorted Source Nodes: [pow_1, mean, add, rsqrt, mul_1, mul_2, linear], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
@@ -123,8 +123,8 @@ def size_1(args):
         buf12,
         buf13,
     )
-    del b_rotary_inv_freq
     del positions
+    del b_rotary_inv_freq
     return (
         1,
         buf0,
@@ -138,14 +138,14 @@ def size_1(args):
 
 def size_8(args):
     (
+        positions,
         p_embed_tokens_weight,
+        input_ids,
+        b_rotary_inv_freq,
         p_layers_0_input_layernorm_weight,
         p_layers_0_self_attn_q_proj_weight,
         p_layers_0_self_attn_k_proj_weight,
         p_layers_0_self_attn_v_proj_weight,
-        b_rotary_inv_freq,
-        input_ids,
-        positions,
     ) = args
     args.clear()
     assert_size_stride(input_ids, (1, 8), (8, 1), "input")
@@ -164,8 +164,8 @@ def size_8(args):
         buf2,
     )
     del p_embed_tokens_weight
-    del p_layers_0_input_layernorm_weight
     del input_ids
+    del p_layers_0_input_layernorm_weight
     del buf1
     buf3 = empty_strided_cpu((8, 64), (64, 1), torch.float32)
     # Topologically Sorted Source Nodes: [pow_1, mean, add, rsqrt, mul_1, mul_2, linear], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
@@ -222,8 +222,8 @@ def size_8(args):
         buf12,
         buf13,
     )
-    del b_rotary_inv_freq
     del positions
+    del b_rotary_inv_freq
     return (
         8,
         buf0,
@@ -237,18 +237,18 @@ def size_8(args):
 
 def range_1_16(args):
     (
+        positions,
         p_embed_tokens_weight,
+        input_ids,
+        b_rotary_inv_freq,
         p_layers_0_input_layernorm_weight,
         p_layers_0_self_attn_q_proj_weight,
         p_layers_0_self_attn_k_proj_weight,
         p_layers_0_self_attn_v_proj_weight,
-        b_rotary_inv_freq,
-        input_ids,
-        positions,
     ) = args
     args.clear()
-    arg6_1_size = input_ids.size()
-    s6 = arg6_1_size[1]
+    arg0_1_size = positions.size()
+    s6 = arg0_1_size[1]
     assert_size_stride(input_ids, (1, s6), (s6, 1), "input")
     assert_size_stride(p_embed_tokens_weight, (128, 64), (64, 1), "input")
     assert_size_stride(p_layers_0_input_layernorm_weight, (64,), (1,), "input")
@@ -266,8 +266,8 @@ def range_1_16(args):
         s6,
     )
     del p_embed_tokens_weight
-    del p_layers_0_input_layernorm_weight
     del input_ids
+    del p_layers_0_input_layernorm_weight
     del buf1
     buf3 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
     # Topologically Sorted Source Nodes: [pow_1, mean, add, rsqrt, mul_1, mul_2, linear], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
@@ -333,8 +333,8 @@ def range_1_16(args):
         buf13,
         s6,
     )
-    del b_rotary_inv_freq
     del positions
+    del b_rotary_inv_freq
     return (
         s6,
         buf0,

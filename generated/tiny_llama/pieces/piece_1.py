@@ -70,7 +70,10 @@ range_17_256_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3 = (
 
 def size_1(args):
     (
+        scaled_dot_product_attention,
+        sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
+        embedding,
         p_layers_0_post_attention_layernorm_weight,
         p_layers_0_mlp_gate_proj_weight,
         p_layers_0_mlp_up_proj_weight,
@@ -79,11 +82,8 @@ def size_1(args):
         p_layers_1_self_attn_q_proj_weight,
         p_layers_1_self_attn_k_proj_weight,
         p_layers_1_self_attn_v_proj_weight,
-        sym_size_int_2,
-        embedding,
         unsqueeze_1,
         unsqueeze_2,
-        scaled_dot_product_attention,
     ) = args
     args.clear()
     assert_size_stride(
@@ -97,8 +97,8 @@ def size_1(args):
         reinterpret_tensor(p_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0),
         out=buf0,
     )
-    del p_layers_0_self_attn_o_proj_weight
     del scaled_dot_product_attention
+    del p_layers_0_self_attn_o_proj_weight
     assert_size_stride(embedding, (1, 1, 64), (64, 64, 1), "input")
     buf1 = empty_strided_cpu((1, 1, 1), (1, 1, 1), torch.float32)
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,), "input")
@@ -208,7 +208,10 @@ def size_1(args):
 
 def size_8(args):
     (
+        scaled_dot_product_attention,
+        sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
+        embedding,
         p_layers_0_post_attention_layernorm_weight,
         p_layers_0_mlp_gate_proj_weight,
         p_layers_0_mlp_up_proj_weight,
@@ -217,14 +220,11 @@ def size_8(args):
         p_layers_1_self_attn_q_proj_weight,
         p_layers_1_self_attn_k_proj_weight,
         p_layers_1_self_attn_v_proj_weight,
-        sym_size_int_2,
-        embedding,
         unsqueeze_1,
         unsqueeze_2,
-        scaled_dot_product_attention,
     ) = args
     args.clear()
-    s83 = sym_size_int_2
+    s72 = sym_size_int_2
     assert_size_stride(
         scaled_dot_product_attention, (1, 4, 8, 16), (512, 16, 64, 1), "input"
     )
@@ -236,8 +236,8 @@ def size_8(args):
         reinterpret_tensor(p_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0),
         out=buf0,
     )
-    del p_layers_0_self_attn_o_proj_weight
     del scaled_dot_product_attention
+    del p_layers_0_self_attn_o_proj_weight
     assert_size_stride(embedding, (1, 8, 64), (512, 64, 1), "input")
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,), "input")
     buf1 = empty_strided_cpu((1, 8, 1), (8, 1, 8), torch.float32)
@@ -347,7 +347,10 @@ def size_8(args):
 
 def range_1_16(args):
     (
+        scaled_dot_product_attention,
+        sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
+        embedding,
         p_layers_0_post_attention_layernorm_weight,
         p_layers_0_mlp_gate_proj_weight,
         p_layers_0_mlp_up_proj_weight,
@@ -356,11 +359,8 @@ def range_1_16(args):
         p_layers_1_self_attn_q_proj_weight,
         p_layers_1_self_attn_k_proj_weight,
         p_layers_1_self_attn_v_proj_weight,
-        sym_size_int_2,
-        embedding,
         unsqueeze_1,
         unsqueeze_2,
-        scaled_dot_product_attention,
     ) = args
     args.clear()
     s6 = sym_size_int_2
@@ -375,8 +375,8 @@ def range_1_16(args):
         reinterpret_tensor(p_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0),
         out=buf0,
     )
-    del p_layers_0_self_attn_o_proj_weight
     del scaled_dot_product_attention
+    del p_layers_0_self_attn_o_proj_weight
     assert_size_stride(embedding, (1, s6, 64), (64 * s6, 64, 1), "input")
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,), "input")
     buf1 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)
@@ -504,7 +504,10 @@ def range_1_16(args):
 
 def range_17_256(args):
     (
+        scaled_dot_product_attention,
+        sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
+        embedding,
         p_layers_0_post_attention_layernorm_weight,
         p_layers_0_mlp_gate_proj_weight,
         p_layers_0_mlp_up_proj_weight,
@@ -513,11 +516,8 @@ def range_17_256(args):
         p_layers_1_self_attn_q_proj_weight,
         p_layers_1_self_attn_k_proj_weight,
         p_layers_1_self_attn_v_proj_weight,
-        sym_size_int_2,
-        embedding,
         unsqueeze_1,
         unsqueeze_2,
-        scaled_dot_product_attention,
     ) = args
     args.clear()
     s6 = sym_size_int_2
@@ -532,8 +532,8 @@ def range_17_256(args):
         reinterpret_tensor(p_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0),
         out=buf0,
     )
-    del p_layers_0_self_attn_o_proj_weight
     del scaled_dot_product_attention
+    del p_layers_0_self_attn_o_proj_weight
     assert_size_stride(embedding, (1, s6, 64), (64 * s6, 64, 1), "input")
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,), "input")
     buf1 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)

@@ -54,16 +54,16 @@ range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_kernel(
 
 def size_1(args):
     (
+        scaled_dot_product_attention_1,
+        sym_size_int_2,
         p_layers_1_self_attn_o_proj_weight,
+        add_5,
         p_layers_1_post_attention_layernorm_weight,
         p_layers_1_mlp_gate_proj_weight,
         p_layers_1_mlp_up_proj_weight,
         p_layers_1_mlp_down_proj_weight,
         p_norm_weight,
         p_lm_head_weight,
-        sym_size_int_2,
-        add_5,
-        scaled_dot_product_attention_1,
     ) = args
     args.clear()
     assert_size_stride(
@@ -77,8 +77,8 @@ def size_1(args):
         reinterpret_tensor(p_layers_1_self_attn_o_proj_weight, (64, 64), (1, 64), 0),
         out=buf0,
     )
-    del p_layers_1_self_attn_o_proj_weight
     del scaled_dot_product_attention_1
+    del p_layers_1_self_attn_o_proj_weight
     assert_size_stride(add_5, (1, 1, 64), (64, 64, 1), "input")
     buf1 = empty_strided_cpu((1, 1, 1), (1, 1, 1), torch.float32)
     assert_size_stride(p_layers_1_post_attention_layernorm_weight, (64,), (1,), "input")
@@ -128,8 +128,8 @@ def size_1(args):
     size_1_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
         buf8, add_5, buf6, p_norm_weight, buf7
     )
-    del p_norm_weight
     del add_5
+    del p_norm_weight
     del buf6
     del buf7
     buf9 = reinterpret_tensor(buf5, (1, 128), (128, 1), 0)
@@ -146,19 +146,19 @@ def size_1(args):
 
 def size_8(args):
     (
+        scaled_dot_product_attention_1,
+        sym_size_int_2,
         p_layers_1_self_attn_o_proj_weight,
+        add_5,
         p_layers_1_post_attention_layernorm_weight,
         p_layers_1_mlp_gate_proj_weight,
         p_layers_1_mlp_up_proj_weight,
         p_layers_1_mlp_down_proj_weight,
         p_norm_weight,
         p_lm_head_weight,
-        sym_size_int_2,
-        add_5,
-        scaled_dot_product_attention_1,
     ) = args
     args.clear()
-    s94 = sym_size_int_2
+    s72 = sym_size_int_2
     assert_size_stride(
         scaled_dot_product_attention_1, (1, 4, 8, 16), (512, 16, 64, 1), "input"
     )
@@ -170,8 +170,8 @@ def size_8(args):
         reinterpret_tensor(p_layers_1_self_attn_o_proj_weight, (64, 64), (1, 64), 0),
         out=buf0,
     )
-    del p_layers_1_self_attn_o_proj_weight
     del scaled_dot_product_attention_1
+    del p_layers_1_self_attn_o_proj_weight
     assert_size_stride(add_5, (1, 8, 64), (512, 64, 1), "input")
     assert_size_stride(p_layers_1_post_attention_layernorm_weight, (64,), (1,), "input")
     buf1 = empty_strided_cpu((1, 8, 1), (8, 1, 8), torch.float32)
@@ -221,8 +221,8 @@ def size_8(args):
     size_8_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
         buf8, add_5, buf6, p_norm_weight, buf7
     )
-    del p_norm_weight
     del add_5
+    del p_norm_weight
     del buf6
     del buf7
     buf9 = reinterpret_tensor(buf5, (8, 128), (128, 1), 0)
@@ -239,16 +239,16 @@ def size_8(args):
 
 def range_1_16(args):
     (
+        scaled_dot_product_attention_1,
+        sym_size_int_2,
         p_layers_1_self_attn_o_proj_weight,
+        add_5,
         p_layers_1_post_attention_layernorm_weight,
         p_layers_1_mlp_gate_proj_weight,
         p_layers_1_mlp_up_proj_weight,
         p_layers_1_mlp_down_proj_weight,
         p_norm_weight,
         p_lm_head_weight,
-        sym_size_int_2,
-        add_5,
-        scaled_dot_product_attention_1,
     ) = args
     args.clear()
     s6 = sym_size_int_2
@@ -263,8 +263,8 @@ def range_1_16(args):
         reinterpret_tensor(p_layers_1_self_attn_o_proj_weight, (64, 64), (1, 64), 0),
         out=buf0,
     )
-    del p_layers_1_self_attn_o_proj_weight
     del scaled_dot_product_attention_1
+    del p_layers_1_self_attn_o_proj_weight
     assert_size_stride(add_5, (1, s6, 64), (64 * s6, 64, 1), "input")
     assert_size_stride(p_layers_1_post_attention_layernorm_weight, (64,), (1,), "input")
     buf1 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)
@@ -314,8 +314,8 @@ def range_1_16(args):
     range_1_16_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
         buf8, add_5, buf6, p_norm_weight, buf7, s6
     )
-    del p_norm_weight
     del add_5
+    del p_norm_weight
     del buf6
     del buf7
     buf9 = reinterpret_tensor(buf5, (s6, 128), (128, 1), 0)
@@ -332,16 +332,16 @@ def range_1_16(args):
 
 def range_17_256(args):
     (
+        scaled_dot_product_attention_1,
+        sym_size_int_2,
         p_layers_1_self_attn_o_proj_weight,
+        add_5,
         p_layers_1_post_attention_layernorm_weight,
         p_layers_1_mlp_gate_proj_weight,
         p_layers_1_mlp_up_proj_weight,
         p_layers_1_mlp_down_proj_weight,
         p_norm_weight,
         p_lm_head_weight,
-        sym_size_int_2,
-        add_5,
-        scaled_dot_product_attention_1,
     ) = args
     args.clear()
     s6 = sym_size_int_2
@@ -356,8 +356,8 @@ def range_17_256(args):
         reinterpret_tensor(p_layers_1_self_attn_o_proj_weight, (64, 64), (1, 64), 0),
         out=buf0,
     )
-    del p_layers_1_self_attn_o_proj_weight
     del scaled_dot_product_attention_1
+    del p_layers_1_self_attn_o_proj_weight
     assert_size_stride(add_5, (1, s6, 64), (64 * s6, 64, 1), "input")
     assert_size_stride(p_layers_1_post_attention_layernorm_weight, (64,), (1,), "input")
     buf1 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)
@@ -407,8 +407,8 @@ def range_17_256(args):
     range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
         buf8, add_5, buf6, p_norm_weight, buf7, s6
     )
-    del p_norm_weight
     del add_5
+    del p_norm_weight
     del buf6
     del buf7
     buf9 = reinterpret_tensor(buf5, (s6, 128), (128, 1), 0)

@@ -327,24 +327,24 @@ def range_1_16_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1(
 def size_1(args):
     align_inputs(args, (0, 1, 2, 3, 4, 5, 6, 7))
     (
+        positions,
         p_embed_tokens_weight,
+        input_ids,
+        b_rotary_inv_freq,
         p_layers_0_input_layernorm_weight,
         p_layers_0_self_attn_q_proj_weight,
         p_layers_0_self_attn_k_proj_weight,
         p_layers_0_self_attn_v_proj_weight,
-        b_rotary_inv_freq,
-        input_ids,
-        positions,
     ) = args
     args.clear()
+    assert_size_stride(positions, (1, 1), (1, 1))
     assert_size_stride(p_embed_tokens_weight, (128, 64), (64, 1))
+    assert_size_stride(input_ids, (1, 1), (1, 1))
+    assert_size_stride(b_rotary_inv_freq, (8,), (1,))
     assert_size_stride(p_layers_0_input_layernorm_weight, (64,), (1,))
     assert_size_stride(p_layers_0_self_attn_q_proj_weight, (64, 64), (64, 1))
     assert_size_stride(p_layers_0_self_attn_k_proj_weight, (64, 64), (64, 1))
     assert_size_stride(p_layers_0_self_attn_v_proj_weight, (64, 64), (64, 1))
-    assert_size_stride(b_rotary_inv_freq, (8,), (1,))
-    assert_size_stride(input_ids, (1, 1), (1, 1))
-    assert_size_stride(positions, (1, 1), (1, 1))
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
         buf0 = empty_strided_cuda((1, 1, 64), (64, 64, 1), torch.float32)
@@ -362,8 +362,8 @@ def size_1(args):
             stream=stream0,
         )
         del p_embed_tokens_weight
-        del p_layers_0_input_layernorm_weight
         del input_ids
+        del p_layers_0_input_layernorm_weight
         buf3 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [pow_1, mean, add, rsqrt, mul_1, mul_2, linear], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
@@ -401,8 +401,8 @@ def size_1(args):
         size_1_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1(
             positions, b_rotary_inv_freq, buf6, buf7, 16, stream=stream0
         )
-        del b_rotary_inv_freq
         del positions
+        del b_rotary_inv_freq
         buf8 = reinterpret_tensor(buf2, (1, 4, 1, 16), (64, 16, 16, 1), 0)
         del buf2  # reuse
         buf9 = empty_strided_cuda((1, 4, 1, 16), (64, 16, 16, 1), torch.float32)
@@ -427,24 +427,24 @@ def size_1(args):
 def size_8(args):
     align_inputs(args, (0, 1, 2, 3, 4, 5, 6, 7))
     (
+        positions,
         p_embed_tokens_weight,
+        input_ids,
+        b_rotary_inv_freq,
         p_layers_0_input_layernorm_weight,
         p_layers_0_self_attn_q_proj_weight,
         p_layers_0_self_attn_k_proj_weight,
         p_layers_0_self_attn_v_proj_weight,
-        b_rotary_inv_freq,
-        input_ids,
-        positions,
     ) = args
     args.clear()
+    assert_size_stride(positions, (1, 8), (8, 1))
     assert_size_stride(p_embed_tokens_weight, (128, 64), (64, 1))
+    assert_size_stride(input_ids, (1, 8), (8, 1))
+    assert_size_stride(b_rotary_inv_freq, (8,), (1,))
     assert_size_stride(p_layers_0_input_layernorm_weight, (64,), (1,))
     assert_size_stride(p_layers_0_self_attn_q_proj_weight, (64, 64), (64, 1))
     assert_size_stride(p_layers_0_self_attn_k_proj_weight, (64, 64), (64, 1))
     assert_size_stride(p_layers_0_self_attn_v_proj_weight, (64, 64), (64, 1))
-    assert_size_stride(b_rotary_inv_freq, (8,), (1,))
-    assert_size_stride(input_ids, (1, 8), (8, 1))
-    assert_size_stride(positions, (1, 8), (8, 1))
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
         buf0 = empty_strided_cuda((1, 8, 64), (512, 64, 1), torch.float32)
@@ -462,8 +462,8 @@ def size_8(args):
             stream=stream0,
         )
         del p_embed_tokens_weight
-        del p_layers_0_input_layernorm_weight
         del input_ids
+        del p_layers_0_input_layernorm_weight
         buf3 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [pow_1, mean, add, rsqrt, mul_1, mul_2, linear], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
@@ -501,8 +501,8 @@ def size_8(args):
         size_8_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1(
             positions, b_rotary_inv_freq, buf6, buf7, 128, stream=stream0
         )
-        del b_rotary_inv_freq
         del positions
+        del b_rotary_inv_freq
         buf8 = reinterpret_tensor(buf2, (1, 4, 8, 16), (512, 16, 64, 1), 0)
         del buf2  # reuse
         buf9 = empty_strided_cuda((1, 4, 8, 16), (512, 16, 64, 1), torch.float32)
@@ -527,26 +527,26 @@ def size_8(args):
 def range_1_16(args):
     align_inputs(args, (0, 1, 2, 3, 4, 5, 6, 7))
     (
+        positions,
         p_embed_tokens_weight,
+        input_ids,
+        b_rotary_inv_freq,
         p_layers_0_input_layernorm_weight,
         p_layers_0_self_attn_q_proj_weight,
         p_layers_0_self_attn_k_proj_weight,
         p_layers_0_self_attn_v_proj_weight,
-        b_rotary_inv_freq,
-        input_ids,
-        positions,
     ) = args
     args.clear()
-    arg6_1_size = input_ids.size()
-    s6 = arg6_1_size[1]
+    arg0_1_size = positions.size()
+    s6 = arg0_1_size[1]
+    assert_size_stride(positions, (1, s6), (s6, 1))
     assert_size_stride(p_embed_tokens_weight, (128, 64), (64, 1))
+    assert_size_stride(input_ids, (1, s6), (s6, 1))
+    assert_size_stride(b_rotary_inv_freq, (8,), (1,))
     assert_size_stride(p_layers_0_input_layernorm_weight, (64,), (1,))
     assert_size_stride(p_layers_0_self_attn_q_proj_weight, (64, 64), (64, 1))
     assert_size_stride(p_layers_0_self_attn_k_proj_weight, (64, 64), (64, 1))
     assert_size_stride(p_layers_0_self_attn_v_proj_weight, (64, 64), (64, 1))
-    assert_size_stride(b_rotary_inv_freq, (8,), (1,))
-    assert_size_stride(input_ids, (1, s6), (s6, 1))
-    assert_size_stride(positions, (1, s6), (s6, 1))
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
         buf0 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
@@ -564,8 +564,8 @@ def range_1_16(args):
             stream=stream0,
         )
         del p_embed_tokens_weight
-        del p_layers_0_input_layernorm_weight
         del input_ids
+        del p_layers_0_input_layernorm_weight
         buf3 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [pow_1, mean, add, rsqrt, mul_1, mul_2, linear], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
@@ -609,8 +609,8 @@ def range_1_16(args):
             triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1_xnumel,
             stream=stream0,
         )
-        del b_rotary_inv_freq
         del positions
+        del b_rotary_inv_freq
         buf8 = reinterpret_tensor(buf2, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
         del buf2  # reuse
         buf9 = empty_strided_cuda((1, 4, s6, 16), (64 * s6, 16, 64, 1), torch.float32)

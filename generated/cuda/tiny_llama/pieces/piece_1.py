@@ -531,9 +531,12 @@ def range_17_256_triton_poi_fused__unsafe_view_mul_silu_1(
 
 
 def size_1(args):
-    align_inputs(args, (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13))
+    align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13))
     (
+        scaled_dot_product_attention,
+        sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
+        embedding,
         p_layers_0_post_attention_layernorm_weight,
         p_layers_0_mlp_gate_proj_weight,
         p_layers_0_mlp_up_proj_weight,
@@ -542,14 +545,13 @@ def size_1(args):
         p_layers_1_self_attn_q_proj_weight,
         p_layers_1_self_attn_k_proj_weight,
         p_layers_1_self_attn_v_proj_weight,
-        sym_size_int_2,
-        embedding,
         unsqueeze_1,
         unsqueeze_2,
-        scaled_dot_product_attention,
     ) = args
     args.clear()
+    assert_size_stride(scaled_dot_product_attention, (1, 4, 1, 16), (64, 16, 64, 1))
     assert_size_stride(p_layers_0_self_attn_o_proj_weight, (64, 64), (64, 1))
+    assert_size_stride(embedding, (1, 1, 64), (64, 64, 1))
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,))
     assert_size_stride(p_layers_0_mlp_gate_proj_weight, (128, 64), (64, 1))
     assert_size_stride(p_layers_0_mlp_up_proj_weight, (128, 64), (64, 1))
@@ -558,10 +560,8 @@ def size_1(args):
     assert_size_stride(p_layers_1_self_attn_q_proj_weight, (64, 64), (64, 1))
     assert_size_stride(p_layers_1_self_attn_k_proj_weight, (64, 64), (64, 1))
     assert_size_stride(p_layers_1_self_attn_v_proj_weight, (64, 64), (64, 1))
-    assert_size_stride(embedding, (1, 1, 64), (64, 64, 1))
     assert_size_stride(unsqueeze_1, (1, 1, 1, 16), (16, 16, 16, 1))
     assert_size_stride(unsqueeze_2, (1, 1, 1, 16), (16, 16, 16, 1))
-    assert_size_stride(scaled_dot_product_attention, (1, 4, 1, 16), (64, 16, 64, 1))
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
         buf0 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
@@ -573,8 +573,8 @@ def size_1(args):
             ),
             out=buf0,
         )
-        del p_layers_0_self_attn_o_proj_weight
         del scaled_dot_product_attention
+        del p_layers_0_self_attn_o_proj_weight
         buf2 = empty_strided_cuda((1, 1, 64), (64, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
@@ -689,9 +689,12 @@ def size_1(args):
 
 
 def size_8(args):
-    align_inputs(args, (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13))
+    align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13))
     (
+        scaled_dot_product_attention,
+        sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
+        embedding,
         p_layers_0_post_attention_layernorm_weight,
         p_layers_0_mlp_gate_proj_weight,
         p_layers_0_mlp_up_proj_weight,
@@ -700,15 +703,14 @@ def size_8(args):
         p_layers_1_self_attn_q_proj_weight,
         p_layers_1_self_attn_k_proj_weight,
         p_layers_1_self_attn_v_proj_weight,
-        sym_size_int_2,
-        embedding,
         unsqueeze_1,
         unsqueeze_2,
-        scaled_dot_product_attention,
     ) = args
     args.clear()
-    s83 = sym_size_int_2
+    s72 = sym_size_int_2
+    assert_size_stride(scaled_dot_product_attention, (1, 4, 8, 16), (512, 16, 64, 1))
     assert_size_stride(p_layers_0_self_attn_o_proj_weight, (64, 64), (64, 1))
+    assert_size_stride(embedding, (1, 8, 64), (512, 64, 1))
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,))
     assert_size_stride(p_layers_0_mlp_gate_proj_weight, (128, 64), (64, 1))
     assert_size_stride(p_layers_0_mlp_up_proj_weight, (128, 64), (64, 1))
@@ -717,10 +719,8 @@ def size_8(args):
     assert_size_stride(p_layers_1_self_attn_q_proj_weight, (64, 64), (64, 1))
     assert_size_stride(p_layers_1_self_attn_k_proj_weight, (64, 64), (64, 1))
     assert_size_stride(p_layers_1_self_attn_v_proj_weight, (64, 64), (64, 1))
-    assert_size_stride(embedding, (1, 8, 64), (512, 64, 1))
     assert_size_stride(unsqueeze_1, (1, 1, 8, 16), (128, 128, 16, 1))
     assert_size_stride(unsqueeze_2, (1, 1, 8, 16), (128, 128, 16, 1))
-    assert_size_stride(scaled_dot_product_attention, (1, 4, 8, 16), (512, 16, 64, 1))
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
         buf0 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
@@ -732,8 +732,8 @@ def size_8(args):
             ),
             out=buf0,
         )
-        del p_layers_0_self_attn_o_proj_weight
         del scaled_dot_product_attention
+        del p_layers_0_self_attn_o_proj_weight
         buf2 = empty_strided_cuda((1, 8, 64), (512, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
@@ -850,9 +850,12 @@ def size_8(args):
 
 
 def range_1_16(args):
-    align_inputs(args, (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13))
+    align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13))
     (
+        scaled_dot_product_attention,
+        sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
+        embedding,
         p_layers_0_post_attention_layernorm_weight,
         p_layers_0_mlp_gate_proj_weight,
         p_layers_0_mlp_up_proj_weight,
@@ -861,15 +864,16 @@ def range_1_16(args):
         p_layers_1_self_attn_q_proj_weight,
         p_layers_1_self_attn_k_proj_weight,
         p_layers_1_self_attn_v_proj_weight,
-        sym_size_int_2,
-        embedding,
         unsqueeze_1,
         unsqueeze_2,
-        scaled_dot_product_attention,
     ) = args
     args.clear()
     s6 = sym_size_int_2
+    assert_size_stride(
+        scaled_dot_product_attention, (1, 4, s6, 16), (64 * s6, 16, 64, 1)
+    )
     assert_size_stride(p_layers_0_self_attn_o_proj_weight, (64, 64), (64, 1))
+    assert_size_stride(embedding, (1, s6, 64), (64 * s6, 64, 1))
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,))
     assert_size_stride(p_layers_0_mlp_gate_proj_weight, (128, 64), (64, 1))
     assert_size_stride(p_layers_0_mlp_up_proj_weight, (128, 64), (64, 1))
@@ -878,12 +882,8 @@ def range_1_16(args):
     assert_size_stride(p_layers_1_self_attn_q_proj_weight, (64, 64), (64, 1))
     assert_size_stride(p_layers_1_self_attn_k_proj_weight, (64, 64), (64, 1))
     assert_size_stride(p_layers_1_self_attn_v_proj_weight, (64, 64), (64, 1))
-    assert_size_stride(embedding, (1, s6, 64), (64 * s6, 64, 1))
     assert_size_stride(unsqueeze_1, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1))
     assert_size_stride(unsqueeze_2, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1))
-    assert_size_stride(
-        scaled_dot_product_attention, (1, 4, s6, 16), (64 * s6, 16, 64, 1)
-    )
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
         buf0 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
@@ -895,8 +895,8 @@ def range_1_16(args):
             ),
             out=buf0,
         )
-        del p_layers_0_self_attn_o_proj_weight
         del scaled_dot_product_attention
+        del p_layers_0_self_attn_o_proj_weight
         buf2 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
@@ -1024,9 +1024,12 @@ def range_1_16(args):
 
 
 def range_17_256(args):
-    align_inputs(args, (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13))
+    align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13))
     (
+        scaled_dot_product_attention,
+        sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
+        embedding,
         p_layers_0_post_attention_layernorm_weight,
         p_layers_0_mlp_gate_proj_weight,
         p_layers_0_mlp_up_proj_weight,
@@ -1035,15 +1038,16 @@ def range_17_256(args):
         p_layers_1_self_attn_q_proj_weight,
         p_layers_1_self_attn_k_proj_weight,
         p_layers_1_self_attn_v_proj_weight,
-        sym_size_int_2,
-        embedding,
         unsqueeze_1,
         unsqueeze_2,
-        scaled_dot_product_attention,
     ) = args
     args.clear()
     s6 = sym_size_int_2
+    assert_size_stride(
+        scaled_dot_product_attention, (1, 4, s6, 16), (64 * s6, 16, 64, 1)
+    )
     assert_size_stride(p_layers_0_self_attn_o_proj_weight, (64, 64), (64, 1))
+    assert_size_stride(embedding, (1, s6, 64), (64 * s6, 64, 1))
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,))
     assert_size_stride(p_layers_0_mlp_gate_proj_weight, (128, 64), (64, 1))
     assert_size_stride(p_layers_0_mlp_up_proj_weight, (128, 64), (64, 1))
@@ -1052,12 +1056,8 @@ def range_17_256(args):
     assert_size_stride(p_layers_1_self_attn_q_proj_weight, (64, 64), (64, 1))
     assert_size_stride(p_layers_1_self_attn_k_proj_weight, (64, 64), (64, 1))
     assert_size_stride(p_layers_1_self_attn_v_proj_weight, (64, 64), (64, 1))
-    assert_size_stride(embedding, (1, s6, 64), (64 * s6, 64, 1))
     assert_size_stride(unsqueeze_1, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1))
     assert_size_stride(unsqueeze_2, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1))
-    assert_size_stride(
-        scaled_dot_product_attention, (1, 4, s6, 16), (64 * s6, 16, 64, 1)
-    )
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
         buf0 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
@@ -1069,8 +1069,8 @@ def range_17_256(args):
             ),
             out=buf0,
         )
-        del p_layers_0_self_attn_o_proj_weight
         del scaled_dot_product_attention
+        del p_layers_0_self_attn_o_proj_weight
         buf2 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)

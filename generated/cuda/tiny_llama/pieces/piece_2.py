@@ -383,29 +383,29 @@ def range_17_256_triton_poi_fused__unsafe_view_mul_silu_1(
 
 
 def size_1(args):
-    align_inputs(args, (0, 1, 2, 3, 4, 5, 6, 8, 9))
+    align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9))
     (
+        scaled_dot_product_attention_1,
+        sym_size_int_2,
         p_layers_1_self_attn_o_proj_weight,
+        add_5,
         p_layers_1_post_attention_layernorm_weight,
         p_layers_1_mlp_gate_proj_weight,
         p_layers_1_mlp_up_proj_weight,
         p_layers_1_mlp_down_proj_weight,
         p_norm_weight,
         p_lm_head_weight,
-        sym_size_int_2,
-        add_5,
-        scaled_dot_product_attention_1,
     ) = args
     args.clear()
+    assert_size_stride(scaled_dot_product_attention_1, (1, 4, 1, 16), (64, 16, 64, 1))
     assert_size_stride(p_layers_1_self_attn_o_proj_weight, (64, 64), (64, 1))
+    assert_size_stride(add_5, (1, 1, 64), (64, 64, 1))
     assert_size_stride(p_layers_1_post_attention_layernorm_weight, (64,), (1,))
     assert_size_stride(p_layers_1_mlp_gate_proj_weight, (128, 64), (64, 1))
     assert_size_stride(p_layers_1_mlp_up_proj_weight, (128, 64), (64, 1))
     assert_size_stride(p_layers_1_mlp_down_proj_weight, (64, 128), (128, 1))
     assert_size_stride(p_norm_weight, (64,), (1,))
     assert_size_stride(p_lm_head_weight, (128, 64), (64, 1))
-    assert_size_stride(add_5, (1, 1, 64), (64, 64, 1))
-    assert_size_stride(scaled_dot_product_attention_1, (1, 4, 1, 16), (64, 16, 64, 1))
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
         buf0 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
@@ -417,8 +417,8 @@ def size_1(args):
             ),
             out=buf0,
         )
-        del p_layers_1_self_attn_o_proj_weight
         del scaled_dot_product_attention_1
+        del p_layers_1_self_attn_o_proj_weight
         buf2 = empty_strided_cuda((1, 1, 64), (64, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_10, add_9, pow_4, mean_3, add_10, rsqrt_3, mul_16, mul_17], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
@@ -470,8 +470,8 @@ def size_1(args):
         size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
             buf8, add_5, buf6, p_norm_weight, 1, 64, stream=stream0
         )
-        del p_norm_weight
         del add_5
+        del p_norm_weight
         del buf6
         buf9 = reinterpret_tensor(buf5, (1, 128), (128, 1), 0)
         del buf5  # reuse
@@ -487,30 +487,30 @@ def size_1(args):
 
 
 def size_8(args):
-    align_inputs(args, (0, 1, 2, 3, 4, 5, 6, 8, 9))
+    align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9))
     (
+        scaled_dot_product_attention_1,
+        sym_size_int_2,
         p_layers_1_self_attn_o_proj_weight,
+        add_5,
         p_layers_1_post_attention_layernorm_weight,
         p_layers_1_mlp_gate_proj_weight,
         p_layers_1_mlp_up_proj_weight,
         p_layers_1_mlp_down_proj_weight,
         p_norm_weight,
         p_lm_head_weight,
-        sym_size_int_2,
-        add_5,
-        scaled_dot_product_attention_1,
     ) = args
     args.clear()
-    s94 = sym_size_int_2
+    s72 = sym_size_int_2
+    assert_size_stride(scaled_dot_product_attention_1, (1, 4, 8, 16), (512, 16, 64, 1))
     assert_size_stride(p_layers_1_self_attn_o_proj_weight, (64, 64), (64, 1))
+    assert_size_stride(add_5, (1, 8, 64), (512, 64, 1))
     assert_size_stride(p_layers_1_post_attention_layernorm_weight, (64,), (1,))
     assert_size_stride(p_layers_1_mlp_gate_proj_weight, (128, 64), (64, 1))
     assert_size_stride(p_layers_1_mlp_up_proj_weight, (128, 64), (64, 1))
     assert_size_stride(p_layers_1_mlp_down_proj_weight, (64, 128), (128, 1))
     assert_size_stride(p_norm_weight, (64,), (1,))
     assert_size_stride(p_lm_head_weight, (128, 64), (64, 1))
-    assert_size_stride(add_5, (1, 8, 64), (512, 64, 1))
-    assert_size_stride(scaled_dot_product_attention_1, (1, 4, 8, 16), (512, 16, 64, 1))
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
         buf0 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
@@ -522,8 +522,8 @@ def size_8(args):
             ),
             out=buf0,
         )
-        del p_layers_1_self_attn_o_proj_weight
         del scaled_dot_product_attention_1
+        del p_layers_1_self_attn_o_proj_weight
         buf2 = empty_strided_cuda((1, 8, 64), (512, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_10, add_9, pow_4, mean_3, add_10, rsqrt_3, mul_16, mul_17], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
@@ -577,8 +577,8 @@ def size_8(args):
         size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
             buf8, add_5, buf6, p_norm_weight, 8, 64, stream=stream0
         )
-        del p_norm_weight
         del add_5
+        del p_norm_weight
         del buf6
         buf9 = reinterpret_tensor(buf5, (8, 128), (128, 1), 0)
         del buf5  # reuse
@@ -594,32 +594,32 @@ def size_8(args):
 
 
 def range_1_16(args):
-    align_inputs(args, (0, 1, 2, 3, 4, 5, 6, 8, 9))
+    align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9))
     (
+        scaled_dot_product_attention_1,
+        sym_size_int_2,
         p_layers_1_self_attn_o_proj_weight,
+        add_5,
         p_layers_1_post_attention_layernorm_weight,
         p_layers_1_mlp_gate_proj_weight,
         p_layers_1_mlp_up_proj_weight,
         p_layers_1_mlp_down_proj_weight,
         p_norm_weight,
         p_lm_head_weight,
-        sym_size_int_2,
-        add_5,
-        scaled_dot_product_attention_1,
     ) = args
     args.clear()
     s6 = sym_size_int_2
+    assert_size_stride(
+        scaled_dot_product_attention_1, (1, 4, s6, 16), (64 * s6, 16, 64, 1)
+    )
     assert_size_stride(p_layers_1_self_attn_o_proj_weight, (64, 64), (64, 1))
+    assert_size_stride(add_5, (1, s6, 64), (64 * s6, 64, 1))
     assert_size_stride(p_layers_1_post_attention_layernorm_weight, (64,), (1,))
     assert_size_stride(p_layers_1_mlp_gate_proj_weight, (128, 64), (64, 1))
     assert_size_stride(p_layers_1_mlp_up_proj_weight, (128, 64), (64, 1))
     assert_size_stride(p_layers_1_mlp_down_proj_weight, (64, 128), (128, 1))
     assert_size_stride(p_norm_weight, (64,), (1,))
     assert_size_stride(p_lm_head_weight, (128, 64), (64, 1))
-    assert_size_stride(add_5, (1, s6, 64), (64 * s6, 64, 1))
-    assert_size_stride(
-        scaled_dot_product_attention_1, (1, 4, s6, 16), (64 * s6, 16, 64, 1)
-    )
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
         buf0 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
@@ -631,8 +631,8 @@ def range_1_16(args):
             ),
             out=buf0,
         )
-        del p_layers_1_self_attn_o_proj_weight
         del scaled_dot_product_attention_1
+        del p_layers_1_self_attn_o_proj_weight
         buf2 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_10, add_9, pow_4, mean_3, add_10, rsqrt_3, mul_16, mul_17], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
@@ -687,8 +687,8 @@ def range_1_16(args):
         range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
             buf8, add_5, buf6, p_norm_weight, s6, 64, stream=stream0
         )
-        del p_norm_weight
         del add_5
+        del p_norm_weight
         del buf6
         buf9 = reinterpret_tensor(buf5, (s6, 128), (128, 1), 0)
         del buf5  # reuse
@@ -704,32 +704,32 @@ def range_1_16(args):
 
 
 def range_17_256(args):
-    align_inputs(args, (0, 1, 2, 3, 4, 5, 6, 8, 9))
+    align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9))
     (
+        scaled_dot_product_attention_1,
+        sym_size_int_2,
         p_layers_1_self_attn_o_proj_weight,
+        add_5,
         p_layers_1_post_attention_layernorm_weight,
         p_layers_1_mlp_gate_proj_weight,
         p_layers_1_mlp_up_proj_weight,
         p_layers_1_mlp_down_proj_weight,
         p_norm_weight,
         p_lm_head_weight,
-        sym_size_int_2,
-        add_5,
-        scaled_dot_product_attention_1,
     ) = args
     args.clear()
     s6 = sym_size_int_2
+    assert_size_stride(
+        scaled_dot_product_attention_1, (1, 4, s6, 16), (64 * s6, 16, 64, 1)
+    )
     assert_size_stride(p_layers_1_self_attn_o_proj_weight, (64, 64), (64, 1))
+    assert_size_stride(add_5, (1, s6, 64), (64 * s6, 64, 1))
     assert_size_stride(p_layers_1_post_attention_layernorm_weight, (64,), (1,))
     assert_size_stride(p_layers_1_mlp_gate_proj_weight, (128, 64), (64, 1))
     assert_size_stride(p_layers_1_mlp_up_proj_weight, (128, 64), (64, 1))
     assert_size_stride(p_layers_1_mlp_down_proj_weight, (64, 128), (128, 1))
     assert_size_stride(p_norm_weight, (64,), (1,))
     assert_size_stride(p_lm_head_weight, (128, 64), (64, 1))
-    assert_size_stride(add_5, (1, s6, 64), (64 * s6, 64, 1))
-    assert_size_stride(
-        scaled_dot_product_attention_1, (1, 4, s6, 16), (64 * s6, 16, 64, 1)
-    )
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
         buf0 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
@@ -741,8 +741,8 @@ def range_17_256(args):
             ),
             out=buf0,
         )
-        del p_layers_1_self_attn_o_proj_weight
         del scaled_dot_product_attention_1
+        del p_layers_1_self_attn_o_proj_weight
         buf2 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_10, add_9, pow_4, mean_3, add_10, rsqrt_3, mul_16, mul_17], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
@@ -797,8 +797,8 @@ def range_17_256(args):
         range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
             buf8, add_5, buf6, p_norm_weight, s6, 64, stream=stream0
         )
-        del p_norm_weight
         del add_5
+        del p_norm_weight
         del buf6
         buf9 = reinterpret_tensor(buf5, (s6, 128), (128, 1), 0)
         del buf5  # reuse
