@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 GOOD_HEADER = """
 import torch

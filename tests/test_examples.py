@@ -39,7 +39,7 @@ def test_outputs_equal_eager_at_range_boundaries(name, example_out):
             with torch.no_grad():
                 expected = eager(*inputs)
             actual = compiled(*inputs)
-            torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=lambda m: f"size {size}: {m}")
+            torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=lambda m, size=size: f"size {size}: {m}")
 
 
 def test_load_with_state_dict_uses_those_weights(example_out):

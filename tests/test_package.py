@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import EXAMPLES, ROOT, imported_package, inputs_at
+from conftest import ROOT, imported_package
 
 ISOLATED_RUN = textwrap.dedent(
     """

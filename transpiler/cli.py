@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import io
 import logging
-import os
 import sys
 import tempfile
 import traceback

@@ -1,4 +1,4 @@
-"""CUDA target (spike): Inductor's Triton kernels as shipped cubins, and `call` made standalone.
+"""CUDA target: Inductor's Triton kernels captured as cubins with their launch metadata.
 
 On CUDA, Inductor's wrapper module defines each kernel as
 `name = async_compile.triton('name', '''triton source''', device_str='cuda')`; once the module
@@ -13,10 +13,8 @@ This module, at transpile time:
 - reads each kernel's cubin and everything the static launcher needs: the symbol name,
   num_warps, shared memory, the argument type string, which of the wrapper's arguments reach
   the cubin, and the grid expressions of the chosen config (`capture_triton_kernels`);
-- rewrites `call` with libcst (`rewrite_cuda_call`), as rewrite.py does on CPU, plus:
-  `kernel.run(a, b, xnumel, stream=stream0)` -> `prefix_kernel(a, b, xnumel, stream=stream0)`,
-  a plain function of the emitted piece module that computes the grid and launches the cubin
-  (templates/pieces/cuda_piece.py.jinja, templates/cuda_runtime.py.jinja).
+- gives the piece template, per kernel, a launcher function that computes the grid and
+  launches the cubin (`launcher_context`; rewrite.py turns `kernel.run(...)` into its call).
 
 Everything else in Inductor's CUDA `call` is torch: `torch.cuda._DeviceGuard`,
 `torch.cuda.set_device`, `get_raw_stream` (= torch._C._cuda_getCurrentRawStream),
@@ -26,30 +24,14 @@ Everything else in Inductor's CUDA `call` is torch: `torch.cuda._DeviceGuard`,
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 from dataclasses import dataclass, field
 
 import libcst as cst
-import libcst.matchers as m
 
 from .errors import TranspileError
-from .rewrite import (
-    _BUILTINS,
-    MODULE_NAMES,
-    RUNTIME_NAMES,
-    _argument_names,
-    _extern_kernel_path,
-    _find_call,
-    _global_reads,
-)
-
-# Names a CUDA `call` reads that templates/cuda_runtime.py.jinja defines.
-CUDA_RUNTIME_NAMES = frozenset({"align_inputs", "empty_strided_cuda", "get_raw_stream"})
-# Keyword arguments of `kernel.run(...)` in Inductor's CUDA wrapper. `grid=` is what older
-# Inductor passed; the launcher computes the grid itself, so it is dropped.
-_RUN_KEYWORDS = frozenset({"stream", "grid"})
+from .rewrite import kernel_definitions
 
 
 @dataclass
@@ -80,155 +62,6 @@ class TritonKernel:
     def describe(self) -> str:
         blocks = ", ".join(f"{k}={v}" for k, v in self.config.items())
         return f"{self.symbol}: {blocks}; shared={self.shared}, regs={self.n_regs}, spills={self.n_spills}"
-
-
-@dataclass
-class RewrittenCudaCall:
-    function_source: str
-    triton_sources: dict[str, str]  # original kernel name -> Triton source
-    runtime_names: list[str]  # names to import from the package runtime (as on CPU)
-    cuda_runtime_names: list[str]  # names to import from the CUDA runtime
-    module_names: list[str]  # modules to import (torch, math)
-
-
-# ---------------------------------------------------------------- the wrapper's source
-
-
-def triton_kernel_sources(module: cst.Module) -> dict[str, str]:
-    """`name = async_compile.triton('name', '''source''', ...)` at module level."""
-    kernels = {}
-    pattern = m.Assign(
-        targets=[m.AssignTarget(target=m.Name())],
-        value=m.Call(func=m.Attribute(value=m.Name("async_compile"), attr=m.Name("triton"))),
-    )
-    for statement in module.body:
-        if not m.matches(statement, m.SimpleStatementLine(body=[pattern])):
-            continue
-        assign = statement.body[0]
-        name = assign.targets[0].target.value
-        kernels[name] = ast.literal_eval(module.code_for_node(assign.value.args[1].value))
-    return kernels
-
-
-def _other_kernel_definitions(module: cst.Module) -> list[str]:
-    """async_compile.<kind>(...) definitions this target cannot ship (cpp_pybinding, cuda, ...)."""
-    found = []
-    for statement in module.body:
-        for assign in m.findall(statement, m.Assign(value=m.Call(func=m.Attribute(value=m.Name("async_compile"))))):
-            kind = assign.value.func.attr.value
-            if kind != "triton":
-                found.append(f"{assign.targets[0].target.value} ({kind})")
-    return found
-
-
-class _CudaRenamer(cst.CSTTransformer):
-    def __init__(self, names: dict[str, str], extern: dict[str, str], kernels: set[str]):
-        self.names = names
-        self.extern = extern
-        self.kernels = kernels  # kernel names after renaming
-        self.launches = 0
-
-    def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.Name:
-        new = self.names.get(updated.value)
-        return updated.with_changes(value=new) if new else updated
-
-    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute):
-        if m.matches(updated, m.Attribute(value=m.Name("extern_kernels"))):
-            return cst.parse_expression(self.extern[updated.attr.value])
-        return updated
-
-    def leave_Call(self, original: cst.Call, updated: cst.Call):
-        func = updated.func
-        if not (m.matches(func, m.Attribute(value=m.Name(), attr=m.Name("run"))) and func.value.value in self.kernels):
-            return updated
-        keywords = {a.keyword.value for a in updated.args if a.keyword is not None}
-        unknown = keywords - _RUN_KEYWORDS
-        if unknown or "stream" not in keywords:
-            raise TranspileError(
-                f"unexpected Inductor output: {func.value.value}.run(...) passes {sorted(keywords)}; "
-                "expected positional kernel arguments and stream="
-            )
-        args = [a for a in updated.args if a.keyword is None or a.keyword.value == "stream"]
-        args[-1] = args[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
-        self.launches += 1
-        return updated.with_changes(func=func.value, args=args)
-
-
-def rewrite_cuda_call(
-    source_code: str,
-    function_name: str,
-    input_names: list[str],
-    kernel_prefix: str,
-    align_indices: tuple[int, ...] = (),
-) -> RewrittenCudaCall:
-    """Inductor's CUDA `call` as a standalone function named `function_name`.
-
-    Kernel globals get `kernel_prefix`; each `kernel.run(..., stream=s)` becomes a call of the
-    launcher function of the same (prefixed) name that the piece module defines.
-    `align_indices` are the inputs Inductor's wrapper copies when not 16-byte aligned (its
-    kernels assume aligned pointers); the function starts with `align_inputs(args, ...)` for them.
-    """
-    module = cst.parse_module(source_code)
-    triton_sources = triton_kernel_sources(module)
-    others = _other_kernel_definitions(module)
-    if others:
-        raise TranspileError(
-            f"Inductor's CUDA output builds kernels this target cannot ship: {', '.join(others)}; "
-            "add the op to the splitting ops (--split-ops)"
-        )
-    call = _find_call(module)
-    arguments = _argument_names(call)
-    if len(arguments) != len(input_names):
-        raise TranspileError(
-            f"unexpected Inductor output: `call` takes {len(arguments)} arguments, the piece has {len(input_names)}"
-        )
-    existing = {n.value for n in m.findall(call, m.Name())}
-    renames = {k: f"{kernel_prefix}{k}" for k in triton_sources}
-    for old, new in zip(arguments, input_names):
-        if new not in existing or new == old:
-            renames[old] = new
-    extern = {
-        a.attr.value: _extern_kernel_path(a.attr.value)
-        for a in m.findall(call, m.Attribute(value=m.Name("extern_kernels")))
-    }
-    prefixed = {f"{kernel_prefix}{k}" for k in triton_sources}
-    renamer = _CudaRenamer(renames, extern, prefixed)
-    renamed = call.visit(renamer)
-
-    # Every use of a kernel must have been a launch: anything else (benchmark_all_configs,
-    # .grid_fn, passing the autotuner around) has no counterpart in the emitted package.
-    for node in m.findall(renamed, m.Attribute(value=m.Name())):
-        if node.value.value in prefixed:
-            raise TranspileError(f"unexpected Inductor output: {node.value.value}.{node.attr.value} is used")
-
-    self_params = [p for p in renamed.params.params if p.name.value != "self"]
-    body = renamed.body
-    if align_indices:
-        if [p.name.value for p in self_params] != ["args"]:
-            raise TranspileError("unexpected Inductor output: `call` does not take `args`")
-        statement = cst.parse_statement(f"align_inputs(args, {tuple(align_indices)!r})\n")
-        body = body.with_changes(body=[statement, *body.body])
-    function = renamed.with_changes(
-        name=cst.Name(function_name),
-        params=renamed.params.with_changes(params=self_params),
-        body=body,
-        leading_lines=[],
-        decorators=[],
-    )
-    reads = _global_reads(function)
-    unknown = sorted(reads - RUNTIME_NAMES - CUDA_RUNTIME_NAMES - MODULE_NAMES - _BUILTINS - prefixed)
-    if unknown:
-        raise TranspileError(
-            f"Inductor's output uses {', '.join(unknown)}, which the emitted runtime does not provide; "
-            "add the op that needs it to the splitting ops (--split-ops)"
-        )
-    return RewrittenCudaCall(
-        function_source=cst.Module(body=[function]).code,
-        triton_sources=triton_sources,
-        runtime_names=sorted(reads & RUNTIME_NAMES),
-        cuda_runtime_names=sorted(reads & CUDA_RUNTIME_NAMES),
-        module_names=sorted(reads & MODULE_NAMES),
-    )
 
 
 # ---------------------------------------------------------------- the loaded module
@@ -416,7 +249,9 @@ def launcher_context(kernel: TritonKernel, function_name: str, handle_name: str)
 
 
 def kernel_manifest(kernel: TritonKernel) -> dict:
-    """The JSON written beside each cubin: what was chosen and why, for readers and tests."""
+    """The JSON written beside each cubin: what was chosen and why, for readers and tests.
+
+    Triton's cache key is left out: it differs between otherwise identical transpiles."""
     return {
         "symbol": kernel.symbol,
         "num_warps": kernel.num_warps,
@@ -433,7 +268,6 @@ def kernel_manifest(kernel: TritonKernel) -> dict:
         "arch": kernel.arch,
         "n_regs": kernel.n_regs,
         "n_spills": kernel.n_spills,
-        "cache_key": kernel.cache_key,
     }
 
 
@@ -459,7 +293,7 @@ def compile_cuda_variant(piece, dispatch_symbol, variant, symbol_ranges) -> Cuda
     num_configs = count_configs(output.module_globals)
     autotune_variant(output.compiled_callable, output.fake_inputs)
     kernels = capture_triton_kernels(output.module_globals, num_configs)
-    sources = triton_kernel_sources(cst.parse_module(output.source_code))
+    sources = kernel_definitions(cst.parse_module(output.source_code), "triton")
     for name, kernel in kernels.items():
         kernel.source = sources.get(name, "")
     return CudaInductorOutput(source_code=output.source_code, kernels=kernels, align_indices=output.align_indices)

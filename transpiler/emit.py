@@ -87,7 +87,6 @@ def render(package: Package) -> RenderedPackage:
     text: dict[str, str] = {}
     binaries: dict[str, str | bytes] = {}  # a path to copy, or the content
 
-    piece_modules = [piece.module_name for piece in package.pieces]
     python["stitch.py"] = env.get_template("stitch.py.jinja").render(
         **common, stitch=package.stitch, imports=package.imports
     )

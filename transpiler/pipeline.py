@@ -195,10 +195,8 @@ def _compile_cpu(piece, unique: UniquePiece, variant, dispatch_symbol, captured)
                 binary_path=binary,
             )
         )
-    # The same code with names that do not depend on the variant, to find repeats.
-    neutral = rewrite_call(output.source_code, "variant", unique.input_names, "")
-    canonical = neutral.function_source + "".join(
-        f"\n{name}\n{source}" for name, source in sorted(neutral.kernel_sources.items())
+    canonical = rewritten.neutral_source + "".join(
+        f"\n{name}\n{source}" for name, source in sorted(rewritten.kernel_sources.items())
     )
     return CompiledVariant(
         variant=variant,
@@ -211,13 +209,14 @@ def _compile_cpu(piece, unique: UniquePiece, variant, dispatch_symbol, captured)
 
 
 def _compile_cuda(piece, unique: UniquePiece, variant, dispatch_symbol, captured) -> CompiledVariant:
-    from .cuda_kernels import compile_cuda_variant, kernel_manifest, launcher_context, rewrite_cuda_call
+    from .cuda_kernels import compile_cuda_variant, kernel_manifest, launcher_context
     from .emit import format_python
 
     output = compile_cuda_variant(piece.graph_module, dispatch_symbol, variant, captured.symbol_ranges)
     prefix = f"{variant.name}_"
-    rewritten = rewrite_cuda_call(output.source_code, variant.name, unique.input_names, prefix, output.align_indices)
-    neutral = rewrite_cuda_call(output.source_code, "variant", unique.input_names, "", output.align_indices)
+    rewritten = rewrite_call(
+        output.source_code, variant.name, unique.input_names, prefix, "cuda", output.align_indices
+    )
     kernels = []
     for kernel_name, kernel in sorted(output.kernels.items()):
         name = f"{prefix}{kernel_name}"
@@ -233,7 +232,7 @@ def _compile_cuda(piece, unique: UniquePiece, variant, dispatch_symbol, captured
             )
         )
     # Launch parameters are part of what makes two variants interchangeable.
-    canonical = neutral.function_source + "".join(
+    canonical = rewritten.neutral_source + "".join(
         f"\n{name}\n{k.source}\n{json.dumps(kernel_manifest(k), sort_keys=True)}"
         for name, k in sorted(output.kernels.items())
     )

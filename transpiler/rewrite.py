@@ -5,6 +5,8 @@ Inductor's output imports its own runtime, compiles kernels when imported and de
 - kernel globals get the variant's prefix (several variants share one module);
 - `argN_1` become the piece's input names, so the code reads like the model;
 - `extern_kernels.mm(...)` becomes the torch function it stands for (`torch.mm`);
+- on CUDA, `kernel.run(a, b, n, stream=s)` becomes a call of the launcher function the
+  piece module defines for the kernel, and inputs Inductor re-aligns are re-aligned first;
 and check that every other global it reads is one the package runtime provides.
 """
 
@@ -33,32 +35,50 @@ RUNTIME_NAMES = frozenset(
         "reinterpret_tensor",
     }
 )
+# Names a CUDA `call` reads that the emitted cuda_runtime module defines.
+CUDA_RUNTIME_NAMES = frozenset({"align_inputs", "empty_strided_cuda", "get_raw_stream"})
 MODULE_NAMES = frozenset({"torch", "math"})
 _BUILTINS = frozenset(dir(builtins))
+# How each device's kernels are defined: `name = async_compile.<kind>(...)`.
+KERNEL_KINDS = {"cpu": "cpp_pybinding", "cuda": "triton"}
+# Keyword arguments of `kernel.run(...)` in Inductor's CUDA wrapper. `grid=` is what older
+# Inductor passed; the emitted launcher computes the grid itself, so it is dropped.
+_RUN_KEYWORDS = frozenset({"stream", "grid"})
 
 
 @dataclass
 class RewrittenCall:
     function_source: str
-    kernel_sources: dict[str, str]  # original kernel name -> C++ source
+    neutral_source: str  # the same function with variant-independent names, to find repeats
+    kernel_sources: dict[str, str]  # original kernel name -> C++ or Triton source
     runtime_names: list[str]  # names to import from the package runtime
+    cuda_runtime_names: list[str]  # names to import from the CUDA runtime
     module_names: list[str]  # modules to import (torch, math)
 
 
-def _kernel_definitions(module: cst.Module) -> dict[str, str]:
-    """`name = async_compile.cpp_pybinding(argtypes, '''source''')` at module level."""
+def kernel_definitions(module: cst.Module, kind: str) -> dict[str, str]:
+    """`name = async_compile.<kind>(..., '''source''', ...)` at module level: name -> source.
+
+    The source is the second argument for both kinds (argument types, or the kernel name,
+    come first). Definitions of any other kind cannot be shipped and are refused.
+    """
     kernels = {}
     pattern = m.Assign(
         targets=[m.AssignTarget(target=m.Name())],
-        value=m.Call(func=m.Attribute(value=m.Name("async_compile"), attr=m.Name("cpp_pybinding"))),
+        value=m.Call(func=m.Attribute(value=m.Name("async_compile"))),
     )
     for statement in module.body:
         if not m.matches(statement, m.SimpleStatementLine(body=[pattern])):
             continue
         assign = statement.body[0]
         name = assign.targets[0].target.value
-        source_node = assign.value.args[1].value
-        kernels[name] = ast.literal_eval(module.code_for_node(source_node))
+        found = assign.value.func.attr.value
+        if found != kind:
+            raise TranspileError(
+                f"Inductor built kernel {name} as `{found}`, which this target cannot ship; "
+                "add the op that needs it to the splitting ops (--split-ops)"
+            )
+        kernels[name] = ast.literal_eval(module.code_for_node(assign.value.args[1].value))
     return kernels
 
 
@@ -92,9 +112,10 @@ def _argument_names(call: cst.FunctionDef) -> list[str]:
 
 
 class _Renamer(cst.CSTTransformer):
-    def __init__(self, names: dict[str, str], extern: dict[str, str]):
+    def __init__(self, names: dict[str, str], extern: dict[str, str], launched: frozenset[str]):
         self.names = names
         self.extern = extern
+        self.launched = launched  # kernels (after renaming) whose `.run(...)` becomes a launch
 
     def leave_Name(self, original: cst.Name, updated: cst.Name) -> cst.Name:
         new = self.names.get(updated.value)
@@ -104,6 +125,20 @@ class _Renamer(cst.CSTTransformer):
         if m.matches(updated, m.Attribute(value=m.Name("extern_kernels"))):
             return cst.parse_expression(self.extern[updated.attr.value])
         return updated
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call):
+        func = updated.func
+        if not (m.matches(func, m.Attribute(value=m.Name(), attr=m.Name("run"))) and func.value.value in self.launched):
+            return updated
+        keywords = {a.keyword.value for a in updated.args if a.keyword is not None}
+        if keywords - _RUN_KEYWORDS or "stream" not in keywords:
+            raise TranspileError(
+                f"unexpected Inductor output: {func.value.value}.run(...) passes {sorted(keywords)}; "
+                "expected positional kernel arguments and stream="
+            )
+        args = [a for a in updated.args if a.keyword is None or a.keyword.value == "stream"]
+        args[-1] = args[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
+        return updated.with_changes(func=func.value, args=args)
 
 
 def _extern_kernel_path(name: str) -> str:
@@ -133,38 +168,74 @@ def _global_reads(function: cst.FunctionDef) -> set[str]:
     return reads - assigned
 
 
-def rewrite_call(source_code: str, function_name: str, input_names: list[str], kernel_prefix: str) -> RewrittenCall:
-    module = cst.parse_module(source_code)
-    kernel_sources = _kernel_definitions(module)
-    call = _find_call(module)
+def _standalone(
+    call: cst.FunctionDef,
+    function_name: str,
+    arguments: list[str],
+    input_names: list[str],
+    kernels: dict[str, str],
+    kernel_prefix: str,
+    extern: dict[str, str],
+    device: str,
+    align_indices: tuple[int, ...],
+) -> cst.FunctionDef:
+    existing = {n.value for n in m.findall(call, m.Name())}
+    renames = {k: f"{kernel_prefix}{k}" for k in kernels}
+    for old, new in zip(arguments, input_names):
+        # Keep Inductor's name where the readable one is taken inside `call`.
+        if new not in existing or new == old:
+            renames[old] = new
+    launched = frozenset(renames[k] for k in kernels) if device == "cuda" else frozenset()
+    renamed = call.visit(_Renamer(renames, extern, launched))
+    # On CUDA every use of a kernel must have been a launch: anything else (benchmarking,
+    # passing the autotuner around) has no counterpart in the emitted package.
+    for node in m.findall(renamed, m.Attribute(value=m.Name())):
+        if node.value.value in launched:
+            raise TranspileError(f"unexpected Inductor output: {node.value.value}.{node.attr.value} is used")
+    params = [p for p in renamed.params.params if p.name.value != "self"]
+    body = renamed.body
+    if align_indices:
+        if [p.name.value for p in params] != ["args"]:
+            raise TranspileError("unexpected Inductor output: `call` does not take `args`")
+        statement = cst.parse_statement(f"align_inputs(args, {tuple(align_indices)!r})\n")
+        body = body.with_changes(body=[statement, *body.body])
+    return renamed.with_changes(
+        name=cst.Name(function_name),
+        params=renamed.params.with_changes(params=params),
+        body=body,
+        leading_lines=[],
+        decorators=[],
+    )
 
+
+def rewrite_call(
+    source_code: str,
+    function_name: str,
+    input_names: list[str],
+    kernel_prefix: str,
+    device: str = "cpu",
+    align_indices: tuple[int, ...] = (),
+) -> RewrittenCall:
+    module = cst.parse_module(source_code)
+    kernels = kernel_definitions(module, KERNEL_KINDS[device])
+    call = _find_call(module)
     arguments = _argument_names(call)
     if len(arguments) != len(input_names):
         raise TranspileError(
             f"unexpected Inductor output: `call` takes {len(arguments)} arguments, the piece has {len(input_names)}"
         )
-    existing = {n.value for n in m.findall(call, m.Name())}
-    renames = {k: f"{kernel_prefix}{k}" for k in kernel_sources}
-    for old, new in zip(arguments, input_names):
-        # Keep Inductor's name where the readable one is taken inside `call`.
-        if new not in existing or new == old:
-            renames[old] = new
     extern = {
         a.attr.value: _extern_kernel_path(a.attr.value)
         for a in m.findall(call, m.Attribute(value=m.Name("extern_kernels")))
     }
-    renamed = call.visit(_Renamer(renames, extern))
-    self_params = [p for p in renamed.params.params if p.name.value != "self"]
-    function = renamed.with_changes(
-        name=cst.Name(function_name),
-        params=renamed.params.with_changes(params=self_params),
-        leading_lines=[],
-        decorators=[],
-    )
+    common = (arguments, input_names, kernels)
+    function = _standalone(call, function_name, *common, kernel_prefix, extern, device, align_indices)
+    neutral = _standalone(call, "variant", *common, "", extern, device, align_indices)
 
     reads = _global_reads(function)
-    prefixed_kernels = {f"{kernel_prefix}{k}" for k in kernel_sources}
-    unknown = sorted(reads - RUNTIME_NAMES - MODULE_NAMES - _BUILTINS - prefixed_kernels)
+    prefixed_kernels = {f"{kernel_prefix}{k}" for k in kernels}
+    provided = RUNTIME_NAMES | (CUDA_RUNTIME_NAMES if device == "cuda" else frozenset())
+    unknown = sorted(reads - provided - MODULE_NAMES - _BUILTINS - prefixed_kernels)
     if unknown:
         raise TranspileError(
             f"Inductor's output uses {', '.join(unknown)}, which the emitted runtime does not provide; "
@@ -172,7 +243,9 @@ def rewrite_call(source_code: str, function_name: str, input_names: list[str], k
         )
     return RewrittenCall(
         function_source=cst.Module(body=[function]).code,
-        kernel_sources=kernel_sources,
+        neutral_source=cst.Module(body=[neutral]).code,
+        kernel_sources=kernels,
         runtime_names=sorted(reads & RUNTIME_NAMES),
+        cuda_runtime_names=sorted(reads & CUDA_RUNTIME_NAMES),
         module_names=sorted(reads & MODULE_NAMES),
     )
