@@ -14,7 +14,7 @@ import torch
 from . import runtime
 
 NAME = "tiny_llama"
-FINGERPRINT = "84cef3549ca9cd8e005b17141c1468ed9f8b0fcb52649d11635abb5c3169e7bf"
+FINGERPRINT = "863dfb801507151d70e43e6d69a43cd090a21e87d89d928bfc59d203a7f97d68"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1, 8)
