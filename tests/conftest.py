@@ -18,7 +18,8 @@ import torch  # noqa: E402
 from filelock import FileLock  # noqa: E402
 
 EXAMPLES = json.loads((ROOT / "examples" / "examples.json").read_text())
-EXAMPLE_PATHS = [str(ROOT / "examples" / "custom_op")]  # modules the custom-op package imports
+# Folders of modules the example packages import (custom ops: --import).
+EXAMPLE_PATHS = [str(ROOT / "examples" / "custom_op"), str(ROOT / "examples" / "serving_llama")]
 
 
 def run_cli(args: list[str]) -> int:

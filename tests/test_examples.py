@@ -31,6 +31,8 @@ def test_outputs_equal_eager_at_range_boundaries(name, example_out):
     model_file = load_model_module(ROOT / EXAMPLES[name][0])
     eager = model_file.model.eval()
     with imported_package(out, name, EXAMPLE_PATHS) as package:
+        if package.MUTATED_INPUTS:
+            pytest.skip("writes its inputs in place: tests/test_state.py runs it over a decode loop")
         compiled = package.load()
         sizes = boundary_sizes(package)
         assert len(sizes) >= 3

@@ -10,6 +10,7 @@ import torch.fx
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
+from . import mutation
 from .errors import TranspileError
 from .ir import DispatchDim, TensorSpec, Weight
 from .model_file import ModelFile
@@ -25,9 +26,24 @@ class Capture:
     symbol_ranges: dict  # sympy symbol -> (lo, hi or None, hint)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+# Lines of torch.export's message worth keeping: the failing guard and the suggested fix.
+_USEFUL = ("Constraints violated", "Not all values", "satisfy the generated guard", "Suggested fix",
+           "You marked", "specialized", "guard", "dynamic_shapes", "Dim(", "Could not guard", "Caused by")
+
+
+def export_error_summary(error: BaseException, limit: int = 8) -> str:
+    """The first line of an export error, then its specific lines (the failing guard,
+    the suggested fix), without the stack dumps and blank lines around them."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    kept = [lines[0]]
+    for line in lines[1:]:
+        if len(kept) > limit:
+            break
+        if any(marker in line for marker in _USEFUL) and line not in kept and not line.startswith("File "):
+            kept.append(line)
+    return " | ".join(kept)
 
 
 def export_model(model_file: ModelFile, device: str = "cpu") -> Capture:
@@ -43,7 +59,7 @@ def export_model(model_file: ModelFile, device: str = "cpu") -> Capture:
             )
     except Exception as error:
         raise TranspileError(
-            f"torch.export could not capture {model_file.path.name}'s forward: {_first_line(error)}; "
+            f"torch.export could not capture {model_file.path.name}'s forward: {export_error_summary(error)}; "
             "make the forward traceable (no data-dependent Python control flow; use torch.cond or "
             "compute on shapes) and check `dynamic_shapes`"
         ) from error
@@ -71,7 +87,18 @@ def export_model(model_file: ModelFile, device: str = "cpu") -> Capture:
         else:
             raise TranspileError(f"unsupported graph input kind {spec.kind.name}; the model must not take custom objects")
     if any(spec.kind.name != "USER_OUTPUT" for spec in signature.output_specs):
-        raise TranspileError("the forward mutates a buffer or input in place; the emitted package needs a functional forward")
+        # torch.export's training IR keeps in-place ops in the graph; a functionalized
+        # signature (mutations as extra outputs) would mean an export mode we do not read.
+        kinds = sorted({spec.kind.name for spec in signature.output_specs} - {"USER_OUTPUT"})
+        raise TranspileError(
+            f"torch.export returned a functionalized graph ({', '.join(kinds)} outputs); this torch "
+            "version's export is not supported for models that write state in place"
+        )
+
+    graph_module = torch.fx.GraphModule(program.graph_module, program.graph)
+    # `y = cache.index_copy_(...)`: y is the cache; later uses read it directly.
+    mutation.redirect_inplace_results(graph_module)
+    mutation.check_outputs_not_views(graph_module)
 
     symbol_ranges = {}
     for symbol, value_range in program.range_constraints.items():
@@ -82,7 +109,7 @@ def export_model(model_file: ModelFile, device: str = "cpu") -> Capture:
         symbol_ranges[symbol] = (int(value_range.lower), hi, _hint(program, symbol))
     return Capture(
         program=program,
-        graph_module=torch.fx.GraphModule(program.graph_module, program.graph),
+        graph_module=graph_module,
         user_inputs=user_inputs,
         weights=weights,
         weight_tensors=tensors,

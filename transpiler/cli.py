@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
         "--capture-sizes", metavar="N,...",
         help="sizes the CUDA-graph wrappers capture (cuda; default: 1, 2, 4, then multiples of 8 up to 512)",
     )
+    parser.add_argument(
+        "--static-inputs", metavar="A,B",
+        help="inputs CUDA graphs use by reference (persistent state such as a KV cache); inputs the forward writes in place always are",
+    )
     parser.add_argument("--check", action="store_true", help="compare with the existing OUT/NAME instead of writing")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and compiler logs")
@@ -112,6 +116,7 @@ def _run(args, console, console_out) -> int:
         imports=args.imports,
         cpu_isa=args.cpu_isa,
         capture_sizes=args.capture_sizes,
+        static_inputs=[n.strip() for n in args.static_inputs.split(",") if n.strip()] if args.static_inputs is not None else None,
     )
     target = args.out / package_name(options)
     if args.check:

@@ -186,6 +186,13 @@ def render(package: Package) -> RenderedPackage:
             for piece in package.pieces
         ],
         "splitting_calls": package.num_split_calls,
+        "state": {
+            "mutated_inputs": list(package.state.mutated_inputs),
+            "mutated_weights": list(package.state.mutated_weights),
+            "writers": {name: list(ops) for name, ops in package.state.writers},
+            "static_inputs": list(package.state.static_inputs),
+            "pad_values": dict(package.state.pad_values),
+        },
         "weights": "weights.safetensors",
         # Binaries are built for this machine; their hashes are in binaries.json.
         "files": {path: _sha256(data) for path, data in sorted(files.items())},
@@ -224,8 +231,15 @@ def _dispatch_context(package: Package) -> dict:
 
 def _init_context(package: Package, fingerprint: str, features: tuple) -> dict:
     dispatch = package.dispatch
+    state = package.state
     inputs = [
-        {"name": spec.name, "dtype": spec.dtype, "shape_literal": _literal(spec.shape)} for spec in package.inputs
+        {
+            "name": spec.name,
+            "dtype": spec.dtype,
+            "shape_literal": _literal(spec.shape),
+            "in_place": spec.name in state.mutated_inputs,
+        }
+        for spec in package.inputs
     ]
     return {
         "fingerprint": fingerprint,
@@ -249,4 +263,17 @@ def _init_context(package: Package, fingerprint: str, features: tuple) -> dict:
         + "".join(f"({spec.name!r}, {spec.dtype}, {spec.shape!r}), " for spec in package.inputs)
         + ")",
         "input_names": [spec.name for spec in package.inputs],
+        "mutated_inputs_literal": _literal(state.mutated_inputs),
+        "mutated_weights_literal": _literal(state.mutated_weights),
+        "mutated_weights": bool(state.mutated_weights),
+        "state_lines": state_lines(state),
     }
+
+
+def state_lines(state) -> list[str]:
+    """One docstring line per input or buffer written in place: what writes it."""
+    lines = []
+    for name, ops in state.writers:
+        kind = "input" if name in state.mutated_inputs else "buffer"
+        lines.append(f"{kind} {name}: written by {', '.join(ops)}")
+    return lines

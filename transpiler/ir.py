@@ -142,6 +142,21 @@ class Weight:
     user_supplied: bool  # a parameter or buffer that `load(weights=...)` may replace
 
 
+@dataclass(frozen=True)
+class State:
+    """What the forward writes in place, and what CUDA graphs must use by reference."""
+
+    mutated_inputs: tuple[str, ...] = ()  # user inputs written in place
+    mutated_weights: tuple[str, ...] = ()  # state-dict keys of buffers written in place
+    writers: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (input or key, ops that write it)
+    static_inputs: tuple[str, ...] = ()  # mutated inputs and those declared persistent
+    pad_values: tuple[tuple[str, float | int], ...] = ()  # (input, value of padded positions)
+
+    @property
+    def mutated(self) -> bool:
+        return bool(self.mutated_inputs or self.mutated_weights)
+
+
 @dataclass
 class Package:
     """All that the emitted package contains, before rendering."""
@@ -165,6 +180,7 @@ class Package:
     stitch: Stitch
     num_piece_calls: int
     num_split_calls: int
+    state: State = field(default_factory=State)
     gpu: dict = field(default_factory=dict)  # cuda: arch, cuda and triton versions
     cuda_graphs: object = None  # cuda: cudagraphs.CudaGraphsContext of the emitted cudagraphs.py
 

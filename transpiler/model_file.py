@@ -23,6 +23,8 @@ class ModelFile:
     example_inputs: tuple
     dynamic_shapes: object
     split_ops: list[str] | None
+    static_inputs: list[str] | None = None  # inputs CUDA graphs use by reference (persistent state)
+    pad_values: dict | None = None  # input name -> the value padded positions take under CUDA graphs
 
 
 def import_modules(names: list[str]) -> None:
@@ -53,9 +55,12 @@ def load_model_file(path: str | Path, imports: list[str]) -> ModelFile:
         code = compile(source, str(path), "exec")
     except SyntaxError as error:
         raise TranspileError(f"{path}:{error.lineno}: syntax error: {error.msg}; fix the file and run again") from error
+    # Registered while it runs, as an import would: dataclasses and pickling look it up.
+    sys.modules[module_name] = module
     try:
         exec(code, module.__dict__)
     except Exception as error:
+        sys.modules.pop(module_name, None)
         raise TranspileError(
             f"{path} raised {type(error).__name__} when imported: {error}; run `python {path}` to see where"
         ) from error
@@ -79,6 +84,17 @@ def load_model_file(path: str | Path, imports: list[str]) -> ModelFile:
         not isinstance(split_ops, (list, tuple)) or not all(isinstance(op, str) for op in split_ops)
     ):
         raise TranspileError(f'{path}: `split_ops` must be a list of op names such as "aten::scaled_dot_product_attention"')
+    static_inputs = module.__dict__.get("static_inputs")
+    if static_inputs is not None and (
+        not isinstance(static_inputs, (list, tuple)) or not all(isinstance(n, str) for n in static_inputs)
+    ):
+        raise TranspileError(f'{path}: `static_inputs` must be a tuple of input names such as ("kv_cache",)')
+    pad_values = module.__dict__.get("pad_values")
+    if pad_values is not None and (
+        not isinstance(pad_values, dict)
+        or not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in pad_values.items())
+    ):
+        raise TranspileError(f'{path}: `pad_values` must map input names to numbers, such as {{"slot_mapping": -1}}')
     return ModelFile(
         path=path,
         sha256=hashlib.sha256(source).hexdigest(),
@@ -86,4 +102,6 @@ def load_model_file(path: str | Path, imports: list[str]) -> ModelFile:
         example_inputs=tuple(example_inputs),
         dynamic_shapes=module.__dict__.get("dynamic_shapes"),
         split_ops=list(split_ops) if split_ops is not None else None,
+        static_inputs=list(static_inputs) if static_inputs is not None else None,
+        pad_values=dict(pad_values) if pad_values is not None else None,
     )

@@ -21,7 +21,8 @@ from .ir import CompiledVariant, Kernel, Package, UniquePiece
 from .model_file import load_model_file
 from .ranges import make_variants, parse_ranges, parse_sizes
 from .rewrite import rewrite_call
-from .split import DEFAULT_SPLIT_OPS, check_split_ops, split_graph
+from .mutation import find_mutations, state_of
+from .split import DEFAULT_SPLIT_OPS, check_split_ops, is_splitting_node, split_graph
 from .stitching import build_stitch
 
 
@@ -37,6 +38,7 @@ class Options:
     imports: list[str] = field(default_factory=list)
     cpu_isa: str = "avx2"
     capture_sizes: str | None = None
+    static_inputs: list[str] | None = None  # --static-inputs (wins over model.py's)
 
 
 @dataclass
@@ -78,12 +80,13 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         check_split_ops(split_ops)
 
     captured = capture_stage.export_model(model_file, options.device)
+    state = _state(captured, split_ops, model_file, options)
     dispatch, dispatch_symbol = capture_stage.resolve_dispatch_dim(captured, options.dispatch_dim)
     ranges = parse_ranges(options.ranges, dispatch)
     variants = make_variants(ranges, parse_sizes(options.sizes, dispatch))
     graphs = None
     if options.device == "cuda":
-        graphs = _cuda_graphs_context(name, captured, dispatch, dispatch_symbol, ranges, options.capture_sizes)
+        graphs = _cuda_graphs_context(name, captured, dispatch, dispatch_symbol, ranges, options.capture_sizes, state)
     elif options.capture_sizes is not None:
         raise TranspileError("--capture-sizes: CUDA graphs need --device cuda")
 
@@ -162,6 +165,7 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         num_split_calls=sum(len(p.nodes) for p in pieces if p.is_split),
         gpu=_gpu_fingerprint() if options.device == "cuda" else {},
         cuda_graphs=graphs,
+        state=state,
     )
     rendered = render(package)
     summary = Summary(
@@ -247,7 +251,22 @@ def _compile_cuda(piece, unique: UniquePiece, variant, dispatch_symbol, captured
     )
 
 
-def _cuda_graphs_context(name, captured, dispatch, dispatch_symbol, ranges, capture_sizes_text):
+def _state(captured, split_ops, model_file, options):
+    """What the forward writes in place, and which inputs CUDA graphs use by reference."""
+    mutations = find_mutations(captured.graph_module, frozenset(split_ops), is_splitting_node)
+    declared = options.static_inputs if options.static_inputs is not None else model_file.static_inputs
+    where = "--static-inputs" if options.static_inputs is not None else model_file.path.name
+    return state_of(
+        mutations,
+        captured.user_inputs,
+        {w.name: w.key for w in captured.weights},
+        declared,
+        model_file.pad_values,
+        where,
+    )
+
+
+def _cuda_graphs_context(name, captured, dispatch, dispatch_symbol, ranges, capture_sizes_text, state):
     """What the emitted cudagraphs.py needs: capture sizes and which dims to pad and slice."""
     from . import cudagraphs
 
@@ -260,6 +279,7 @@ def _cuda_graphs_context(name, captured, dispatch, dispatch_symbol, ranges, capt
         dispatch.dim,
         cudagraphs.output_dispatch_dims(captured.graph_module, dispatch_symbol),
         cudagraphs.input_dispatch_dims(captured.graph_module, dispatch_symbol, captured.user_inputs),
+        state,
     )
 
 

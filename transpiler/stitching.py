@@ -94,9 +94,12 @@ def _split_piece_statements(piece: Piece, where: str | None) -> list[tuple]:
         else:
             arguments = [format_arg(a) for a in node.args]
             arguments += [f"{k}={format_arg(v)}" for k, v in node.kwargs.items()]
-            code = f"{node.name} = {_op_path(node.target)}({', '.join(arguments)})"
+            call = f"{_op_path(node.target)}({', '.join(arguments)})"
+            # An op called for what it writes in place (its result unused) gets no name.
+            code = f"{node.name} = {call}" if node.users else call
         reads = [arg.name for arg in node.all_input_nodes]
-        statements.append((where if number == 0 else None, code, [node.name], reads))
+        defined = [node.name] if node.users else []
+        statements.append((where if number == 0 else None, code, defined, reads))
     return statements
 
 
@@ -138,7 +141,9 @@ def build_stitch(
             continue
         targets = "".join(f"{node.name}, " for node in piece.outputs)
         reads = [node.name for node in piece.inputs]
-        code = f"({targets}) = variant.{piece_modules[piece.index]}([{', '.join(reads)}])"
+        call = f"variant.{piece_modules[piece.index]}([{', '.join(reads)}])"
+        # A piece that only writes state in place returns nothing.
+        code = f"({targets}) = {call}" if targets else call
         statements.append((where, code, [node.name for node in piece.outputs], reads))
 
     outputs = list(graph_module.graph.output_node().args[0])
