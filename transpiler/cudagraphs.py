@@ -189,6 +189,8 @@ class CudaGraphInput:
     dtype: str  # "torch.int64"
     shape_literal: str  # "(1, None)": None at the dispatch dim
     dispatch_dim_literal: str  # "1", or "None" for an input copied whole
+    static: bool = False  # used by reference (state such as a KV cache), never copied
+    pad_literal: str = "None"  # the value of padded positions, or None: the default rule
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,12 @@ class CudaGraphsContext:
     largest_capture_size: int | None
     inputs: tuple[CudaGraphInput, ...]
     output_dispatch_dims_literal: str  # "(1, None)"
+    # Padding is safe when nothing is written in place, or when model.py declares the pad
+    # values that send padded tokens' writes to a scratch slot.
+    pad_by_default: bool = True
+    # Positions in the weights tuple of buffers the forward writes in place.
+    mutated_weight_indices_literal: str = "()"
+    mutated_input_names_literal: str = "()"
 
     def template_vars(self) -> dict:
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
@@ -225,6 +233,8 @@ def cudagraphs_context(
     dispatch_dim: int,
     output_dispatch_dims: Sequence[int | None],
     input_dispatch_dims: Sequence[int | None] | None = None,
+    state=None,
+    weight_keys: Sequence[str] = (),
 ) -> CudaGraphsContext:
     """The context of the emitted cudagraphs.py, from plain values.
 
@@ -250,8 +260,22 @@ def cudagraphs_context(
         raise TranspileError(
             f"input {specs[dispatch_input_index][0]} dim {dispatch_dim} is the dispatch dim, but it is not dynamic"
         )
+    static = set(state.static_inputs) if state is not None else set()
+    mutated = set(state.mutated_inputs) if state is not None else set()
+    pad_values = dict(state.pad_values) if state is not None else {}
     rows = []
     for (input_name, dtype, shape), dim in zip(specs, input_dispatch_dims):
+        if input_name in static and dim is not None:
+            written = "is written in place" if input_name in mutated else "is declared static"
+            raise TranspileError(
+                f"input {input_name} {written} but its dim {dim} is the dispatch size; CUDA graphs use such an "
+                "input by reference at one fixed shape: give it a fixed shape (a cache sized for the most tokens)"
+            )
+        if input_name in pad_values and dim is None:
+            raise TranspileError(
+                f"pad value for input {input_name}, which has no dispatch dim and so is never padded; "
+                "declare pad values only for inputs whose size is the dispatch size"
+            )
         for other, size in enumerate(shape):
             if size is None and other != dim:
                 raise TranspileError(
@@ -266,8 +290,11 @@ def cudagraphs_context(
                 dtype=dtype,
                 shape_literal=repr(printed_shape),
                 dispatch_dim_literal=repr(dim),
+                static=input_name in static,
+                pad_literal=repr(pad_values.get(input_name)),
             )
         )
+    mutated_weights = set(state.mutated_weights) if state is not None else set()
     return CudaGraphsContext(
         name=name,
         dispatch_input_index=dispatch_input_index,
@@ -278,6 +305,9 @@ def cudagraphs_context(
         largest_capture_size=sizes[-1] if sizes else None,
         inputs=tuple(rows),
         output_dispatch_dims_literal=repr(tuple(output_dispatch_dims)),
+        pad_by_default=state is None or not state.mutated or bool(pad_values),
+        mutated_weight_indices_literal=repr(tuple(i for i, key in enumerate(weight_keys) if key in mutated_weights)),
+        mutated_input_names_literal=repr(tuple(name for name, _, _ in specs if name in mutated)),
     )
 
 

@@ -266,6 +266,7 @@ def _init_context(package: Package, fingerprint: str, features: tuple) -> dict:
         "mutated_inputs_literal": _literal(state.mutated_inputs),
         "mutated_weights_literal": _literal(state.mutated_weights),
         "mutated_weights": bool(state.mutated_weights),
+        "static_inputs_literal": _literal(state.static_inputs),
         "state_lines": state_lines(state),
     }
 

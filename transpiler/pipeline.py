@@ -280,6 +280,7 @@ def _cuda_graphs_context(name, captured, dispatch, dispatch_symbol, ranges, capt
         cudagraphs.output_dispatch_dims(captured.graph_module, dispatch_symbol),
         cudagraphs.input_dispatch_dims(captured.graph_module, dispatch_symbol, captured.user_inputs),
         state,
+        [w.key for w in captured.weights],
     )
 
 
