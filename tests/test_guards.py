@@ -37,3 +37,44 @@ def test_large_and_unbounded_ranges_are_sampled_including_the_top():
 
 def test_guards_on_other_symbols_are_not_the_dispatch_size():
     _check_guards_hold(_env(sympy.Gt(OTHER, 100), sympy.Gt(SIZE + OTHER, 1000)), SIZE, Variant("r", SizeRange(1, 16), False))
+
+
+def _parts(exc_info):
+    return [part.label() for part in exc_info.value.parts]
+
+
+def test_a_failing_guard_splits_the_range_where_it_flips():
+    from transpiler.inductor import RangeSpecialized
+
+    with pytest.raises(RangeSpecialized) as caught:
+        _check_guards_hold(_env(sympy.Lt(SIZE, 16)), SIZE, Variant("range_9_32", SizeRange(9, 32), False))
+    assert _parts(caught) == ["9-15", "16-32"]
+    with pytest.raises(RangeSpecialized) as caught:
+        _check_guards_hold(_env(sympy.Ne(SIZE, 16)), SIZE, Variant("range_1_32", SizeRange(1, 32), False))
+    assert _parts(caught) == ["1-15", "16-16", "17-32"]
+    # Sampled: the cut is found between samples by bisection.
+    with pytest.raises(RangeSpecialized) as caught:
+        _check_guards_hold(_env(sympy.Lt(SIZE, 100001)), SIZE, Variant("r", SizeRange(1, 200000), False))
+    assert _parts(caught) == ["1-100000", "100001-200000"]
+
+
+def test_pipeline_recompiles_the_halves_and_notes_the_split(monkeypatch):
+    """_compile_all retries with the split range; the other variants stay as they were."""
+    from transpiler import pipeline
+    from transpiler.inductor import RangeSpecialized
+    from transpiler.ranges import make_variants
+
+    seen = []
+
+    def fake_compile(unique, groups, variants, *rest):
+        seen.append([v.name for v in variants])
+        for variant in variants:
+            if variant.range == SizeRange(9, 32):
+                raise RangeSpecialized(variant, sympy.Lt(SIZE, 16), 16, [SizeRange(9, 15), SizeRange(16, 32)])
+
+    monkeypatch.setattr(pipeline, "_compile_variants", fake_compile)
+    variants = make_variants([SizeRange(1, 8), SizeRange(9, 32)], [4])
+    final, notes = pipeline._compile_all([], {}, variants, SIZE, None, None, None)
+    assert [v.name for v in final] == ["size_4", "range_1_8", "range_9_15", "range_16_32"]
+    assert seen == [["size_4", "range_1_8", "range_9_32"], ["size_4", "range_1_8", "range_9_15", "range_16_32"]]
+    assert notes == ["range 9-32 split into 9-15, 16-32 (Inductor specialized it on `s0 < 16`)"]

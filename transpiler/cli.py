@@ -151,6 +151,8 @@ def _run(args, console, console_out) -> int:
             f"{summary.kernels} kernels in {summary.seconds:.1f} s"
         )
         print(message, file=console_out)
+        for note in summary.notes:
+            print(f"  note: {note}", file=console_out)
     return 0
 
 

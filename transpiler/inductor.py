@@ -16,7 +16,7 @@ import torch
 import torch.fx
 
 from .errors import TranspileError
-from .ir import Variant
+from .ir import SizeRange, Variant
 
 # The portable x86-64 levels the C++ kernels can be built for. The vector width
 # decides the generated source, so pinning it keeps output identical across
@@ -215,25 +215,66 @@ def compile_variant(
 _GUARD_CHECK_LIMIT = 4096
 
 
+class RangeSpecialized(TranspileError):
+    """Inductor assumed something about the dispatch size that fails inside a range.
+
+    `parts` splits the range where the guards' truth changes: each part compiled on
+    its own holds its guards throughout (the pipeline recompiles them).
+    """
+
+    def __init__(self, variant: Variant, guard, failing_size: int, parts: list[SizeRange]):
+        self.variant, self.guard, self.failing_size, self.parts = variant, guard, failing_size, parts
+        super().__init__(
+            f"Inductor specialized range {variant.range.label()} on `{guard}`, which fails at size {failing_size}; "
+            f"split the range at {failing_size} (--ranges) or add {failing_size} to --sizes"
+        )
+
+
+def _guard_sizes(lo: int, hi: int) -> list[int]:
+    if hi - lo <= _GUARD_CHECK_LIMIT:
+        return list(range(lo, hi + 1))
+    step = (hi - lo) // _GUARD_CHECK_LIMIT + 1
+    return sorted({*range(lo, hi + 1, step), hi})
+
+
 def _check_guards_hold(shape_env, symbol: sympy.Symbol, variant: Variant) -> None:
     """The emitted code runs without guards, so whatever Inductor assumed about the
     dispatch size while compiling must hold for every size of the range."""
-    lo, hi = variant.range.lo, variant.range.hi if variant.range.hi is not None else variant.range.lo + _GUARD_CHECK_LIMIT
-    if hi - lo <= _GUARD_CHECK_LIMIT:
-        sizes = range(lo, hi + 1)
-    else:
-        step = (hi - lo) // _GUARD_CHECK_LIMIT + 1
-        sizes = sorted({*range(lo, hi + 1, step), hi})
-    for guard in shape_env.guards:
-        expr = guard.expr
-        if expr.free_symbols != {symbol}:
+    lo = variant.range.lo
+    hi = variant.range.hi if variant.range.hi is not None else variant.range.lo + _GUARD_CHECK_LIMIT
+    guards = [g.expr for g in shape_env.guards if g.expr.free_symbols == {symbol}]
+
+    def truth(size: int) -> tuple[bool, ...]:
+        return tuple(expr.xreplace({symbol: sympy.Integer(size)}) is not sympy.false for expr in guards)
+
+    sizes = _guard_sizes(lo, hi)
+    for size in sizes:
+        values = truth(size)
+        if all(values):
             continue
-        for size in sizes:
-            if expr.xreplace({symbol: sympy.Integer(size)}) is sympy.false:
-                raise TranspileError(
-                    f"Inductor specialized range {variant.range.label()} on `{expr}`, which fails at size {size}; "
-                    f"split the range at {size} (--ranges) or add {size} to --sizes"
-                )
+        guard = guards[values.index(False)]
+        raise RangeSpecialized(variant, guard, size, _split_where_truth_changes(truth, sizes, variant.range))
+
+
+def _split_where_truth_changes(truth, sizes: list[int], size_range: SizeRange) -> list[SizeRange]:
+    """Cut the range wherever the guards' truth values change (bisecting between samples)."""
+    cuts = []
+    for before, after in zip(sizes, sizes[1:]):
+        if truth(before) == truth(after):
+            continue
+        low, high = before, after  # truth(low) != truth(high): find the first size like `high`
+        while high - low > 1:
+            middle = (low + high) // 2
+            if truth(middle) == truth(low):
+                low = middle
+            else:
+                high = middle
+        cuts.append(high)
+    bounds = [size_range.lo, *cuts]
+    return [
+        SizeRange(start, (bounds[i + 1] - 1) if i + 1 < len(bounds) else size_range.hi)
+        for i, start in enumerate(bounds)
+    ]
 
 
 def _check_calling_convention(piece: torch.fx.GraphModule, inner_graph: torch.fx.GraphModule) -> None:

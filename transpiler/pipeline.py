@@ -16,7 +16,7 @@ from . import capture as capture_stage
 from .dedupe import group_pieces, shared_names
 from .emit import RenderedPackage, render
 from .errors import TranspileError
-from .inductor import CPU_ISAS, compile_variant, cpp_kernel_files, inductor_config
+from .inductor import CPU_ISAS, RangeSpecialized, compile_variant, cpp_kernel_files, inductor_config
 from .ir import CompiledVariant, Kernel, Package, UniquePiece
 from .model_file import load_model_file
 from .ranges import make_variants, parse_ranges, parse_sizes
@@ -49,6 +49,7 @@ class Summary:
     variants: int
     kernels: int
     seconds: float
+    notes: list[str] = field(default_factory=list)  # what the transpiler decided on its own
 
 
 def package_name(options: Options) -> str:
@@ -108,29 +109,7 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         for piece in instances:
             module_of_piece[piece.index] = module
 
-    step = progress(len(unique) * len(variants)) if progress else None
-    with inductor_config(options.device, options.cpu_isa):
-        for piece, instances in zip(unique, groups.values()):
-            first_kernel_with_source: dict[str, str] = {}
-            first_variant_with_code: dict[str, str] = {}
-            for variant in variants:
-                compile_one = _compile_cuda if options.device == "cuda" else _compile_cpu
-                compiled = compile_one(instances[0], piece, variant, dispatch_symbol, captured)
-                # Ranges often compile to the same code: emit it once, bind the others to it.
-                compiled.alias_of = first_variant_with_code.setdefault(compiled.canonical_code, variant.name)
-                if compiled.alias_of == variant.name:
-                    compiled.alias_of = None
-                else:
-                    compiled.kernels = []
-                # Variants also often compile a kernel to the same C++: ship it once.
-                for kernel in compiled.kernels:
-                    identity = kernel.source + json.dumps(kernel.metadata, sort_keys=True)
-                    kernel.alias_of = first_kernel_with_source.setdefault(identity, kernel.name)
-                    if kernel.alias_of == kernel.name:
-                        kernel.alias_of = None
-                piece.variants.append(compiled)
-                if step:
-                    step()
+    variants, notes = _compile_all(unique, groups, variants, dispatch_symbol, captured, options, progress)
 
     weight_names = [w.name for w in captured.weights]
     stitch = build_stitch(
@@ -175,8 +154,65 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         variants=len(variants),
         kernels=sum(1 for p in unique for k in p.kernels if not k.alias_of),
         seconds=time.perf_counter() - started,
+        notes=notes,
     )
     return rendered, summary
+
+
+# How many times a range may be split at Inductor's guards before the transpile gives up.
+_MAX_RANGE_SPLITS = 8
+
+
+def _compile_all(unique, groups, variants, dispatch_symbol, captured, options, progress):
+    """Compile every piece for every variant. A range on which Inductor specializes (a guard
+    on the dispatch size that fails inside it) is split where the guard flips and compiled
+    again, half by half; returns the final variants and a note per split."""
+    notes = []
+    for _ in range(_MAX_RANGE_SPLITS + 1):
+        for piece in unique:
+            piece.variants = []
+        try:
+            _compile_variants(unique, groups, variants, dispatch_symbol, captured, options, progress)
+            return variants, notes
+        except RangeSpecialized as specialized:
+            last_error = specialized
+            old = specialized.variant
+            parts = specialized.parts
+            if len(parts) < 2:
+                raise
+            position = variants.index(old)
+            variants = variants[:position] + make_variants(parts, []) + variants[position + 1 :]
+            notes.append(
+                f"range {old.range.label()} split into {', '.join(p.label() for p in parts)} "
+                f"(Inductor specialized it on `{specialized.guard}`)"
+            )
+    raise last_error
+
+
+def _compile_variants(unique, groups, variants, dispatch_symbol, captured, options, progress):
+    step = progress(len(unique) * len(variants)) if progress else None
+    with inductor_config(options.device, options.cpu_isa):
+        for piece, instances in zip(unique, groups.values()):
+            first_kernel_with_source: dict[str, str] = {}
+            first_variant_with_code: dict[str, str] = {}
+            for variant in variants:
+                compile_one = _compile_cuda if options.device == "cuda" else _compile_cpu
+                compiled = compile_one(instances[0], piece, variant, dispatch_symbol, captured)
+                # Ranges often compile to the same code: emit it once, bind the others to it.
+                compiled.alias_of = first_variant_with_code.setdefault(compiled.canonical_code, variant.name)
+                if compiled.alias_of == variant.name:
+                    compiled.alias_of = None
+                else:
+                    compiled.kernels = []
+                # Variants also often compile a kernel to the same C++: ship it once.
+                for kernel in compiled.kernels:
+                    identity = kernel.source + json.dumps(kernel.metadata, sort_keys=True)
+                    kernel.alias_of = first_kernel_with_source.setdefault(identity, kernel.name)
+                    if kernel.alias_of == kernel.name:
+                        kernel.alias_of = None
+                piece.variants.append(compiled)
+                if step:
+                    step()
 
 
 def _compile_cpu(piece, unique: UniquePiece, variant, dispatch_symbol, captured) -> CompiledVariant:
