@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from transpiler.treediff import source_files  # noqa: E402
 
 EXAMPLES = json.loads((ROOT / "examples" / "examples.json").read_text())
-CUDA_EXAMPLES = ["tiny_llama", "mlp", "custom_op"]
+CUDA_EXAMPLES = ["tiny_llama", "mlp", "custom_op", "hf_llama"]
 RESULTS: list[tuple[str, bool, str]] = []
 
 

@@ -11,6 +11,7 @@ from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
 from . import mutation
+from . import opaque_attention as opaque_attention_stage
 from .errors import TranspileError
 from .ir import DispatchDim, TensorSpec, Weight
 from .model_file import ModelFile
@@ -46,11 +47,12 @@ def export_error_summary(error: BaseException, limit: int = 8) -> str:
     return " | ".join(kept)
 
 
-def export_model(model_file: ModelFile, device: str = "cpu") -> Capture:
+def export_model(model_file: ModelFile, device: str = "cpu", opaque_attention: bool = False) -> Capture:
+    """opaque_attention: capture F.scaled_dot_product_attention as transpile::sdpa."""
     model = model_file.model.eval().to(device)
     example_inputs = tuple(t.to(device) for t in model_file.example_inputs)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), opaque_attention_stage.routed(opaque_attention):
             program = torch.export.export(
                 model,
                 example_inputs,

@@ -88,8 +88,10 @@ def render(package: Package) -> RenderedPackage:
     binaries: dict[str, str | bytes] = {}  # a path to copy, or the content
 
     python["stitch.py"] = env.get_template("stitch.py.jinja").render(
-        **common, stitch=package.stitch, imports=package.imports
+        **common, stitch=package.stitch, imports=package.imports, ships_ops=package.ships_ops
     )
+    if package.ships_ops:
+        python["ops.py"] = env.get_template("ops.py.jinja").render(**common)
     python["dispatch.py"] = env.get_template("dispatch.py.jinja").render(**common, **_dispatch_context(package))
     python["runtime.py"] = env.get_template("runtime.py.jinja").render(**common)
     python["pieces/__init__.py"] = env.get_template("pieces/__init__.py.jinja").render(**common)

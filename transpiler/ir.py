@@ -181,6 +181,7 @@ class Package:
     num_piece_calls: int
     num_split_calls: int
     state: State = field(default_factory=State)
+    ships_ops: bool = False  # the package defines transpile::sdpa (ops.py)
     gpu: dict = field(default_factory=dict)  # cuda: arch, cuda and triton versions
     cuda_graphs: object = None  # cuda: cudagraphs.CudaGraphsContext of the emitted cudagraphs.py
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from . import capture as capture_stage
+from . import opaque_attention
 from .dedupe import group_pieces, shared_names
 from .emit import RenderedPackage, render
 from .errors import TranspileError
@@ -78,9 +79,16 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
     if split_ops is None:
         split_ops = list(DEFAULT_SPLIT_OPS)
     else:
+        if opaque_attention.OP in split_ops:
+            opaque_attention.register()
         check_split_ops(split_ops)
+    # Attention splits the graph: capture it as one opaque op, so that export never runs
+    # sdpa's device meta functions (whose guards can pin the sequence length).
+    route_attention = opaque_attention.ATEN_SDPA in split_ops
+    if route_attention and opaque_attention.OP not in split_ops:
+        split_ops = [*split_ops, opaque_attention.OP]
 
-    captured = capture_stage.export_model(model_file, options.device)
+    captured = capture_stage.export_model(model_file, options.device, route_attention)
     state = _state(captured, split_ops, model_file, options)
     dispatch, dispatch_symbol = capture_stage.resolve_dispatch_dim(captured, options.dispatch_dim)
     ranges = parse_ranges(options.ranges, dispatch)
@@ -145,6 +153,7 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         gpu=_gpu_fingerprint() if options.device == "cuda" else {},
         cuda_graphs=graphs,
         state=state,
+        ships_ops=opaque_attention.used_in(captured.graph_module),
     )
     rendered = render(package)
     summary = Summary(

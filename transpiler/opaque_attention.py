@@ -1,0 +1,58 @@
+"""Capture attention as one opaque op, `transpile::sdpa` (vLLM traces attention so too).
+
+torch.export runs scaled_dot_product_attention's device meta functions, and on CUDA
+(torch 2.11) their guards pin a dynamic sequence length ("Not all values of seq satisfy
+the generated guard min(64*s, 256*s) == 64*s"). While the model is exported, calls of
+torch.nn.functional.scaled_dot_product_attention go to an op whose fake implementation
+only states the output's shape; the stitching function calls it as a splitting op.
+
+The op's definition is the package's own ops.py (templates/ops.py.jinja), executed here
+once, so transpiler and package run the same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from .emit import TEMPLATE_DIR
+
+OP = "transpile::sdpa"
+ATEN_SDPA = "aten::scaled_dot_product_attention"
+
+
+def register() -> None:
+    """Define transpile::sdpa in this process (once), from the package template."""
+    from .emit import _environment
+
+    source = _environment().get_template("ops.py.jinja").render(name="transpile")
+    exec(compile(source, str(TEMPLATE_DIR / "ops.py.jinja"), "exec"), {"__name__": "transpile_ops"})
+
+
+@contextlib.contextmanager
+def routed(enabled: bool):
+    """While exporting: F.scaled_dot_product_attention -> torch.ops.transpile.sdpa."""
+    if not enabled:
+        yield
+        return
+    register()
+    original = F.scaled_dot_product_attention
+
+    def opaque_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        return torch.ops.transpile.sdpa(query, key, value, attn_mask, dropout_p, bool(is_causal), scale, enable_gqa)
+
+    F.scaled_dot_product_attention = opaque_sdpa
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def used_in(graph_module: torch.fx.GraphModule) -> bool:
+    """Whether the captured graph calls the opaque op (the package then ships ops.py)."""
+    return any(
+        isinstance(node.target, torch._ops.OpOverload) and node.target._schema.name == OP
+        for node in graph_module.graph.nodes
+    )
