@@ -14,7 +14,7 @@ import torch
 from . import runtime
 
 NAME = "custom_op"
-FINGERPRINT = "eef55ada332ef911643668c78466d3aa3647b9a7af1a329f7a1adc1438745480"
+FINGERPRINT = "1e4b9a2bded41a19bfe3d4f29391af3f3983f5eb739cf2ea6a0851125a03e749"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "x", "dim": 1, "min": 1, "max": 64}
 SIZES = (8,)
@@ -71,6 +71,9 @@ REPLACEABLE_WEIGHTS = frozenset(
         "mlp.2.bias",
     )
 )
+# Inputs and buffers (state-dict keys) the forward writes in place.
+MUTATED_INPUTS = ()
+MUTATED_WEIGHTS = ()
 
 
 class CompiledModel:
@@ -86,6 +89,11 @@ class CompiledModel:
         (x,) = inputs
         x = runtime.check_input(x, "x", torch.float32, (1, None, 32), DEVICE)
         return self._forward(self.weights, x)
+
+    def state_dict(self) -> dict:
+        """The weights by state-dict key: the tensors themselves (buffers the forward
+        updates in place read their current values)."""
+        return dict(zip(WEIGHT_KEYS, self.weights))
 
 
 def load(weights=None) -> CompiledModel:

@@ -14,7 +14,7 @@ import torch
 from . import runtime
 
 NAME = "gpt2"
-FINGERPRINT = "a56f64bf996b3b8960744f07890b7969ecdf0751767492cbca86dbe4fed4b0f8"
+FINGERPRINT = "f5f8181e97432f6fc44f255379389c795165ec8599983c48e7e3e68ca4bcec66"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 128}
 SIZES = (8,)
@@ -105,6 +105,9 @@ REPLACEABLE_WEIGHTS = frozenset(
         "gpt2.lm_head.weight",
     )
 )
+# Inputs and buffers (state-dict keys) the forward writes in place.
+MUTATED_INPUTS = ()
+MUTATED_WEIGHTS = ()
 
 
 class CompiledModel:
@@ -122,6 +125,11 @@ class CompiledModel:
             input_ids, "input_ids", torch.int64, (1, None), DEVICE
         )
         return self._forward(self.weights, input_ids)
+
+    def state_dict(self) -> dict:
+        """The weights by state-dict key: the tensors themselves (buffers the forward
+        updates in place read their current values)."""
+        return dict(zip(WEIGHT_KEYS, self.weights))
 
 
 def load(weights=None) -> CompiledModel:

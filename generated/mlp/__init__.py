@@ -14,7 +14,7 @@ import torch
 from . import runtime
 
 NAME = "mlp"
-FINGERPRINT = "fad32ce98523a5e2542a36ddd4d11dcc298c87f463681b9560ea062025b8b85b"
+FINGERPRINT = "caab43c161e3b1f608347945eab9a44a64fa8d8a69158b40e1e801317ad5e627"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "x", "dim": 0, "min": 1, "max": 128}
 SIZES = (4,)
@@ -67,6 +67,9 @@ REPLACEABLE_WEIGHTS = frozenset(
         "net.6.bias",
     )
 )
+# Inputs and buffers (state-dict keys) the forward writes in place.
+MUTATED_INPUTS = ()
+MUTATED_WEIGHTS = ()
 
 
 class CompiledModel:
@@ -82,6 +85,11 @@ class CompiledModel:
         (x,) = inputs
         x = runtime.check_input(x, "x", torch.float32, (None, 32), DEVICE)
         return self._forward(self.weights, x)
+
+    def state_dict(self) -> dict:
+        """The weights by state-dict key: the tensors themselves (buffers the forward
+        updates in place read their current values)."""
+        return dict(zip(WEIGHT_KEYS, self.weights))
 
 
 def load(weights=None) -> CompiledModel:

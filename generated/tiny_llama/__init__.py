@@ -14,7 +14,7 @@ import torch
 from . import runtime
 
 NAME = "tiny_llama"
-FINGERPRINT = "b881dea30ae498619e9a19a9ea5ccabcae1fb0c3ef07e44b8f3f2db7d8ab266e"
+FINGERPRINT = "a6c39e04659dcaa314d9088caa9e9b4b9ecae196e696a5ec33049cd4a2c955b0"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1, 8)
@@ -91,6 +91,9 @@ REPLACEABLE_WEIGHTS = frozenset(
         "rotary.inv_freq",
     )
 )
+# Inputs and buffers (state-dict keys) the forward writes in place.
+MUTATED_INPUTS = ()
+MUTATED_WEIGHTS = ()
 
 
 class CompiledModel:
@@ -113,6 +116,11 @@ class CompiledModel:
             positions, "positions", torch.int64, (1, None), DEVICE
         )
         return self._forward(self.weights, input_ids, positions)
+
+    def state_dict(self) -> dict:
+        """The weights by state-dict key: the tensors themselves (buffers the forward
+        updates in place read their current values)."""
+        return dict(zip(WEIGHT_KEYS, self.weights))
 
 
 def load(weights=None) -> CompiledModel:

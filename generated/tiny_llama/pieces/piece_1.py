@@ -26,51 +26,60 @@ size_1_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_kernel(
 size_1_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3 = load_kernel(
     "piece_1", "size_1_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3"
 )
-size_8_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_kernel(
-    "piece_1", "size_8_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_0"
+size_8_cpp_fused_clone_transpose_0 = load_kernel(
+    "piece_1", "size_8_cpp_fused_clone_transpose_0"
 )
-size_8_cpp_fused__unsafe_view_mul_silu_1 = load_kernel(
-    "piece_1", "size_8_cpp_fused__unsafe_view_mul_silu_1"
+size_8_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1 = load_kernel(
+    "piece_1", "size_8_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1"
 )
-size_8_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_kernel(
-    "piece_1", "size_8_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2"
+size_8_cpp_fused__unsafe_view_mul_silu_2 = load_kernel(
+    "piece_1", "size_8_cpp_fused__unsafe_view_mul_silu_2"
 )
-size_8_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3 = load_kernel(
-    "piece_1", "size_8_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3"
+size_8_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3 = load_kernel(
+    "piece_1", "size_8_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3"
 )
-range_1_16_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_kernel(
-    "piece_1", "range_1_16_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_0"
+size_8_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4 = load_kernel(
+    "piece_1", "size_8_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4"
 )
-range_1_16_cpp_fused__unsafe_view_mul_silu_1 = load_kernel(
-    "piece_1", "range_1_16_cpp_fused__unsafe_view_mul_silu_1"
+range_1_16_cpp_fused_clone_transpose_0 = load_kernel(
+    "piece_1", "range_1_16_cpp_fused_clone_transpose_0"
 )
-range_1_16_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_kernel(
-    "piece_1", "range_1_16_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2"
+range_1_16_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1 = load_kernel(
+    "piece_1", "range_1_16_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1"
 )
-range_1_16_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3 = load_kernel(
+range_1_16_cpp_fused__unsafe_view_mul_silu_2 = load_kernel(
+    "piece_1", "range_1_16_cpp_fused__unsafe_view_mul_silu_2"
+)
+range_1_16_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3 = load_kernel(
+    "piece_1", "range_1_16_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3"
+)
+range_1_16_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4 = load_kernel(
     "piece_1",
-    "range_1_16_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3",
+    "range_1_16_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4",
 )
-range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_kernel(
-    "piece_1", "range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_0"
+range_17_256_cpp_fused_clone_transpose_0 = load_kernel(
+    "piece_1", "range_17_256_cpp_fused_clone_transpose_0"
 )
-range_17_256_cpp_fused__unsafe_view_mul_silu_1 = (
-    range_1_16_cpp_fused__unsafe_view_mul_silu_1  # same C++ source
+range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1 = load_kernel(
+    "piece_1", "range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1"
 )
-range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_kernel(
-    "piece_1", "range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2"
+range_17_256_cpp_fused__unsafe_view_mul_silu_2 = (
+    range_1_16_cpp_fused__unsafe_view_mul_silu_2  # same C++ source
 )
-range_17_256_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3 = (
+range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3 = load_kernel(
+    "piece_1", "range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3"
+)
+range_17_256_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4 = (
     load_kernel(
         "piece_1",
-        "range_17_256_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3",
+        "range_17_256_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4",
     )
 )
 
 
 def size_1(args):
     (
-        scaled_dot_product_attention,
+        sdpa,
         sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
         embedding,
@@ -86,18 +95,16 @@ def size_1(args):
         unsqueeze_2,
     ) = args
     args.clear()
-    assert_size_stride(
-        scaled_dot_product_attention, (1, 4, 1, 16), (64, 16, 64, 1), "input"
-    )
+    assert_size_stride(sdpa, (1, 4, 1, 16), (64, 16, 16, 1), "input")
     assert_size_stride(p_layers_0_self_attn_o_proj_weight, (64, 64), (64, 1), "input")
     buf0 = empty_strided_cpu((1, 64), (64, 1), torch.float32)
     # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(scaled_dot_product_attention, (1, 64), (64, 1), 0),
+        reinterpret_tensor(sdpa, (1, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0),
         out=buf0,
     )
-    del scaled_dot_product_attention
+    del sdpa
     del p_layers_0_self_attn_o_proj_weight
     assert_size_stride(embedding, (1, 1, 64), (64, 64, 1), "input")
     buf1 = empty_strided_cpu((1, 1, 1), (1, 1, 1), torch.float32)
@@ -208,7 +215,7 @@ def size_1(args):
 
 def size_8(args):
     (
-        scaled_dot_product_attention,
+        sdpa,
         sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
         embedding,
@@ -225,129 +232,130 @@ def size_8(args):
     ) = args
     args.clear()
     s72 = sym_size_int_2
-    assert_size_stride(
-        scaled_dot_product_attention, (1, 4, 8, 16), (512, 16, 64, 1), "input"
-    )
+    assert_size_stride(sdpa, (1, 4, 8, 16), (512, 128, 16, 1), "input")
+    buf0 = empty_strided_cpu((1, 8, 4, 16), (512, 64, 16, 1), torch.float32)
     assert_size_stride(p_layers_0_self_attn_o_proj_weight, (64, 64), (64, 1), "input")
-    buf0 = empty_strided_cpu((8, 64), (64, 1), torch.float32)
-    # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.view, aten.t, aten.mm]
+    size_8_cpp_fused_clone_transpose_0(sdpa, buf0)
+    del sdpa
+    buf1 = empty_strided_cpu((8, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.clone, aten._unsafe_view, aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(scaled_dot_product_attention, (8, 64), (64, 1), 0),
+        reinterpret_tensor(buf0, (8, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0),
-        out=buf0,
+        out=buf1,
     )
-    del scaled_dot_product_attention
     del p_layers_0_self_attn_o_proj_weight
     assert_size_stride(embedding, (1, 8, 64), (512, 64, 1), "input")
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,), "input")
-    buf1 = empty_strided_cpu((1, 8, 1), (8, 1, 8), torch.float32)
-    buf2 = empty_strided_cpu((1, 8, 64), (512, 64, 1), torch.float32)
+    buf2 = empty_strided_cpu((1, 8, 1), (8, 1, 8), torch.float32)
+    buf3 = reinterpret_tensor(buf0, (1, 8, 64), (512, 64, 1), 0)
+    del buf0  # reuse
     assert_size_stride(p_layers_0_mlp_gate_proj_weight, (128, 64), (64, 1), "input")
-    size_8_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
-        embedding, buf0, p_layers_0_post_attention_layernorm_weight, buf1, buf2
+    size_8_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
+        embedding, buf1, p_layers_0_post_attention_layernorm_weight, buf2, buf3
     )
     del p_layers_0_post_attention_layernorm_weight
-    del buf1
-    buf3 = empty_strided_cpu((8, 128), (128, 1), torch.float32)
+    del buf2
+    buf4 = empty_strided_cpu((8, 128), (128, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8, linear_4], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf2, (8, 64), (64, 1), 0),
+        reinterpret_tensor(buf3, (8, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_0_mlp_gate_proj_weight, (64, 128), (1, 64), 0),
-        out=buf3,
+        out=buf4,
     )
     del p_layers_0_mlp_gate_proj_weight
     assert_size_stride(p_layers_0_mlp_up_proj_weight, (128, 64), (64, 1), "input")
-    buf4 = empty_strided_cpu((8, 128), (128, 1), torch.float32)
+    buf5 = empty_strided_cpu((8, 128), (128, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear_5], Original ATen: [aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf2, (8, 64), (64, 1), 0),
+        reinterpret_tensor(buf3, (8, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_0_mlp_up_proj_weight, (64, 128), (1, 64), 0),
-        out=buf4,
+        out=buf5,
     )
     del p_layers_0_mlp_up_proj_weight
-    buf5 = reinterpret_tensor(buf3, (1, 8, 128), (1024, 128, 1), 0)
-    del buf3  # reuse
+    buf6 = reinterpret_tensor(buf4, (1, 8, 128), (1024, 128, 1), 0)
+    del buf4  # reuse
     assert_size_stride(p_layers_0_mlp_down_proj_weight, (64, 128), (128, 1), "input")
-    size_8_cpp_fused__unsafe_view_mul_silu_1(buf5, buf4)
-    del buf4
-    buf6 = reinterpret_tensor(buf2, (8, 64), (64, 1), 0)
-    del buf2  # reuse
+    size_8_cpp_fused__unsafe_view_mul_silu_2(buf6, buf5)
+    del buf5
+    buf7 = reinterpret_tensor(buf3, (8, 64), (64, 1), 0)
+    del buf3  # reuse
     # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9, linear_6], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf5, (8, 128), (128, 1), 0),
+        reinterpret_tensor(buf6, (8, 128), (128, 1), 0),
         reinterpret_tensor(p_layers_0_mlp_down_proj_weight, (128, 64), (1, 128), 0),
-        out=buf6,
+        out=buf7,
     )
     del p_layers_0_mlp_down_proj_weight
-    del buf5
-    buf7 = reinterpret_tensor(buf0, (1, 8, 64), (512, 64, 1), 0)
-    del buf0  # reuse
+    del buf6
+    buf8 = reinterpret_tensor(buf1, (1, 8, 64), (512, 64, 1), 0)
+    del buf1  # reuse
     assert_size_stride(p_layers_1_input_layernorm_weight, (64,), (1,), "input")
-    buf8 = empty_strided_cpu((1, 8, 1), (8, 1, 8), torch.float32)
-    buf9 = empty_strided_cpu((1, 8, 64), (512, 64, 1), torch.float32)
+    buf9 = empty_strided_cpu((1, 8, 1), (8, 1, 8), torch.float32)
+    buf10 = empty_strided_cpu((1, 8, 64), (512, 64, 1), torch.float32)
     assert_size_stride(p_layers_1_self_attn_q_proj_weight, (64, 64), (64, 1), "input")
-    size_8_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
-        buf7, embedding, buf6, p_layers_1_input_layernorm_weight, buf8, buf9
+    size_8_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
+        buf8, embedding, buf7, p_layers_1_input_layernorm_weight, buf9, buf10
     )
     del embedding
     del p_layers_1_input_layernorm_weight
-    del buf8
-    buf10 = buf6
-    del buf6  # reuse
+    del buf9
+    buf11 = buf7
+    del buf7  # reuse
     # Topologically Sorted Source Nodes: [pow_3, mean_2, add_6, rsqrt_2, mul_10, mul_11, linear_7], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf9, (8, 64), (64, 1), 0),
+        reinterpret_tensor(buf10, (8, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_1_self_attn_q_proj_weight, (64, 64), (1, 64), 0),
-        out=buf10,
+        out=buf11,
     )
     del p_layers_1_self_attn_q_proj_weight
     assert_size_stride(p_layers_1_self_attn_k_proj_weight, (64, 64), (64, 1), "input")
-    buf11 = empty_strided_cpu((8, 64), (64, 1), torch.float32)
+    buf12 = empty_strided_cpu((8, 64), (64, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear_8], Original ATen: [aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf9, (8, 64), (64, 1), 0),
+        reinterpret_tensor(buf10, (8, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_1_self_attn_k_proj_weight, (64, 64), (1, 64), 0),
-        out=buf11,
+        out=buf12,
     )
     del p_layers_1_self_attn_k_proj_weight
     assert_size_stride(p_layers_1_self_attn_v_proj_weight, (64, 64), (64, 1), "input")
-    buf12 = empty_strided_cpu((8, 64), (64, 1), torch.float32)
+    buf13 = empty_strided_cpu((8, 64), (64, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear_9], Original ATen: [aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf9, (8, 64), (64, 1), 0),
+        reinterpret_tensor(buf10, (8, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_1_self_attn_v_proj_weight, (64, 64), (1, 64), 0),
-        out=buf12,
+        out=buf13,
     )
     del p_layers_1_self_attn_v_proj_weight
-    buf15 = reinterpret_tensor(buf9, (1, 4, 8, 16), (512, 128, 16, 1), 0)
-    del buf9  # reuse
-    buf13 = reinterpret_tensor(buf15, (1, 4, 8, 8), (512, 128, 16, 1), 0)  # alias
-    buf14 = reinterpret_tensor(buf15, (1, 4, 8, 8), (512, 128, 16, 1), 8)  # alias
-    buf19 = empty_strided_cpu((1, 4, 8, 16), (512, 128, 16, 1), torch.float32)
-    buf17 = reinterpret_tensor(buf19, (1, 4, 8, 8), (512, 128, 16, 1), 0)  # alias
-    buf18 = reinterpret_tensor(buf19, (1, 4, 8, 8), (512, 128, 16, 1), 8)  # alias
+    buf16 = reinterpret_tensor(buf10, (1, 4, 8, 16), (512, 128, 16, 1), 0)
+    del buf10  # reuse
+    buf14 = reinterpret_tensor(buf16, (1, 4, 8, 8), (512, 128, 16, 1), 0)  # alias
+    buf15 = reinterpret_tensor(buf16, (1, 4, 8, 8), (512, 128, 16, 1), 8)  # alias
+    buf20 = empty_strided_cpu((1, 4, 8, 16), (512, 128, 16, 1), torch.float32)
+    buf18 = reinterpret_tensor(buf20, (1, 4, 8, 8), (512, 128, 16, 1), 0)  # alias
+    buf19 = reinterpret_tensor(buf20, (1, 4, 8, 8), (512, 128, 16, 1), 8)  # alias
     assert_size_stride(unsqueeze_1, (1, 1, 8, 16), (128, 128, 16, 1), "input")
     assert_size_stride(unsqueeze_2, (1, 1, 8, 16), (128, 128, 16, 1), "input")
-    buf16 = reinterpret_tensor(buf10, (1, 4, 8, 16), (512, 16, 64, 1), 0)
-    del buf10  # reuse
-    buf20 = reinterpret_tensor(buf11, (1, 4, 8, 16), (512, 16, 64, 1), 0)
+    buf17 = reinterpret_tensor(buf11, (1, 4, 8, 16), (512, 16, 64, 1), 0)
     del buf11  # reuse
-    size_8_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3(
-        buf16, buf20, unsqueeze_1, buf15, unsqueeze_2, buf19, buf13, buf14, buf17, buf18
+    buf21 = reinterpret_tensor(buf12, (1, 4, 8, 16), (512, 16, 64, 1), 0)
+    del buf12  # reuse
+    size_8_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4(
+        buf17, buf21, unsqueeze_1, buf16, unsqueeze_2, buf20, buf14, buf15, buf18, buf19
     )
     del unsqueeze_1
     del unsqueeze_2
     return (
-        buf7,
-        reinterpret_tensor(buf12, (1, 4, 8, 16), (512, 16, 64, 1), 0),
-        buf16,
-        buf20,
+        buf8,
+        reinterpret_tensor(buf13, (1, 4, 8, 16), (512, 16, 64, 1), 0),
+        buf17,
+        buf21,
     )
 
 
 def range_1_16(args):
     (
-        scaled_dot_product_attention,
+        sdpa,
         sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
         embedding,
@@ -364,147 +372,148 @@ def range_1_16(args):
     ) = args
     args.clear()
     s6 = sym_size_int_2
-    assert_size_stride(
-        scaled_dot_product_attention, (1, 4, s6, 16), (64 * s6, 16, 64, 1), "input"
-    )
+    assert_size_stride(sdpa, (1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), "input")
+    buf0 = empty_strided_cpu((1, s6, 4, 16), (64 * s6, 64, 16, 1), torch.float32)
     assert_size_stride(p_layers_0_self_attn_o_proj_weight, (64, 64), (64, 1), "input")
-    buf0 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
-    # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.view, aten.t, aten.mm]
+    range_1_16_cpp_fused_clone_transpose_0(sdpa, buf0, s6)
+    del sdpa
+    buf1 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.clone, aten._unsafe_view, aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(scaled_dot_product_attention, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(buf0, (s6, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0),
-        out=buf0,
+        out=buf1,
     )
-    del scaled_dot_product_attention
     del p_layers_0_self_attn_o_proj_weight
     assert_size_stride(embedding, (1, s6, 64), (64 * s6, 64, 1), "input")
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,), "input")
-    buf1 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)
-    buf2 = empty_strided_cpu((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+    buf2 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)
+    buf3 = reinterpret_tensor(buf0, (1, s6, 64), (64 * s6, 64, 1), 0)
+    del buf0  # reuse
     assert_size_stride(p_layers_0_mlp_gate_proj_weight, (128, 64), (64, 1), "input")
-    range_1_16_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
-        embedding, buf0, p_layers_0_post_attention_layernorm_weight, buf1, buf2, s6
+    range_1_16_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
+        embedding, buf1, p_layers_0_post_attention_layernorm_weight, buf2, buf3, s6
     )
     del p_layers_0_post_attention_layernorm_weight
-    del buf1
-    buf3 = empty_strided_cpu((s6, 128), (128, 1), torch.float32)
+    del buf2
+    buf4 = empty_strided_cpu((s6, 128), (128, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8, linear_4], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(buf3, (s6, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_0_mlp_gate_proj_weight, (64, 128), (1, 64), 0),
-        out=buf3,
+        out=buf4,
     )
     del p_layers_0_mlp_gate_proj_weight
     assert_size_stride(p_layers_0_mlp_up_proj_weight, (128, 64), (64, 1), "input")
-    buf4 = empty_strided_cpu((s6, 128), (128, 1), torch.float32)
+    buf5 = empty_strided_cpu((s6, 128), (128, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear_5], Original ATen: [aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(buf3, (s6, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_0_mlp_up_proj_weight, (64, 128), (1, 64), 0),
-        out=buf4,
+        out=buf5,
     )
     del p_layers_0_mlp_up_proj_weight
-    buf5 = reinterpret_tensor(buf3, (1, s6, 128), (128 * s6, 128, 1), 0)
-    del buf3  # reuse
+    buf6 = reinterpret_tensor(buf4, (1, s6, 128), (128 * s6, 128, 1), 0)
+    del buf4  # reuse
     assert_size_stride(p_layers_0_mlp_down_proj_weight, (64, 128), (128, 1), "input")
-    range_1_16_cpp_fused__unsafe_view_mul_silu_1(buf5, buf4, s6)
-    del buf4
-    buf6 = reinterpret_tensor(buf2, (s6, 64), (64, 1), 0)
-    del buf2  # reuse
+    range_1_16_cpp_fused__unsafe_view_mul_silu_2(buf6, buf5, s6)
+    del buf5
+    buf7 = reinterpret_tensor(buf3, (s6, 64), (64, 1), 0)
+    del buf3  # reuse
     # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9, linear_6], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf5, (s6, 128), (128, 1), 0),
+        reinterpret_tensor(buf6, (s6, 128), (128, 1), 0),
         reinterpret_tensor(p_layers_0_mlp_down_proj_weight, (128, 64), (1, 128), 0),
-        out=buf6,
+        out=buf7,
     )
     del p_layers_0_mlp_down_proj_weight
-    del buf5
-    buf7 = reinterpret_tensor(buf0, (1, s6, 64), (64 * s6, 64, 1), 0)
-    del buf0  # reuse
+    del buf6
+    buf8 = reinterpret_tensor(buf1, (1, s6, 64), (64 * s6, 64, 1), 0)
+    del buf1  # reuse
     assert_size_stride(p_layers_1_input_layernorm_weight, (64,), (1,), "input")
-    buf8 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)
-    buf9 = empty_strided_cpu((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+    buf9 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)
+    buf10 = empty_strided_cpu((1, s6, 64), (64 * s6, 64, 1), torch.float32)
     assert_size_stride(p_layers_1_self_attn_q_proj_weight, (64, 64), (64, 1), "input")
-    range_1_16_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
-        buf7, embedding, buf6, p_layers_1_input_layernorm_weight, buf8, buf9, s6
+    range_1_16_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
+        buf8, embedding, buf7, p_layers_1_input_layernorm_weight, buf9, buf10, s6
     )
     del embedding
     del p_layers_1_input_layernorm_weight
-    del buf8
-    buf10 = buf6
-    del buf6  # reuse
+    del buf9
+    buf11 = buf7
+    del buf7  # reuse
     # Topologically Sorted Source Nodes: [pow_3, mean_2, add_6, rsqrt_2, mul_10, mul_11, linear_7], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf9, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_1_self_attn_q_proj_weight, (64, 64), (1, 64), 0),
-        out=buf10,
+        out=buf11,
     )
     del p_layers_1_self_attn_q_proj_weight
     assert_size_stride(p_layers_1_self_attn_k_proj_weight, (64, 64), (64, 1), "input")
-    buf11 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    buf12 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear_8], Original ATen: [aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf9, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_1_self_attn_k_proj_weight, (64, 64), (1, 64), 0),
-        out=buf11,
+        out=buf12,
     )
     del p_layers_1_self_attn_k_proj_weight
     assert_size_stride(p_layers_1_self_attn_v_proj_weight, (64, 64), (64, 1), "input")
-    buf12 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    buf13 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear_9], Original ATen: [aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf9, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_1_self_attn_v_proj_weight, (64, 64), (1, 64), 0),
-        out=buf12,
+        out=buf13,
     )
     del p_layers_1_self_attn_v_proj_weight
-    buf15 = reinterpret_tensor(buf9, (1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), 0)
-    del buf9  # reuse
-    buf13 = reinterpret_tensor(
-        buf15, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 0
-    )  # alias
+    buf16 = reinterpret_tensor(buf10, (1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), 0)
+    del buf10  # reuse
     buf14 = reinterpret_tensor(
-        buf15, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 8
+        buf16, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 0
     )  # alias
-    buf19 = empty_strided_cpu((1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), torch.float32)
-    buf17 = reinterpret_tensor(
-        buf19, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 0
+    buf15 = reinterpret_tensor(
+        buf16, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 8
     )  # alias
+    buf20 = empty_strided_cpu((1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), torch.float32)
     buf18 = reinterpret_tensor(
-        buf19, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 8
+        buf20, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 0
+    )  # alias
+    buf19 = reinterpret_tensor(
+        buf20, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 8
     )  # alias
     assert_size_stride(unsqueeze_1, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1), "input")
     assert_size_stride(unsqueeze_2, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1), "input")
-    buf16 = reinterpret_tensor(buf10, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
-    del buf10  # reuse
-    buf20 = reinterpret_tensor(buf11, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
+    buf17 = reinterpret_tensor(buf11, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
     del buf11  # reuse
-    range_1_16_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3(
-        buf16,
-        buf20,
-        unsqueeze_1,
-        buf15,
-        unsqueeze_2,
-        buf19,
-        buf13,
-        buf14,
+    buf21 = reinterpret_tensor(buf12, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
+    del buf12  # reuse
+    range_1_16_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4(
         buf17,
+        buf21,
+        unsqueeze_1,
+        buf16,
+        unsqueeze_2,
+        buf20,
+        buf14,
+        buf15,
         buf18,
+        buf19,
         s6,
     )
     del unsqueeze_1
     del unsqueeze_2
     return (
-        buf7,
-        reinterpret_tensor(buf12, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0),
-        buf16,
-        buf20,
+        buf8,
+        reinterpret_tensor(buf13, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0),
+        buf17,
+        buf21,
     )
 
 
 def range_17_256(args):
     (
-        scaled_dot_product_attention,
+        sdpa,
         sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
         embedding,
@@ -521,139 +530,140 @@ def range_17_256(args):
     ) = args
     args.clear()
     s6 = sym_size_int_2
-    assert_size_stride(
-        scaled_dot_product_attention, (1, 4, s6, 16), (64 * s6, 16, 64, 1), "input"
-    )
+    assert_size_stride(sdpa, (1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), "input")
+    buf0 = empty_strided_cpu((1, s6, 4, 16), (64 * s6, 64, 16, 1), torch.float32)
     assert_size_stride(p_layers_0_self_attn_o_proj_weight, (64, 64), (64, 1), "input")
-    buf0 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
-    # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.view, aten.t, aten.mm]
+    range_17_256_cpp_fused_clone_transpose_0(sdpa, buf0, s6)
+    del sdpa
+    buf1 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.clone, aten._unsafe_view, aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(scaled_dot_product_attention, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(buf0, (s6, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0),
-        out=buf0,
+        out=buf1,
     )
-    del scaled_dot_product_attention
     del p_layers_0_self_attn_o_proj_weight
     assert_size_stride(embedding, (1, s6, 64), (64 * s6, 64, 1), "input")
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,), "input")
-    buf1 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)
-    buf2 = empty_strided_cpu((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+    buf2 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)
+    buf3 = reinterpret_tensor(buf0, (1, s6, 64), (64 * s6, 64, 1), 0)
+    del buf0  # reuse
     assert_size_stride(p_layers_0_mlp_gate_proj_weight, (128, 64), (64, 1), "input")
-    range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
-        embedding, buf0, p_layers_0_post_attention_layernorm_weight, buf1, buf2, s6
+    range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
+        embedding, buf1, p_layers_0_post_attention_layernorm_weight, buf2, buf3, s6
     )
     del p_layers_0_post_attention_layernorm_weight
-    del buf1
-    buf3 = empty_strided_cpu((s6, 128), (128, 1), torch.float32)
+    del buf2
+    buf4 = empty_strided_cpu((s6, 128), (128, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8, linear_4], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(buf3, (s6, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_0_mlp_gate_proj_weight, (64, 128), (1, 64), 0),
-        out=buf3,
+        out=buf4,
     )
     del p_layers_0_mlp_gate_proj_weight
     assert_size_stride(p_layers_0_mlp_up_proj_weight, (128, 64), (64, 1), "input")
-    buf4 = empty_strided_cpu((s6, 128), (128, 1), torch.float32)
+    buf5 = empty_strided_cpu((s6, 128), (128, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear_5], Original ATen: [aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(buf3, (s6, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_0_mlp_up_proj_weight, (64, 128), (1, 64), 0),
-        out=buf4,
+        out=buf5,
     )
     del p_layers_0_mlp_up_proj_weight
-    buf5 = reinterpret_tensor(buf3, (1, s6, 128), (128 * s6, 128, 1), 0)
-    del buf3  # reuse
+    buf6 = reinterpret_tensor(buf4, (1, s6, 128), (128 * s6, 128, 1), 0)
+    del buf4  # reuse
     assert_size_stride(p_layers_0_mlp_down_proj_weight, (64, 128), (128, 1), "input")
-    range_17_256_cpp_fused__unsafe_view_mul_silu_1(buf5, buf4, s6)
-    del buf4
-    buf6 = reinterpret_tensor(buf2, (s6, 64), (64, 1), 0)
-    del buf2  # reuse
+    range_17_256_cpp_fused__unsafe_view_mul_silu_2(buf6, buf5, s6)
+    del buf5
+    buf7 = reinterpret_tensor(buf3, (s6, 64), (64, 1), 0)
+    del buf3  # reuse
     # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9, linear_6], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf5, (s6, 128), (128, 1), 0),
+        reinterpret_tensor(buf6, (s6, 128), (128, 1), 0),
         reinterpret_tensor(p_layers_0_mlp_down_proj_weight, (128, 64), (1, 128), 0),
-        out=buf6,
+        out=buf7,
     )
     del p_layers_0_mlp_down_proj_weight
-    del buf5
-    buf7 = reinterpret_tensor(buf0, (1, s6, 64), (64 * s6, 64, 1), 0)
-    del buf0  # reuse
+    del buf6
+    buf8 = reinterpret_tensor(buf1, (1, s6, 64), (64 * s6, 64, 1), 0)
+    del buf1  # reuse
     assert_size_stride(p_layers_1_input_layernorm_weight, (64,), (1,), "input")
-    buf8 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)
-    buf9 = empty_strided_cpu((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+    buf9 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)
+    buf10 = empty_strided_cpu((1, s6, 64), (64 * s6, 64, 1), torch.float32)
     assert_size_stride(p_layers_1_self_attn_q_proj_weight, (64, 64), (64, 1), "input")
-    range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
-        buf7, embedding, buf6, p_layers_1_input_layernorm_weight, buf8, buf9, s6
+    range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
+        buf8, embedding, buf7, p_layers_1_input_layernorm_weight, buf9, buf10, s6
     )
     del embedding
     del p_layers_1_input_layernorm_weight
-    del buf8
-    buf10 = buf6
-    del buf6  # reuse
+    del buf9
+    buf11 = buf7
+    del buf7  # reuse
     # Topologically Sorted Source Nodes: [pow_3, mean_2, add_6, rsqrt_2, mul_10, mul_11, linear_7], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf9, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_1_self_attn_q_proj_weight, (64, 64), (1, 64), 0),
-        out=buf10,
+        out=buf11,
     )
     del p_layers_1_self_attn_q_proj_weight
     assert_size_stride(p_layers_1_self_attn_k_proj_weight, (64, 64), (64, 1), "input")
-    buf11 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    buf12 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear_8], Original ATen: [aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf9, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_1_self_attn_k_proj_weight, (64, 64), (1, 64), 0),
-        out=buf11,
+        out=buf12,
     )
     del p_layers_1_self_attn_k_proj_weight
     assert_size_stride(p_layers_1_self_attn_v_proj_weight, (64, 64), (64, 1), "input")
-    buf12 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    buf13 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear_9], Original ATen: [aten.view, aten.t, aten.mm]
     torch.mm(
-        reinterpret_tensor(buf9, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
         reinterpret_tensor(p_layers_1_self_attn_v_proj_weight, (64, 64), (1, 64), 0),
-        out=buf12,
+        out=buf13,
     )
     del p_layers_1_self_attn_v_proj_weight
-    buf15 = reinterpret_tensor(buf9, (1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), 0)
-    del buf9  # reuse
-    buf13 = reinterpret_tensor(
-        buf15, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 0
-    )  # alias
+    buf16 = reinterpret_tensor(buf10, (1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), 0)
+    del buf10  # reuse
     buf14 = reinterpret_tensor(
-        buf15, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 8
+        buf16, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 0
     )  # alias
-    buf19 = empty_strided_cpu((1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), torch.float32)
-    buf17 = reinterpret_tensor(
-        buf19, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 0
+    buf15 = reinterpret_tensor(
+        buf16, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 8
     )  # alias
+    buf20 = empty_strided_cpu((1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), torch.float32)
     buf18 = reinterpret_tensor(
-        buf19, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 8
+        buf20, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 0
+    )  # alias
+    buf19 = reinterpret_tensor(
+        buf20, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 8
     )  # alias
     assert_size_stride(unsqueeze_1, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1), "input")
     assert_size_stride(unsqueeze_2, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1), "input")
-    buf16 = reinterpret_tensor(buf10, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
-    del buf10  # reuse
-    buf20 = reinterpret_tensor(buf11, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
+    buf17 = reinterpret_tensor(buf11, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
     del buf11  # reuse
-    range_17_256_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3(
-        buf16,
-        buf20,
-        unsqueeze_1,
-        buf15,
-        unsqueeze_2,
-        buf19,
-        buf13,
-        buf14,
+    buf21 = reinterpret_tensor(buf12, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
+    del buf12  # reuse
+    range_17_256_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4(
         buf17,
+        buf21,
+        unsqueeze_1,
+        buf16,
+        unsqueeze_2,
+        buf20,
+        buf14,
+        buf15,
         buf18,
+        buf19,
         s6,
     )
     del unsqueeze_1
     del unsqueeze_2
     return (
-        buf7,
-        reinterpret_tensor(buf12, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0),
-        buf16,
-        buf20,
+        buf8,
+        reinterpret_tensor(buf13, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0),
+        buf17,
+        buf21,
     )

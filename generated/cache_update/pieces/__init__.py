@@ -1,0 +1,1 @@
+"""The compiled pieces of cache_update, one module per structurally unique piece."""

@@ -1,0 +1,1 @@
+"""The compiled pieces of hf_llama, one module per structurally unique piece."""

@@ -1,0 +1,1 @@
+"""The compiled pieces of running_stats, one module per structurally unique piece."""
