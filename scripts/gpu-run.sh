@@ -19,5 +19,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 script=$1; shift
 python3 "$script" "$WORK" "$@" 2>&1 | tee "$OUT/$(basename "$script" .py).log"
 rc=${PIPESTATUS[0]}
-tar czf "$OUT/cuda_packages.tar.gz" -C "$WORK/gen" --exclude='*.cubin' --exclude='__pycache__' . 2>/dev/null
+# Sources only: no cubins, and no large weights (a 1B package's 2 GB would not come back).
+(cd "$WORK/gen" 2>/dev/null && find . -type f ! -name '*.cubin' ! -path '*__pycache__*' -size -4M -print0 |
+  tar czf "$OUT/cuda_packages.tar.gz" --null -T -) 2>/dev/null
 exit "$rc"
