@@ -42,10 +42,13 @@ def serving(example_out):
 
 
 def _reference_module(model_file):
-    """The model file's module namespace (CONFIG, new_kv_cache, model)."""
-    import sys
+    """The model file as a module (CONFIG, DTYPE, new_kv_cache, model), seeded as the package's."""
+    import importlib.util
 
-    return sys.modules[type(model_file.model).__module__]
+    spec = importlib.util.spec_from_file_location("serving_reference", model_file.path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_serving_decode_loop_matches_eager(serving):

@@ -6,130 +6,17 @@ Prefill and decode go through the same forward: prefill passes the prompt's toke
 decode one token (or a few) at a time; attention (serving::attention, a splitting op)
 writes each token's keys and values into kv_cache at slot_mapping and attends over the
 cache. The package is bf16-ready: SERVING_DTYPE=bfloat16 builds the model in bf16,
-SERVING_CONFIG=1b the 1.1B-parameter configuration the GPU benchmark uses.
+SERVING_CONFIG=1b the 1.1B-parameter configuration the GPU benchmark uses. The layers
+are in llama.py.
 """
 
 import os
 import sys
-from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import serving_ops  # noqa: E402,F401  (registers serving::attention)
-
-
-@dataclass(frozen=True)
-class Config:
-    vocab: int = 256
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 4
-    kv_heads: int = 2
-    ffn: int = 128
-    max_tokens: int = 64  # the most tokens one call takes
-    cache_slots: int = 128  # positions the cache holds (one more slot is scratch)
-    rope_theta: float = 10000.0
-
-
-CONFIGS = {
-    "tiny": Config(),
-    # Llama-architecture, 1.1B parameters (TinyLlama's shape).
-    "1b": Config(vocab=32000, hidden=2048, layers=16, heads=32, kv_heads=8, ffn=8192, max_tokens=2048, cache_slots=4096),
-}
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, x):
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        return (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype) * self.weight
-
-
-def rotate(x, cos, sin):
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
-
-class Attention(nn.Module):
-    def __init__(self, config: Config, layer: int):
-        super().__init__()
-        self.layer = layer
-        self.heads, self.kv_heads = config.heads, config.kv_heads
-        self.head_dim = config.hidden // config.heads
-        self.q_proj = nn.Linear(config.hidden, config.heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.hidden, config.kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.hidden, config.kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(config.heads * self.head_dim, config.hidden, bias=False)
-
-    def forward(self, x, cos, sin, kv_cache, slot_mapping, positions):
-        tokens = x.shape[0]
-        q = rotate(self.q_proj(x).view(tokens, self.heads, self.head_dim), cos, sin)
-        k = rotate(self.k_proj(x).view(tokens, self.kv_heads, self.head_dim), cos, sin)
-        v = self.v_proj(x).view(tokens, self.kv_heads, self.head_dim)
-        out = torch.ops.serving.attention(q, k, v, kv_cache, slot_mapping, positions, self.layer)
-        return self.o_proj(out.reshape(tokens, self.heads * self.head_dim))
-
-
-class Block(nn.Module):
-    def __init__(self, config: Config, layer: int):
-        super().__init__()
-        self.input_norm = RMSNorm(config.hidden)
-        self.attn = Attention(config, layer)
-        self.post_norm = RMSNorm(config.hidden)
-        self.gate = nn.Linear(config.hidden, config.ffn, bias=False)
-        self.up = nn.Linear(config.hidden, config.ffn, bias=False)
-        self.down = nn.Linear(config.ffn, config.hidden, bias=False)
-
-    def forward(self, x, cos, sin, kv_cache, slot_mapping, positions):
-        x = x + self.attn(self.input_norm(x), cos, sin, kv_cache, slot_mapping, positions)
-        h = self.post_norm(x)
-        return x + self.down(nn.functional.silu(self.gate(h)) * self.up(h))
-
-
-class Decoder(nn.Module):
-    def __init__(self, config: Config):
-        super().__init__()
-        self.config = config
-        head_dim = config.hidden // config.heads
-        self.embed = nn.Embedding(config.vocab, config.hidden)
-        self.layers = nn.ModuleList(Block(config, i) for i in range(config.layers))
-        self.norm = RMSNorm(config.hidden)
-        self.lm_head = nn.Linear(config.hidden, config.vocab, bias=False)
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    def forward(self, input_ids, positions, kv_cache, slot_mapping):
-        x = self.embed(input_ids[0])  # one sequence: [T, hidden]
-        flat_positions = positions[0]
-        angles = flat_positions.float()[:, None] * self.inv_freq[None, :]
-        angles = torch.cat((angles, angles), dim=-1)[:, None, :]  # [T, 1, head_dim]
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin, kv_cache, slot_mapping, flat_positions)
-        return self.lm_head(self.norm(x)).unsqueeze(0)
-
-
-def new_kv_cache(config: Config, dtype=torch.float32, device="cpu"):
-    """An empty cache: [layers, 2 (keys, values), slots + 1 scratch, kv_heads, head_dim]."""
-    head_dim = config.hidden // config.heads
-    return torch.zeros(config.layers, 2, config.cache_slots + 1, config.kv_heads, head_dim, dtype=dtype, device=device)
-
-
-def build(config: Config, dtype=torch.float32, seed: int = 0) -> Decoder:
-    torch.manual_seed(seed)
-    decoder = Decoder(config)
-    for parameter in decoder.parameters():
-        # Small weights keep bf16 activations in range at any depth.
-        nn.init.normal_(parameter, std=0.02) if parameter.dim() > 1 else nn.init.ones_(parameter)
-    return decoder.to(dtype).eval()
-
+from llama import CONFIGS, Config, Decoder, build, new_kv_cache  # noqa: E402,F401
 
 CONFIG = CONFIGS[os.environ.get("SERVING_CONFIG", "tiny")]
 DTYPE = getattr(torch, os.environ.get("SERVING_DTYPE", "float32"))

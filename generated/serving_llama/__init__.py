@@ -18,7 +18,7 @@ import torch
 from . import runtime
 
 NAME = "serving_llama"
-FINGERPRINT = "ea47f726d53e4b8c1b18d54a2b89974b10b9c4c572257549d7bbe81c2ac767ee"
+FINGERPRINT = "98c1a01506fb87c56425dc533538001cedefe49061f3a8f22ee2b402f76af2a1"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)

@@ -41,7 +41,7 @@ def forward(
         b_inv_freq,
     ) = weights
     variant = select(input_ids.size(1))
-    # model.py:50-51,73-75,109-113
+    # llama.py:45-46,68-70,104-108
     sym_size_int_3, select_1, to_1, to_2, to_4, add_1, add_2, view_2 = variant.piece_0(
         [
             positions,
@@ -54,12 +54,12 @@ def forward(
             p_layers_0_attn_v_proj_weight,
         ]
     )
-    # model.py:76
+    # llama.py:71
     attention = torch.ops.serving.attention.default(
         add_1, add_2, view_2, kv_cache, slot_mapping, select_1, 0
     )
     del add_1, add_2, view_2
-    # model.py:50-51,73-75,77,91,93
+    # llama.py:45-46,68-70,72,86,88
     to_10, add_7, add_8, view_5 = variant.piece_1(
         [
             attention,
@@ -79,12 +79,12 @@ def forward(
         ]
     )
     del attention, to_1, to_2, to_4
-    # model.py:76
+    # llama.py:71
     attention_1 = torch.ops.serving.attention.default(
         add_7, add_8, view_5, kv_cache, slot_mapping, select_1, 1
     )
     del add_7, add_8, select_1, view_5
-    # model.py:50-51,77,91,93,116
+    # llama.py:45-46,72,86,88,111
     (unsqueeze_3,) = variant.piece_2(
         [
             attention_1,

@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Cold start of the 1.1B-parameter bf16 serving decoder on the GPU: seconds from just
+after `import torch` to the first output, each path in several fresh processes.
+
+    bash scripts/gpu-run.sh scripts/gpu_cold_start.py [--runs 3] [--jobs N]
+
+Paths: eager (build the model on the GPU from its config, load the state dict from a
+safetensors file, call), torch.compile with a warm cache, and the emitted package
+(import, load(), first call), with load()'s own stage times (debug log). Also the
+transpile time of the package. Prints a markdown table; medians with min-max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "serving_llama"
+ENV_1B = {"SERVING_CONFIG": "1b", "SERVING_DTYPE": "bfloat16"}
+
+PROLOGUE = """
+import json, logging, sys, time
+start = time.perf_counter()
+import torch
+after_torch = time.perf_counter()
+sys.path.insert(0, {example!r})
+"""
+EPILOGUE = """
+torch.cuda.synchronize()
+done = time.perf_counter()
+bad = sorted(m for m in sys.modules if m.startswith(("torch._dynamo", "torch._inductor", "triton")))
+print("RESULT " + json.dumps({{"after_torch": done - after_torch, "whole": done - start, "compiler_modules": len(bad), **extra}}))
+"""
+INPUTS = """
+ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]], device="cuda")
+positions = torch.arange(8, device="cuda").unsqueeze(0)
+"""
+BODIES = {
+    "eager": """
+extra = {{}}
+import llama as m
+config, dtype = m.CONFIGS["1b"], torch.bfloat16
+with torch.device("cuda"):
+    decoder = m.Decoder(config).to(dtype).eval()
+from safetensors.torch import load_file
+decoder.load_state_dict(load_file({checkpoint!r}, device="cuda"), strict=False)
+cache = m.new_kv_cache(config, dtype, "cuda")
+""" + INPUTS + """
+with torch.no_grad():
+    out = decoder(ids, positions, cache, positions[0])
+""",
+    "torch.compile (warm cache)": """
+extra = {{}}
+import llama as m
+config, dtype = m.CONFIGS["1b"], torch.bfloat16
+with torch.device("cuda"):
+    decoder = m.Decoder(config).to(dtype).eval()
+from safetensors.torch import load_file
+decoder.load_state_dict(load_file({checkpoint!r}, device="cuda"), strict=False)
+compiled = torch.compile(decoder, dynamic=True)
+cache = m.new_kv_cache(config, dtype, "cuda")
+""" + INPUTS + """
+with torch.no_grad():
+    out = compiled(ids, positions, cache, positions[0])
+""",
+    "package": """
+stages = []
+class Stages(logging.Handler):
+    def emit(self, record):
+        stages.append(record.getMessage())
+logging.getLogger("serving_llama_1b").addHandler(Stages())
+logging.getLogger("serving_llama_1b").setLevel(logging.DEBUG)
+import serving_llama_1b
+imported = time.perf_counter()
+model = serving_llama_1b.load()
+loaded = time.perf_counter()
+_, cache_dtype, cache_shape = serving_llama_1b.INPUTS[2]
+cache = torch.zeros(cache_shape, dtype=cache_dtype, device="cuda")
+""" + INPUTS + """
+out = model(ids, positions, cache, positions[0])
+torch.cuda.synchronize()
+called = time.perf_counter()
+extra = {{"import": imported - after_torch, "load": loaded - imported, "first_call": called - loaded, "stages": stages}}
+""",
+}
+
+
+def run_fresh(body: str, env: dict) -> dict | None:
+    code = PROLOGUE.format(example=str(EXAMPLE)) + body + EPILOGUE
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode != 0 or not lines:
+        print(f"FAIL {result.stderr[-1500:]}", flush=True)
+        return None
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scratch", type=Path)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=None, help="transpile -j (if the transpiler has it)")
+    options = parser.parse_args()
+    out = options.scratch / "gen"
+    env = {**os.environ, **ENV_1B, "PYTHONPATH": f"{out}:{os.environ.get('PYTHONPATH', '')}"}
+    import torch
+
+    print(torch.__version__, torch.cuda.get_device_name(), flush=True)
+    command = [
+        sys.executable, "-m", "transpiler.cli", str(EXAMPLE / "model.py"), "--name", "serving_llama_1b",
+        "--import", "serving_ops", "--device", "cuda", "--ranges", "1-64,65-2048", "--sizes", "1", "-o", str(out),
+    ]
+    if options.jobs:
+        command += ["-j", str(options.jobs)]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    transpile_seconds = time.perf_counter() - started
+    print(f"transpile: rc {result.returncode}, {transpile_seconds:.1f} s; {result.stdout.strip()[-500:]} {result.stderr[-1500:]}", flush=True)
+    if result.returncode != 0:
+        return 1
+    # The full checkpoint the eager paths load: the package's own weights file.
+    checkpoint = out / "serving_llama_1b" / "weights.safetensors"
+    rows = {}
+    for label, body in BODIES.items():
+        code = body.format(checkpoint=str(checkpoint))
+        if "compile" in label:
+            run_fresh(code, {**env, "TORCHINDUCTOR_CACHE_DIR": str(options.scratch / "compile-cache")})  # warm it
+        runs = []
+        for _ in range(options.runs):
+            sample = run_fresh(code, {**env, "TORCHINDUCTOR_CACHE_DIR": str(options.scratch / "compile-cache")})
+            if sample:
+                runs.append(sample)
+                print(label, json.dumps(sample)[:600], flush=True)
+        rows[label] = runs
+    print()
+    print(f"Time to first output, 1.1B bf16 serving decoder (8-token prefill), {torch.cuda.get_device_name()}, "
+          f"torch {torch.__version__}; seconds after `import torch`, median (min-max) of {options.runs} fresh processes")
+    print("| path | first output | whole process | compiler modules loaded |")
+    print("| --- | --- | --- | --- |")
+    for label, runs in rows.items():
+        if runs:
+            print(f"| {label} | {summary([r['after_torch'] for r in runs])} | {summary([r['whole'] for r in runs])} | "
+                  f"{max(r['compiler_modules'] for r in runs)} |")
+    package = rows.get("package") or []
+    if package:
+        print(f"package stages: import {summary([r['import'] for r in package])}, load() {summary([r['load'] for r in package])}, "
+              f"first call {summary([r['first_call'] for r in package])}")
+        print("load() stages (debug log, first run):", package[0].get("stages"))
+    print(f"transpile of the package: {transpile_seconds:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
