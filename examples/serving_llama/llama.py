@@ -63,12 +63,12 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden, config.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.heads * self.head_dim, config.hidden, bias=False)
 
-    def forward(self, x, cos, sin, kv_cache, slot_mapping, positions):
+    def forward(self, x, cos, sin, kv_cache, slots, visible):
         tokens = x.shape[0]
         q = rotate(self.q_proj(x).view(tokens, self.heads, self.head_dim), cos, sin)
         k = rotate(self.k_proj(x).view(tokens, self.kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).view(tokens, self.kv_heads, self.head_dim)
-        out = torch.ops.serving.attention(q, k, v, kv_cache, slot_mapping, positions, self.layer)
+        out = torch.ops.serving.attention(q, k, v, kv_cache, slots, visible, self.layer)
         return self.o_proj(out.reshape(tokens, self.heads * self.head_dim))
 
 
@@ -82,8 +82,8 @@ class Block(nn.Module):
         self.up = nn.Linear(config.hidden, config.ffn, bias=False)
         self.down = nn.Linear(config.ffn, config.hidden, bias=False)
 
-    def forward(self, x, cos, sin, kv_cache, slot_mapping, positions):
-        x = x + self.attn(self.input_norm(x), cos, sin, kv_cache, slot_mapping, positions)
+    def forward(self, x, cos, sin, kv_cache, slots, visible):
+        x = x + self.attn(self.input_norm(x), cos, sin, kv_cache, slots, visible)
         h = self.post_norm(x)
         return x + self.down(nn.functional.silu(self.gate(h)) * self.up(h))
 
@@ -106,8 +106,9 @@ class Decoder(nn.Module):
         angles = flat_positions.float()[:, None] * self.inv_freq[None, :]
         angles = torch.cat((angles, angles), dim=-1)[:, None, :]  # [T, 1, head_dim]
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        slots, visible = serving_ops.cache_slots_and_mask(slot_mapping, flat_positions, kv_cache.shape[2])
         for layer in self.layers:
-            x = layer(x, cos, sin, kv_cache, slot_mapping, flat_positions)
+            x = layer(x, cos, sin, kv_cache, slots, visible)
         return self.lm_head(self.norm(x)).unsqueeze(0)
 
 

@@ -18,7 +18,7 @@ import torch
 from . import runtime
 
 NAME = "serving_llama"
-FINGERPRINT = "98c1a01506fb87c56425dc533538001cedefe49061f3a8f22ee2b402f76af2a1"
+FINGERPRINT = "dd5ede4c5a3f256028b7b6f21168582ff59df49a8e8baa6b05a6683d6951cc3e"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)

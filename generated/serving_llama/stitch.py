@@ -41,22 +41,25 @@ def forward(
         b_inv_freq,
     ) = weights
     variant = select(input_ids.size(1))
-    # llama.py:45-46,68-70,104-108
-    sym_size_int_3, select_1, to_1, to_2, to_4, add_1, add_2, view_2 = variant.piece_0(
-        [
-            positions,
-            input_ids,
-            p_embed_weight,
-            b_inv_freq,
-            p_layers_0_input_norm_weight,
-            p_layers_0_attn_q_proj_weight,
-            p_layers_0_attn_k_proj_weight,
-            p_layers_0_attn_v_proj_weight,
-        ]
+    # llama.py:45-46,68-70,104-109
+    sym_size_int_3, to_1, to_2, where, and_1, to_4, add_1, add_2, view_2 = (
+        variant.piece_0(
+            [
+                positions,
+                input_ids,
+                p_embed_weight,
+                b_inv_freq,
+                slot_mapping,
+                p_layers_0_input_norm_weight,
+                p_layers_0_attn_q_proj_weight,
+                p_layers_0_attn_k_proj_weight,
+                p_layers_0_attn_v_proj_weight,
+            ]
+        )
     )
     # llama.py:71
     attention = torch.ops.serving.attention.default(
-        add_1, add_2, view_2, kv_cache, slot_mapping, select_1, 0
+        add_1, add_2, view_2, kv_cache, where, and_1, 0
     )
     del add_1, add_2, view_2
     # llama.py:45-46,68-70,72,86,88
@@ -81,11 +84,11 @@ def forward(
     del attention, to_1, to_2, to_4
     # llama.py:71
     attention_1 = torch.ops.serving.attention.default(
-        add_7, add_8, view_5, kv_cache, slot_mapping, select_1, 1
+        add_7, add_8, view_5, kv_cache, where, and_1, 1
     )
-    del add_7, add_8, select_1, view_5
-    # llama.py:45-46,72,86,88,111
-    (unsqueeze_3,) = variant.piece_2(
+    del add_7, add_8, and_1, view_5, where
+    # llama.py:45-46,72,86,88,112
+    (unsqueeze_6,) = variant.piece_2(
         [
             attention_1,
             sym_size_int_3,
@@ -100,4 +103,4 @@ def forward(
         ]
     )
     del attention_1, sym_size_int_3, to_10
-    return unsqueeze_3
+    return unsqueeze_6

@@ -14,9 +14,9 @@ from ..runtime import (
     reinterpret_tensor,
 )
 
-size_1_cpp_fused__to_copy_add_cat_cos_embedding_mean_mul_pow_rsqrt_select_sin_unsqueeze_0 = load_kernel(
+size_1_cpp_fused__to_copy_add_arange_bitwise_and_cat_cos_embedding_le_lt_mean_mul_ne_pow_rsqrt_scalar_tensor_select_sin_unsqueeze_where_0 = load_kernel(
     "piece_0",
-    "size_1_cpp_fused__to_copy_add_cat_cos_embedding_mean_mul_pow_rsqrt_select_sin_unsqueeze_0",
+    "size_1_cpp_fused__to_copy_add_arange_bitwise_and_cat_cos_embedding_le_lt_mean_mul_ne_pow_rsqrt_scalar_tensor_select_sin_unsqueeze_where_0",
 )
 size_1_cpp_fused_add_cat_mul_neg_slice_view_1 = load_kernel(
     "piece_0", "size_1_cpp_fused_add_cat_mul_neg_slice_view_1"
@@ -24,9 +24,9 @@ size_1_cpp_fused_add_cat_mul_neg_slice_view_1 = load_kernel(
 size_1_cpp_fused_add_cat_mul_neg_slice_view_2 = load_kernel(
     "piece_0", "size_1_cpp_fused_add_cat_mul_neg_slice_view_2"
 )
-range_1_16_cpp_fused__to_copy_add_cat_cos_embedding_mean_mul_pow_rsqrt_select_sin_unsqueeze_0 = load_kernel(
+range_1_16_cpp_fused__to_copy_add_arange_bitwise_and_cat_cos_embedding_le_lt_mean_mul_ne_pow_rsqrt_scalar_tensor_select_sin_unsqueeze_where_0 = load_kernel(
     "piece_0",
-    "range_1_16_cpp_fused__to_copy_add_cat_cos_embedding_mean_mul_pow_rsqrt_select_sin_unsqueeze_0",
+    "range_1_16_cpp_fused__to_copy_add_arange_bitwise_and_cat_cos_embedding_le_lt_mean_mul_ne_pow_rsqrt_scalar_tensor_select_sin_unsqueeze_where_0",
 )
 range_1_16_cpp_fused_add_cat_mul_neg_slice_view_1 = load_kernel(
     "piece_0", "range_1_16_cpp_fused_add_cat_mul_neg_slice_view_1"
@@ -42,6 +42,7 @@ def size_1(args):
         input_ids,
         p_embed_weight,
         b_inv_freq,
+        slot_mapping,
         p_layers_0_input_norm_weight,
         p_layers_0_attn_q_proj_weight,
         p_layers_0_attn_k_proj_weight,
@@ -56,81 +57,90 @@ def size_1(args):
     assert_size_stride(p_embed_weight, (256, 64), (64, 1), "input")
     buf2 = empty_strided_cpu((1, 64), (64, 1), torch.float32)
     buf3 = empty_strided_cpu((1, 1), (1, 1), torch.float32)
+    assert_size_stride(slot_mapping, (1,), (1,), "input")
+    buf4 = empty_strided_cpu((1,), (1,), torch.int64)
+    buf5 = empty_strided_cpu((1, 129), (129, 1), torch.bool)
     assert_size_stride(p_layers_0_input_norm_weight, (64,), (1,), "input")
-    buf4 = empty_strided_cpu((1, 64), (64, 1), torch.float32)
+    buf6 = empty_strided_cpu((1, 64), (64, 1), torch.float32)
     assert_size_stride(p_layers_0_attn_q_proj_weight, (64, 64), (64, 1), "input")
-    size_1_cpp_fused__to_copy_add_cat_cos_embedding_mean_mul_pow_rsqrt_select_sin_unsqueeze_0(
+    size_1_cpp_fused__to_copy_add_arange_bitwise_and_cat_cos_embedding_le_lt_mean_mul_ne_pow_rsqrt_scalar_tensor_select_sin_unsqueeze_where_0(
         positions,
         b_inv_freq,
         input_ids,
         p_embed_weight,
+        slot_mapping,
         p_layers_0_input_norm_weight,
         buf0,
         buf1,
         buf2,
         buf3,
         buf4,
+        buf5,
+        buf6,
     )
+    del positions
     del input_ids
     del p_embed_weight
     del b_inv_freq
+    del slot_mapping
     del p_layers_0_input_norm_weight
     del buf3
-    buf5 = empty_strided_cpu((1, 64), (64, 1), torch.float32)
+    buf7 = empty_strided_cpu((1, 64), (64, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear], Original ATen: [aten.t, aten.mm]
     torch.mm(
-        buf4,
+        buf6,
         reinterpret_tensor(p_layers_0_attn_q_proj_weight, (64, 64), (1, 64), 0),
-        out=buf5,
+        out=buf7,
     )
     del p_layers_0_attn_q_proj_weight
-    buf8 = empty_strided_cpu((1, 4, 16), (64, 16, 1), torch.float32)
-    buf6 = reinterpret_tensor(buf8, (1, 4, 8), (64, 16, 1), 0)  # alias
-    buf7 = reinterpret_tensor(buf8, (1, 4, 8), (64, 16, 1), 8)  # alias
-    buf9 = reinterpret_tensor(buf5, (1, 4, 16), (64, 16, 1), 0)
-    del buf5  # reuse
+    buf10 = empty_strided_cpu((1, 4, 16), (64, 16, 1), torch.float32)
+    buf8 = reinterpret_tensor(buf10, (1, 4, 8), (64, 16, 1), 0)  # alias
+    buf9 = reinterpret_tensor(buf10, (1, 4, 8), (64, 16, 1), 8)  # alias
+    buf11 = reinterpret_tensor(buf7, (1, 4, 16), (64, 16, 1), 0)
+    del buf7  # reuse
     assert_size_stride(p_layers_0_attn_k_proj_weight, (32, 64), (64, 1), "input")
-    size_1_cpp_fused_add_cat_mul_neg_slice_view_1(buf9, buf0, buf8, buf1, buf6, buf7)
-    del buf6
-    del buf7
+    size_1_cpp_fused_add_cat_mul_neg_slice_view_1(buf11, buf0, buf10, buf1, buf8, buf9)
+    del buf10
     del buf8
-    buf10 = empty_strided_cpu((1, 32), (32, 1), torch.float32)
+    del buf9
+    buf12 = empty_strided_cpu((1, 32), (32, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear_1], Original ATen: [aten.t, aten.mm]
     torch.mm(
-        buf4,
+        buf6,
         reinterpret_tensor(p_layers_0_attn_k_proj_weight, (64, 32), (1, 64), 0),
-        out=buf10,
+        out=buf12,
     )
     del p_layers_0_attn_k_proj_weight
-    buf13 = empty_strided_cpu((1, 2, 16), (32, 16, 1), torch.float32)
-    buf11 = reinterpret_tensor(buf13, (1, 2, 8), (32, 16, 1), 0)  # alias
-    buf12 = reinterpret_tensor(buf13, (1, 2, 8), (32, 16, 1), 8)  # alias
-    buf14 = reinterpret_tensor(buf10, (1, 2, 16), (32, 16, 1), 0)
-    del buf10  # reuse
+    buf15 = empty_strided_cpu((1, 2, 16), (32, 16, 1), torch.float32)
+    buf13 = reinterpret_tensor(buf15, (1, 2, 8), (32, 16, 1), 0)  # alias
+    buf14 = reinterpret_tensor(buf15, (1, 2, 8), (32, 16, 1), 8)  # alias
+    buf16 = reinterpret_tensor(buf12, (1, 2, 16), (32, 16, 1), 0)
+    del buf12  # reuse
     assert_size_stride(p_layers_0_attn_v_proj_weight, (32, 64), (64, 1), "input")
     size_1_cpp_fused_add_cat_mul_neg_slice_view_2(
-        buf14, buf0, buf13, buf1, buf11, buf12
+        buf16, buf0, buf15, buf1, buf13, buf14
     )
-    del buf11
-    del buf12
-    buf15 = reinterpret_tensor(buf13, (1, 32), (32, 1), 0)
-    del buf13  # reuse
+    del buf13
+    del buf14
+    buf17 = reinterpret_tensor(buf15, (1, 32), (32, 1), 0)
+    del buf15  # reuse
     # Topologically Sorted Source Nodes: [linear_2], Original ATen: [aten.t, aten.mm]
     torch.mm(
-        buf4,
+        buf6,
         reinterpret_tensor(p_layers_0_attn_v_proj_weight, (64, 32), (1, 64), 0),
-        out=buf15,
+        out=buf17,
     )
     del p_layers_0_attn_v_proj_weight
     return (
         1,
-        reinterpret_tensor(positions, (1,), (1,), 0),
         buf0,
         buf1,
+        buf4,
+        buf5,
         buf2,
-        buf9,
-        buf14,
-        reinterpret_tensor(buf15, (1, 2, 16), (32, 16, 1), 0),
+        buf11,
+        buf16,
+        reinterpret_tensor(buf17, (1, 2, 16), (32, 16, 1), 0),
     )
 
 
@@ -140,6 +150,7 @@ def range_1_16(args):
         input_ids,
         p_embed_weight,
         b_inv_freq,
+        slot_mapping,
         p_layers_0_input_norm_weight,
         p_layers_0_attn_q_proj_weight,
         p_layers_0_attn_k_proj_weight,
@@ -157,83 +168,92 @@ def range_1_16(args):
     assert_size_stride(p_layers_0_input_norm_weight, (64,), (1,), "input")
     buf2 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
     buf3 = empty_strided_cpu((s6, 1), (1, s6), torch.float32)
-    buf4 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    buf6 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    assert_size_stride(slot_mapping, (s6,), (1,), "input")
+    buf4 = empty_strided_cpu((s6,), (1,), torch.int64)
+    buf5 = empty_strided_cpu((s6, 129), (129, 1), torch.bool)
     assert_size_stride(p_layers_0_attn_q_proj_weight, (64, 64), (64, 1), "input")
-    range_1_16_cpp_fused__to_copy_add_cat_cos_embedding_mean_mul_pow_rsqrt_select_sin_unsqueeze_0(
+    range_1_16_cpp_fused__to_copy_add_arange_bitwise_and_cat_cos_embedding_le_lt_mean_mul_ne_pow_rsqrt_scalar_tensor_select_sin_unsqueeze_where_0(
         positions,
         b_inv_freq,
         input_ids,
         p_embed_weight,
         p_layers_0_input_norm_weight,
+        slot_mapping,
         buf0,
         buf1,
         buf2,
         buf3,
+        buf6,
         buf4,
+        buf5,
         s6,
     )
+    del positions
     del input_ids
     del p_embed_weight
     del b_inv_freq
+    del slot_mapping
     del p_layers_0_input_norm_weight
     del buf3
-    buf5 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    buf7 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear], Original ATen: [aten.t, aten.mm]
     torch.mm(
-        buf4,
+        buf6,
         reinterpret_tensor(p_layers_0_attn_q_proj_weight, (64, 64), (1, 64), 0),
-        out=buf5,
+        out=buf7,
     )
     del p_layers_0_attn_q_proj_weight
-    buf8 = empty_strided_cpu((s6, 4, 16), (64, 16, 1), torch.float32)
-    buf6 = reinterpret_tensor(buf8, (s6, 4, 8), (64, 16, 1), 0)  # alias
-    buf7 = reinterpret_tensor(buf8, (s6, 4, 8), (64, 16, 1), 8)  # alias
-    buf9 = reinterpret_tensor(buf5, (s6, 4, 16), (64, 16, 1), 0)
-    del buf5  # reuse
+    buf10 = empty_strided_cpu((s6, 4, 16), (64, 16, 1), torch.float32)
+    buf8 = reinterpret_tensor(buf10, (s6, 4, 8), (64, 16, 1), 0)  # alias
+    buf9 = reinterpret_tensor(buf10, (s6, 4, 8), (64, 16, 1), 8)  # alias
+    buf11 = reinterpret_tensor(buf7, (s6, 4, 16), (64, 16, 1), 0)
+    del buf7  # reuse
     assert_size_stride(p_layers_0_attn_k_proj_weight, (32, 64), (64, 1), "input")
     range_1_16_cpp_fused_add_cat_mul_neg_slice_view_1(
-        buf9, buf0, buf8, buf1, buf6, buf7, s6
+        buf11, buf0, buf10, buf1, buf8, buf9, s6
     )
-    del buf6
-    del buf7
+    del buf10
     del buf8
-    buf10 = empty_strided_cpu((s6, 32), (32, 1), torch.float32)
+    del buf9
+    buf12 = empty_strided_cpu((s6, 32), (32, 1), torch.float32)
     # Topologically Sorted Source Nodes: [linear_1], Original ATen: [aten.t, aten.mm]
     torch.mm(
-        buf4,
+        buf6,
         reinterpret_tensor(p_layers_0_attn_k_proj_weight, (64, 32), (1, 64), 0),
-        out=buf10,
+        out=buf12,
     )
     del p_layers_0_attn_k_proj_weight
-    buf13 = empty_strided_cpu((s6, 2, 16), (32, 16, 1), torch.float32)
-    buf11 = reinterpret_tensor(buf13, (s6, 2, 8), (32, 16, 1), 0)  # alias
-    buf12 = reinterpret_tensor(buf13, (s6, 2, 8), (32, 16, 1), 8)  # alias
-    buf14 = reinterpret_tensor(buf10, (s6, 2, 16), (32, 16, 1), 0)
-    del buf10  # reuse
+    buf15 = empty_strided_cpu((s6, 2, 16), (32, 16, 1), torch.float32)
+    buf13 = reinterpret_tensor(buf15, (s6, 2, 8), (32, 16, 1), 0)  # alias
+    buf14 = reinterpret_tensor(buf15, (s6, 2, 8), (32, 16, 1), 8)  # alias
+    buf16 = reinterpret_tensor(buf12, (s6, 2, 16), (32, 16, 1), 0)
+    del buf12  # reuse
     assert_size_stride(p_layers_0_attn_v_proj_weight, (32, 64), (64, 1), "input")
     range_1_16_cpp_fused_add_cat_mul_neg_slice_view_2(
-        buf14, buf0, buf13, buf1, buf11, buf12, s6
+        buf16, buf0, buf15, buf1, buf13, buf14, s6
     )
-    del buf11
-    del buf12
-    buf15 = reinterpret_tensor(buf13, (s6, 32), (32, 1), 0)
-    del buf13  # reuse
+    del buf13
+    del buf14
+    buf17 = reinterpret_tensor(buf15, (s6, 32), (32, 1), 0)
+    del buf15  # reuse
     # Topologically Sorted Source Nodes: [linear_2], Original ATen: [aten.t, aten.mm]
     torch.mm(
-        buf4,
+        buf6,
         reinterpret_tensor(p_layers_0_attn_v_proj_weight, (64, 32), (1, 64), 0),
-        out=buf15,
+        out=buf17,
     )
     del p_layers_0_attn_v_proj_weight
     return (
         s6,
-        reinterpret_tensor(positions, (s6,), (1,), 0),
         buf0,
         buf1,
+        buf4,
+        buf5,
         buf2,
-        buf9,
-        buf14,
-        reinterpret_tensor(buf15, (s6, 2, 16), (32, 16, 1), 0),
+        buf11,
+        buf16,
+        reinterpret_tensor(buf17, (s6, 2, 16), (32, 16, 1), 0),
     )
 
 
