@@ -127,3 +127,54 @@ def test_atomic_write_restores_previous_package_when_rename_fails(tmp_path, monk
         write.write_package(rendered, target)
     assert (target / "old.py").read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
+
+
+def test_export_guard_failing_inside_the_range_is_refused_with_its_detail(tmp_path):
+    """The deferred-assert retry (for torch versions that cannot prove true guards) still
+    refuses a guard that fails for some declared size, with torch.export's own lines."""
+    model = tmp_path / "needs_even.py"
+    model.write_text(
+        "import torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x.view(-1, 2, 4).sum(1)\n"
+        "model = M()\n"
+        "example_inputs = (torch.randn(8, 4),)\n"
+        "dynamic_shapes = ({0: torch.export.Dim('n', min=1, max=64)},)\n"
+    )
+    from transpiler.capture import export_model
+    from transpiler.errors import TranspileError
+    from transpiler.model_file import load_model_file
+
+    with pytest.raises(TranspileError) as caught:
+        export_model(load_model_file(model, []))
+    message = str(caught.value)
+    assert "torch.export could not capture needs_even.py's forward" in message
+    assert "\n" not in message
+    assert "Not all values" in message or "Suggested fix" in message or "satisfy the generated guard" in message
+
+
+def test_runtime_asserts_are_dropped_only_when_they_hold_over_the_range():
+    import sympy
+    import torch
+    from torch.export import Dim
+    from torch.utils._sympy.value_ranges import ValueRanges
+
+    from transpiler.runtime_asserts import drop_proven_asserts, holds
+
+    # The guard torch 2.11 cannot prove for Hugging Face decoders: true for every size.
+    s = sympy.Symbol("s70", integer=True, positive=True)
+    assert holds(sympy.Eq(sympy.Min(16 * s, 32 * s), 16 * s), {s: ValueRanges(1, 256)})
+    assert not holds(sympy.Eq(sympy.Mod(s, 2), 0), {s: ValueRanges(1, 256)})
+    assert holds(sympy.Eq(sympy.Mod(s, 2), 0), {s: ValueRanges(4, 4)})
+
+    class Even(torch.nn.Module):
+        def forward(self, x):
+            return x.view(-1, 2, 4).sum(1)
+
+    args = (torch.randn(8, 4),)
+    # The view needs an even size, which fails inside 1-64: the asserts stay and it is refused.
+    fails = torch.export.export(Even(), args, dynamic_shapes=({0: Dim("n", min=1, max=64)},), strict=False,
+                                prefer_deferred_runtime_asserts_over_guards=True)
+    assert not drop_proven_asserts(fails)
+    assert any(n.target is torch.ops.aten._assert_scalar.default for n in fails.graph.nodes)

@@ -10,7 +10,7 @@ import torch.fx
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
-from . import mutation
+from . import mutation, runtime_asserts
 from . import opaque_attention as opaque_attention_stage
 from .errors import TranspileError
 from .ir import DispatchDim, TensorSpec, Weight
@@ -51,20 +51,34 @@ def export_model(model_file: ModelFile, device: str = "cpu", opaque_attention: b
     """opaque_attention: capture F.scaled_dot_product_attention as transpile::sdpa."""
     model = model_file.model.eval().to(device)
     example_inputs = tuple(t.to(device) for t in model_file.example_inputs)
-    try:
+
+    def export(**options):
         with torch.no_grad(), opaque_attention_stage.routed(opaque_attention):
-            program = torch.export.export(
-                model,
-                example_inputs,
-                dynamic_shapes=model_file.dynamic_shapes,
-                strict=False,
+            return torch.export.export(
+                model, example_inputs, dynamic_shapes=model_file.dynamic_shapes, strict=False, **options
             )
-    except Exception as error:
-        raise TranspileError(
+
+    def refuse(error):
+        return TranspileError(
             f"torch.export could not capture {model_file.path.name}'s forward: {export_error_summary(error)}; "
             "make the forward traceable (no data-dependent Python control flow; use torch.cond or "
             "compute on shapes) and check `dynamic_shapes`"
-        ) from error
+        )
+
+    try:
+        program = export()
+    except Exception as error:
+        if "Constraints violated" not in str(error):
+            raise refuse(error) from error
+        # Some torch versions (2.11) cannot prove guards that hold for every size, such as
+        # min(16*s, 32*s) == 16*s. Export again with guards as runtime asserts, and keep
+        # the program only if every assert holds over the declared ranges.
+        try:
+            program = export(prefer_deferred_runtime_asserts_over_guards=True)
+        except Exception:
+            raise refuse(error) from error
+        if not runtime_asserts.drop_proven_asserts(program):
+            raise refuse(error) from error
 
     signature = program.graph_signature
     placeholders = {node.name: node for node in program.graph.find_nodes(op="placeholder")}

@@ -31,6 +31,25 @@ def register() -> None:
     exec(compile(source, str(TEMPLATE_DIR / "ops.py.jinja"), "exec"), {"__name__": "transpile_ops"})
 
 
+class _RouteAttention(torch.overrides.TorchFunctionMode):
+    """Every call of F.scaled_dot_product_attention, however the model reached it (an
+    attribute of torch.nn.functional, a name imported early, torch._C._nn), goes to the
+    opaque op: a torch-function mode sees the call itself, not the name it was found by."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is _SDPA:
+            return _opaque_sdpa(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+_SDPA = F.scaled_dot_product_attention
+
+
+def _opaque_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    return torch.ops.transpile.sdpa(query, key, value, attn_mask, dropout_p, bool(is_causal), scale, bool(enable_gqa))
+
+
 @contextlib.contextmanager
 def routed(enabled: bool):
     """While exporting: F.scaled_dot_product_attention -> torch.ops.transpile.sdpa."""
@@ -38,16 +57,8 @@ def routed(enabled: bool):
         yield
         return
     register()
-    original = F.scaled_dot_product_attention
-
-    def opaque_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        return torch.ops.transpile.sdpa(query, key, value, attn_mask, dropout_p, bool(is_causal), scale, enable_gqa)
-
-    F.scaled_dot_product_attention = opaque_sdpa
-    try:
+    with _RouteAttention():
         yield
-    finally:
-        F.scaled_dot_product_attention = original
 
 
 def used_in(graph_module: torch.fx.GraphModule) -> bool:
