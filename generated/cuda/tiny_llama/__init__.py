@@ -14,7 +14,7 @@ import torch
 from . import runtime
 
 NAME = "tiny_llama"
-FINGERPRINT = "863dfb801507151d70e43e6d69a43cd090a21e87d89d928bfc59d203a7f97d68"
+FINGERPRINT = "6aa7cc8f496d2b3e2bdff2b93f79e730ca8844093409e30c2716e0008f446027"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1, 8)
@@ -81,6 +81,11 @@ REPLACEABLE_WEIGHTS = frozenset(
         "rotary.inv_freq",
     )
 )
+# Inputs and buffers (state-dict keys) the forward writes in place.
+MUTATED_INPUTS = ()
+MUTATED_WEIGHTS = ()
+# Inputs CUDA graphs use by reference (never copied): the mutated ones and those declared static.
+STATIC_INPUTS = ()
 
 
 class CompiledModel:
@@ -107,30 +112,43 @@ class CompiledModel:
             return self._graphs(input_ids, positions)
         return self._forward(self.weights, input_ids, positions)
 
-    def capture(self, mode="piecewise", capture_sizes=None):
+    def state_dict(self) -> dict:
+        """The weights by state-dict key: the tensors themselves (buffers the forward
+        updates in place read their current values)."""
+        return dict(zip(WEIGHT_KEYS, self.weights))
+
+    def capture(self, mode="piecewise", capture_sizes=None, pad=None, **static_inputs):
         """Capture CUDA graphs now (logged, with timings); later calls replay them.
 
         mode "piecewise" graphs each compiled piece and runs splitting ops eagerly;
         "full" graphs the whole forward (splitting ops must be capturable). Outputs of a
         replayed call are overwritten by the next call that maps to the same capture size:
-        .clone() what you keep. See cudagraphs.py.
+        .clone() what you keep. Inputs used in place (STATIC_INPUTS, e.g. a KV cache) are
+        passed by name: the graphs write that tensor, and calls must pass it. See cudagraphs.py.
         """
         from . import cudagraphs
 
         sizes = cudagraphs.CAPTURE_SIZES if capture_sizes is None else capture_sizes
         runner = cudagraphs.CudaGraphRunner(
-            self.weights, capture_sizes=sizes, mode=mode
+            self.weights,
+            capture_sizes=sizes,
+            mode=mode,
+            pad=pad,
+            static_inputs=static_inputs,
         )
         runner.capture()
         self._graphs = runner
         return self
 
 
-def load(weights=None, capture=False, cuda_graphs="piecewise") -> CompiledModel:
+def load(
+    weights=None, capture=False, cuda_graphs="piecewise", static_inputs=None
+) -> CompiledModel:
     """Load the kernels and weights; `weights` (a state_dict) replaces the packaged ones.
 
     capture=True captures CUDA graphs (mode `cuda_graphs`) before returning, as
-    model.capture() would: never in the middle of serving.
+    model.capture() would: never in the middle of serving. `static_inputs` maps the
+    names in STATIC_INPUTS (a KV cache) to the tensors the graphs use in place.
     """
     runtime.check_machine(TORCH_VERSION, PYTHON_VERSION, MACHINE, CPU_FEATURES)
     from . import cuda_runtime
@@ -142,4 +160,6 @@ def load(weights=None, capture=False, cuda_graphs="piecewise") -> CompiledModel:
     model = CompiledModel(
         stitch.forward, tuple(tensor.to(DEVICE) for tensor in tensors)
     )
-    return model.capture(mode=cuda_graphs) if capture else model
+    return (
+        model.capture(mode=cuda_graphs, **(static_inputs or {})) if capture else model
+    )

@@ -7,13 +7,25 @@
 
 A replay launches every kernel of a graph with one call, which removes the per-kernel
 launch cost that dominates small sizes. A graph reads and writes fixed addresses, so the
-runner owns static buffers: the inputs are copied into them, and a size between two capture
-sizes is padded up to the next one (the dispatch dim of each input: zeros for floating
-inputs, the last valid element repeated for integer and bool inputs, so that token ids,
-positions and indices stay values the model accepts) and the outputs sliced back to it.
-Padding is only correct when the valid positions along input_ids dim 1 do not read
-the padded ones (independent rows, or causal attention with the padding at the end); pass
-pad=False otherwise, and only the exact capture sizes replay graphs.
+runner owns static buffers for the per-call inputs (token ids, positions, slot mappings):
+they are copied in, and a size between two capture sizes is padded up to the next one
+(along the dispatch dim of each input) and the outputs sliced back to it. Padded positions
+take the input's pad value declared in model.py (`pad_values`, e.g. slot_mapping -1 so
+that padded tokens write to a scratch slot, as vLLM pads its slot mapping), else zeros for
+floating inputs and the last valid element repeated for integer and bool inputs. Padding is
+only correct when the valid positions along input_ids dim 1 do not read the padded ones
+(independent rows, or causal attention with the padding at the end) and padded positions
+write no state that valid ones read: a model that writes state in place pads only when it
+declares pad values; otherwise (or with pad=False) only the exact capture sizes replay graphs.
+
+State is never copied. Inputs the forward writes in place (a KV cache) and inputs declared
+static (`static_inputs` in model.py, --static-inputs) are used by reference: capture() takes
+them (`runner.capture()` after `CudaGraphRunner(weights, static_inputs={"kv_cache": cache})`),
+the graphs read and write that tensor where it is, and a call with another tensor for one of
+them raises ValueError (capture a new runner for another cache). Buffers the forward updates
+live in the weights and are used in place too. capture() runs the forward to warm up and, in
+piecewise mode, runs the splitting ops for real: the state they write is saved before and
+restored after, so capturing leaves the caller's cache as it found it.
 
 Two modes:
 - "piecewise": one graph per compiled piece call; the splitting ops (attention) between the
@@ -61,12 +73,16 @@ class InputSpec(NamedTuple):
     shape: tuple
     # The dim padded up to the capture size; None: the input is copied whole.
     dispatch_dim: Optional[int]
+    # Used by reference (state such as a KV cache): bound at capture, never copied.
+    static: bool = False
+    # The value of padded positions; None: zeros (floating) or the last valid element.
+    pad_value: Optional[float] = None
 
 
 # The forward's inputs, in order.
 INPUTS = (
-    InputSpec("input_ids", torch.int64, (1, None), 1),
-    InputSpec("positions", torch.int64, (1, None), 1),
+    InputSpec("input_ids", torch.int64, (1, None), 1, False, None),
+    InputSpec("positions", torch.int64, (1, None), 1, False, None),
 )
 # The size of this input dimension picks the capture size: input_ids dim 1.
 DISPATCH_INPUT = 0
@@ -76,6 +92,11 @@ OUTPUT_DISPATCH_DIMS = (1,)
 # vLLM's default sizes (1, 2, 4, then multiples of 8) inside the compiled range, or --capture-sizes.
 CAPTURE_SIZES = (1, 2, 4, *range(8, 257, 8))
 MODES = ("piecewise", "full")
+# Inputs the forward writes in place, and positions in the weights of buffers it updates.
+MUTATED_INPUTS = ()
+MUTATED_WEIGHTS = ()
+# Whether sizes between capture sizes are padded by default (see the module's docstring).
+PAD_BY_DEFAULT = True
 
 
 class CudaGraphRunner:
@@ -93,9 +114,10 @@ class CudaGraphRunner:
         weights,
         capture_sizes=CAPTURE_SIZES,
         mode="piecewise",
-        pad=True,
+        pad=None,
         warmup_runs=1,
         device=None,
+        static_inputs=None,
     ):
         if mode not in MODES:
             raise ValueError(f"tiny_llama: mode {mode!r} is not one of {MODES}")
@@ -107,11 +129,13 @@ class CudaGraphRunner:
         self.weights = tuple(weights)
         self.capture_sizes = tuple(sizes)
         self.mode = mode
-        self.pad = pad
+        self.pad = PAD_BY_DEFAULT if pad is None else pad
         self.warmup_runs = warmup_runs
         self.device = (
             torch.device(device) if device is not None else _device_of(self.weights)
         )
+        # Input position -> the caller's tensor the graphs use in place.
+        self.static_inputs = _bind_static_inputs(static_inputs or {}, self.device)
         # Capture size -> _PiecewiseGraphs or _FullGraph, filled by capture().
         self._graphs = {}
 
@@ -145,11 +169,29 @@ class CudaGraphRunner:
             self.device,
         )
         started = time.perf_counter()
+        saved_state = _save_state(self.weights, self.static_inputs)
+        try:
+            graphs = self._capture_sizes(order)
+        finally:
+            _restore_state(saved_state)
+        synchronize()
+        # Only now: a failed capture leaves the runner on the plain forward.
+        self._graphs = graphs
+        logger.info(
+            "tiny_llama: captured %d CUDA graphs for %d sizes in %.2f s",
+            sum(g.graph_count for g in graphs.values()),
+            len(graphs),
+            time.perf_counter() - started,
+        )
+
+    def _capture_sizes(self, order):
         pool = graph_pool_handle()
         graphs = {}
         for size in order:
             size_started = time.perf_counter()
-            input_buffers = _allocate_input_buffers(size, self.device)
+            input_buffers = _allocate_input_buffers(
+                size, self.device, self.static_inputs
+            )
             if self.mode == "piecewise":
                 size_graphs = _PiecewiseGraphs(self.weights, input_buffers, size, pool)
             else:
@@ -169,15 +211,7 @@ class CudaGraphRunner:
                 size_graphs.graph_count,
                 time.perf_counter() - size_started,
             )
-        synchronize()
-        # Only now: a failed capture leaves the runner on the plain forward.
-        self._graphs = graphs
-        logger.info(
-            "tiny_llama: captured %d CUDA graphs for %d sizes in %.2f s",
-            sum(g.graph_count for g in graphs.values()),
-            len(graphs),
-            time.perf_counter() - started,
-        )
+        return graphs
 
     def capture_size_for(self, size: int) -> Optional[int]:
         """The capture size whose graphs serve a runtime size, or None: the plain forward."""
@@ -197,6 +231,7 @@ class CudaGraphRunner:
         The outputs are valid until the next call at a size with the same capture size;
         .clone() them to keep them.
         """
+        _check_static_inputs(inputs, self.static_inputs)
         size = inputs[DISPATCH_INPUT].size(DISPATCH_DIM)
         capture_size = self.capture_size_for(size)
         if capture_size is None:
@@ -381,18 +416,93 @@ def _device_of(weights):
     return torch.device("cuda")
 
 
-def _allocate_input_buffers(size, device):
-    """Static input buffers of one capture size: the dispatch dim takes the capture size."""
-    return tuple(
-        torch.zeros(
-            tuple(
-                size if dim == spec.dispatch_dim else extent
-                for dim, extent in enumerate(spec.shape)
-            ),
-            dtype=spec.dtype,
-            device=device,
+def _bind_static_inputs(given, device):
+    """Check the tensors given for the static inputs; return position -> tensor."""
+    names = [spec.name for spec in INPUTS if spec.static]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise TypeError(
+            f"tiny_llama: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not static inputs; "
+            f"the static inputs are: {', '.join(names) or 'none'}"
         )
-        for spec in INPUTS
+    missing = [name for name in names if name not in given]
+    if missing:
+        example = ", ".join(f"{name}={name}" for name in missing)
+        raise TypeError(
+            f"tiny_llama: CUDA graphs use {', '.join(missing)} in place and need the tensor{'s' if len(missing) > 1 else ''} "
+            f"they will write to; pass them to capture: model.capture(mode, {example})"
+        )
+    bound = {}
+    for position, spec in enumerate(INPUTS):
+        if not spec.static:
+            continue
+        tensor = given[spec.name]
+        if (
+            not isinstance(tensor, torch.Tensor)
+            or tensor.dtype != spec.dtype
+            or tuple(tensor.shape) != spec.shape
+        ):
+            found = (
+                f"{tensor.dtype} {tuple(tensor.shape)}"
+                if isinstance(tensor, torch.Tensor)
+                else type(tensor).__name__
+            )
+            raise ValueError(
+                f"tiny_llama: static input {spec.name} must be {spec.dtype} {spec.shape}, got {found}"
+            )
+        if tensor.device != torch.device(device) or not tensor.is_contiguous():
+            raise ValueError(
+                f"tiny_llama: static input {spec.name} must be a contiguous tensor on {device}"
+            )
+        bound[position] = tensor
+    return bound
+
+
+def _check_static_inputs(inputs, bound):
+    """A call must pass the very tensors the graphs were captured on (they write them)."""
+    for position, tensor in bound.items():
+        value = inputs[position]
+        if value.data_ptr() != tensor.data_ptr() or value.stride() != tensor.stride():
+            raise ValueError(
+                f"tiny_llama: {INPUTS[position].name} is not the tensor the CUDA graphs were captured on; "
+                "pass that tensor (the graphs write it in place), or capture a new runner for this one"
+            )
+
+
+def _save_state(weights, bound):
+    """Copies (on the host) of the state the forward writes: capture runs the forward."""
+    tensors = [weights[index] for index in MUTATED_WEIGHTS]
+    tensors += [
+        tensor
+        for position, tensor in bound.items()
+        if INPUTS[position].name in MUTATED_INPUTS
+    ]
+    return [(tensor, tensor.to("cpu", copy=True)) for tensor in tensors]
+
+
+def _restore_state(saved):
+    for tensor, copy in saved:
+        tensor.copy_(copy)
+
+
+def _allocate_input_buffers(size, device, bound=None):
+    """Static input buffers of one capture size: the dispatch dim takes the capture size.
+    Static inputs are not buffers: the graphs use the bound tensors themselves."""
+    bound = bound or {}
+    return tuple(
+        (
+            bound[position]
+            if position in bound
+            else torch.zeros(
+                tuple(
+                    size if dim == spec.dispatch_dim else extent
+                    for dim, extent in enumerate(spec.shape)
+                ),
+                dtype=spec.dtype,
+                device=device,
+            )
+        )
+        for position, spec in enumerate(INPUTS)
     )
 
 
@@ -407,6 +517,8 @@ def _static_copy(tensor):
 def _copy_into_buffers(inputs, buffers, size):
     """Copy the inputs into the static buffers and fill the padding past `size`."""
     for spec, value, buffer in zip(INPUTS, inputs, buffers):
+        if spec.static:
+            continue  # the graphs use the caller's tensor itself
         dim = spec.dispatch_dim
         if dim is None:
             buffer.copy_(value)
@@ -415,7 +527,9 @@ def _copy_into_buffers(inputs, buffers, size):
         padding = buffer.narrow(dim, size, buffer.size(dim) - size)
         if padding.numel() == 0:
             continue
-        if buffer.is_floating_point() or size == 0:
+        if spec.pad_value is not None:
+            padding.fill_(spec.pad_value)
+        elif buffer.is_floating_point() or size == 0:
             padding.zero_()
         else:
             padding.copy_(value.narrow(dim, size - 1, 1))  # broadcast along the padding

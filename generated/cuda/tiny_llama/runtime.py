@@ -167,8 +167,28 @@ def load_weights(keys: tuple, replaceable: frozenset, given) -> tuple:
     return tuple(tensors[key] for key in keys)
 
 
-def check_input(value, name: str, dtype: torch.dtype, shape: tuple, device: str):
-    """Fail early, naming the input, instead of deep inside a compiled kernel."""
+def own_mutated(tensors: tuple, keys: tuple, mutated: tuple) -> tuple:
+    """Buffers the forward writes in place, copied: the package's state must not be
+    the storage of a state_dict the caller passed in (its module would change too)."""
+    return tuple(
+        tensor.clone() if key in mutated else tensor
+        for key, tensor in zip(keys, tensors)
+    )
+
+
+def check_input(
+    value,
+    name: str,
+    dtype: torch.dtype,
+    shape: tuple,
+    device: str,
+    in_place: bool = False,
+):
+    """Fail early, naming the input, instead of deep inside a compiled kernel.
+
+    An input the forward writes in place must be used as it is: a contiguous copy
+    would take the writes and drop them.
+    """
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a tensor, got {type(value).__name__}")
     if value.device.type != device:
@@ -182,4 +202,11 @@ def check_input(value, name: str, dtype: torch.dtype, shape: tuple, device: str)
     ):
         expected = "(" + ", ".join("N" if e is None else str(e) for e in shape) + ")"
         raise ValueError(f"{name}: expected shape {expected}, got {tuple(value.shape)}")
-    return value if value.is_contiguous() else value.contiguous()
+    if value.is_contiguous():
+        return value
+    if in_place:
+        raise ValueError(
+            f"{name}: the forward writes it in place, so it must be contiguous (got strides {tuple(value.stride())}); "
+            "allocate it with torch.zeros/empty, or pass .contiguous() and keep that tensor"
+        )
+    return value.contiguous()

@@ -143,11 +143,11 @@ def size_1_triton_poi_fused__unsafe_view_mul_silu_1(
     )
 
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=17, spills=0
-_size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_triton_kernel(
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=17, spills=0
+_size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1 = load_triton_kernel(
     "piece_1",
-    "size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
-    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
+    "size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
+    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
     num_warps=2,
     shared=8,
     arg_types="OOOOiiOO",
@@ -155,13 +155,13 @@ _size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_triton_ker
 )
 
 
-def size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+def size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
     in_ptr0, in_ptr1, in_ptr2, out_ptr1, xnumel, r0_numel, stream
 ):
     grid_0 = xnumel
     grid_1 = 1
     grid_2 = 1
-    _size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0.launch(
+    _size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -177,11 +177,11 @@ def size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
     )
 
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=18, spills=0
-_size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_triton_kernel(
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=18, spills=0
+_size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3 = load_triton_kernel(
     "piece_1",
-    "size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
-    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
+    "size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3",
+    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3",
     num_warps=2,
     shared=8,
     arg_types="OOOOOiiOO",
@@ -189,13 +189,13 @@ _size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_triton_ker
 )
 
 
-def size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
+def size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
     in_out_ptr0, in_ptr0, in_ptr1, in_ptr2, out_ptr1, xnumel, r0_numel, stream
 ):
     grid_0 = xnumel
     grid_1 = 1
     grid_2 = 1
-    _size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2.launch(
+    _size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -212,12 +212,12 @@ def size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
     )
 
 
-# triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=32, spills=0
-_size_8_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3 = (
+# triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=32, spills=0
+_size_8_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4 = (
     load_triton_kernel(
         "piece_1",
-        "size_8_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3",
-        "triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3",
+        "size_8_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4",
+        "triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4",
         num_warps=4,
         shared=0,
         arg_types="OOOOOOiOO",
@@ -226,13 +226,13 @@ _size_8_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3 = (
 )
 
 
-def size_8_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3(
+def size_8_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4(
     in_ptr0, in_ptr1, in_ptr2, in_ptr3, out_ptr0, out_ptr1, xnumel, stream
 ):
     grid_0 = -((xnumel) // -(256))
     grid_1 = 1
     grid_2 = 1
-    _size_8_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3.launch(
+    _size_8_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -249,11 +249,11 @@ def size_8_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3(
     )
 
 
-# triton_poi_fused__unsafe_view_mul_silu_1: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=17, spills=0
-_size_8_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
+# triton_poi_fused__unsafe_view_mul_silu_2: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=17, spills=0
+_size_8_triton_poi_fused__unsafe_view_mul_silu_2 = load_triton_kernel(
     "piece_1",
-    "size_8_triton_poi_fused__unsafe_view_mul_silu_1",
-    "triton_poi_fused__unsafe_view_mul_silu_1",
+    "size_8_triton_poi_fused__unsafe_view_mul_silu_2",
+    "triton_poi_fused__unsafe_view_mul_silu_2",
     num_warps=4,
     shared=0,
     arg_types="OOiOO",
@@ -261,22 +261,43 @@ _size_8_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
 )
 
 
-def size_8_triton_poi_fused__unsafe_view_mul_silu_1(
+def size_8_triton_poi_fused__unsafe_view_mul_silu_2(
     in_out_ptr0, in_ptr0, xnumel, stream
 ):
     grid_0 = -((xnumel) // -(256))
     grid_1 = 1
     grid_2 = 1
-    _size_8_triton_poi_fused__unsafe_view_mul_silu_1.launch(
+    _size_8_triton_poi_fused__unsafe_view_mul_silu_2.launch(
         grid_0, grid_1, grid_2, stream, in_out_ptr0, in_ptr0, xnumel, None, None
     )
 
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=17, spills=0
-_range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_triton_kernel(
+# triton_poi_fused_clone_transpose_0: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=10, spills=0
+_size_8_triton_poi_fused_clone_transpose_0 = load_triton_kernel(
     "piece_1",
-    "range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
-    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
+    "size_8_triton_poi_fused_clone_transpose_0",
+    "triton_poi_fused_clone_transpose_0",
+    num_warps=4,
+    shared=0,
+    arg_types="OOiOO",
+    arch=90,
+)
+
+
+def size_8_triton_poi_fused_clone_transpose_0(in_ptr0, out_ptr0, xnumel, stream):
+    grid_0 = -((xnumel) // -(256))
+    grid_1 = 1
+    grid_2 = 1
+    _size_8_triton_poi_fused_clone_transpose_0.launch(
+        grid_0, grid_1, grid_2, stream, in_ptr0, out_ptr0, xnumel, None, None
+    )
+
+
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=17, spills=0
+_range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1 = load_triton_kernel(
+    "piece_1",
+    "range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
+    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
     num_warps=2,
     shared=8,
     arg_types="OOOOiiOO",
@@ -284,13 +305,13 @@ _range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_triton
 )
 
 
-def range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+def range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
     in_ptr0, in_ptr1, in_ptr2, out_ptr1, xnumel, r0_numel, stream
 ):
     grid_0 = xnumel
     grid_1 = 1
     grid_2 = 1
-    _range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0.launch(
+    _range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -306,11 +327,11 @@ def range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
     )
 
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=18, spills=0
-_range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_triton_kernel(
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=18, spills=0
+_range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3 = load_triton_kernel(
     "piece_1",
-    "range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
-    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
+    "range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3",
+    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3",
     num_warps=2,
     shared=8,
     arg_types="OOOOOiiOO",
@@ -318,13 +339,13 @@ _range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_triton
 )
 
 
-def range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
+def range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
     in_out_ptr0, in_ptr0, in_ptr1, in_ptr2, out_ptr1, xnumel, r0_numel, stream
 ):
     grid_0 = xnumel
     grid_1 = 1
     grid_2 = 1
-    _range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2.launch(
+    _range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -341,11 +362,11 @@ def range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
     )
 
 
-# triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=32, spills=0
-_range_1_16_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3 = load_triton_kernel(
+# triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=32, spills=0
+_range_1_16_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4 = load_triton_kernel(
     "piece_1",
-    "range_1_16_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3",
-    "triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3",
+    "range_1_16_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4",
+    "triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4",
     num_warps=4,
     shared=0,
     arg_types="OOOOOOiOO",
@@ -353,13 +374,13 @@ _range_1_16_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3
 )
 
 
-def range_1_16_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3(
+def range_1_16_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4(
     in_ptr0, in_ptr1, in_ptr2, in_ptr3, out_ptr0, out_ptr1, xnumel, stream
 ):
     grid_0 = -((xnumel) // -(256))
     grid_1 = 1
     grid_2 = 1
-    _range_1_16_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3.launch(
+    _range_1_16_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -376,11 +397,11 @@ def range_1_16_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_vie
     )
 
 
-# triton_poi_fused__unsafe_view_mul_silu_1: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=17, spills=0
-_range_1_16_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
+# triton_poi_fused__unsafe_view_mul_silu_2: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=17, spills=0
+_range_1_16_triton_poi_fused__unsafe_view_mul_silu_2 = load_triton_kernel(
     "piece_1",
-    "range_1_16_triton_poi_fused__unsafe_view_mul_silu_1",
-    "triton_poi_fused__unsafe_view_mul_silu_1",
+    "range_1_16_triton_poi_fused__unsafe_view_mul_silu_2",
+    "triton_poi_fused__unsafe_view_mul_silu_2",
     num_warps=4,
     shared=0,
     arg_types="OOiOO",
@@ -388,23 +409,46 @@ _range_1_16_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
 )
 
 
-def range_1_16_triton_poi_fused__unsafe_view_mul_silu_1(
+def range_1_16_triton_poi_fused__unsafe_view_mul_silu_2(
     in_out_ptr0, in_ptr0, xnumel, stream
 ):
     grid_0 = -((xnumel) // -(256))
     grid_1 = 1
     grid_2 = 1
-    _range_1_16_triton_poi_fused__unsafe_view_mul_silu_1.launch(
+    _range_1_16_triton_poi_fused__unsafe_view_mul_silu_2.launch(
         grid_0, grid_1, grid_2, stream, in_out_ptr0, in_ptr0, xnumel, None, None
     )
 
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0: XBLOCK=8, num_warps=2, num_stages=1; shared=256, regs=32, spills=0
-_range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = (
+# triton_poi_fused_clone_transpose_0: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=12, spills=0
+_range_1_16_triton_poi_fused_clone_transpose_0 = load_triton_kernel(
+    "piece_1",
+    "range_1_16_triton_poi_fused_clone_transpose_0",
+    "triton_poi_fused_clone_transpose_0",
+    num_warps=4,
+    shared=0,
+    arg_types="OOliOO",
+    arch=90,
+)
+
+
+def range_1_16_triton_poi_fused_clone_transpose_0(
+    in_ptr0, out_ptr0, ks0, xnumel, stream
+):
+    grid_0 = -((xnumel) // -(256))
+    grid_1 = 1
+    grid_2 = 1
+    _range_1_16_triton_poi_fused_clone_transpose_0.launch(
+        grid_0, grid_1, grid_2, stream, in_ptr0, out_ptr0, ks0, xnumel, None, None
+    )
+
+
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1: XBLOCK=8, num_warps=2, num_stages=1; shared=256, regs=32, spills=0
+_range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1 = (
     load_triton_kernel(
         "piece_1",
-        "range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
-        "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
+        "range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
+        "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
         num_warps=2,
         shared=256,
         arg_types="OOOOiiOO",
@@ -413,13 +457,13 @@ _range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = (
 )
 
 
-def range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+def range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
     in_ptr0, in_ptr1, in_ptr2, out_ptr1, xnumel, r0_numel, stream
 ):
     grid_0 = -((xnumel) // -(8))
     grid_1 = 1
     grid_2 = 1
-    _range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0.launch(
+    _range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -435,12 +479,12 @@ def range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
     )
 
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2: XBLOCK=8, num_warps=2, num_stages=1; shared=256, regs=32, spills=0
-_range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = (
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3: XBLOCK=8, num_warps=2, num_stages=1; shared=256, regs=32, spills=0
+_range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3 = (
     load_triton_kernel(
         "piece_1",
-        "range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
-        "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
+        "range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3",
+        "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3",
         num_warps=2,
         shared=256,
         arg_types="OOOOOiiOO",
@@ -449,13 +493,13 @@ _range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = (
 )
 
 
-def range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
+def range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
     in_out_ptr0, in_ptr0, in_ptr1, in_ptr2, out_ptr1, xnumel, r0_numel, stream
 ):
     grid_0 = -((xnumel) // -(8))
     grid_1 = 1
     grid_2 = 1
-    _range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2.launch(
+    _range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -472,11 +516,11 @@ def range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
     )
 
 
-# triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=32, spills=0
-_range_17_256_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3 = load_triton_kernel(
+# triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=32, spills=0
+_range_17_256_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4 = load_triton_kernel(
     "piece_1",
-    "range_17_256_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3",
-    "triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3",
+    "range_17_256_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4",
+    "triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4",
     num_warps=4,
     shared=0,
     arg_types="OOOOOOiOO",
@@ -484,13 +528,13 @@ _range_17_256_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view
 )
 
 
-def range_17_256_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3(
+def range_17_256_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4(
     in_ptr0, in_ptr1, in_ptr2, in_ptr3, out_ptr0, out_ptr1, xnumel, stream
 ):
     grid_0 = -((xnumel) // -(256))
     grid_1 = 1
     grid_2 = 1
-    _range_17_256_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3.launch(
+    _range_17_256_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -507,11 +551,11 @@ def range_17_256_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_v
     )
 
 
-# triton_poi_fused__unsafe_view_mul_silu_1: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=17, spills=0
-_range_17_256_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
+# triton_poi_fused__unsafe_view_mul_silu_2: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=17, spills=0
+_range_17_256_triton_poi_fused__unsafe_view_mul_silu_2 = load_triton_kernel(
     "piece_1",
-    "range_17_256_triton_poi_fused__unsafe_view_mul_silu_1",
-    "triton_poi_fused__unsafe_view_mul_silu_1",
+    "range_17_256_triton_poi_fused__unsafe_view_mul_silu_2",
+    "triton_poi_fused__unsafe_view_mul_silu_2",
     num_warps=4,
     shared=0,
     arg_types="OOiOO",
@@ -519,21 +563,44 @@ _range_17_256_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
 )
 
 
-def range_17_256_triton_poi_fused__unsafe_view_mul_silu_1(
+def range_17_256_triton_poi_fused__unsafe_view_mul_silu_2(
     in_out_ptr0, in_ptr0, xnumel, stream
 ):
     grid_0 = -((xnumel) // -(256))
     grid_1 = 1
     grid_2 = 1
-    _range_17_256_triton_poi_fused__unsafe_view_mul_silu_1.launch(
+    _range_17_256_triton_poi_fused__unsafe_view_mul_silu_2.launch(
         grid_0, grid_1, grid_2, stream, in_out_ptr0, in_ptr0, xnumel, None, None
+    )
+
+
+# triton_poi_fused_clone_transpose_0: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=12, spills=0
+_range_17_256_triton_poi_fused_clone_transpose_0 = load_triton_kernel(
+    "piece_1",
+    "range_17_256_triton_poi_fused_clone_transpose_0",
+    "triton_poi_fused_clone_transpose_0",
+    num_warps=4,
+    shared=0,
+    arg_types="OOliOO",
+    arch=90,
+)
+
+
+def range_17_256_triton_poi_fused_clone_transpose_0(
+    in_ptr0, out_ptr0, ks0, xnumel, stream
+):
+    grid_0 = -((xnumel) // -(256))
+    grid_1 = 1
+    grid_2 = 1
+    _range_17_256_triton_poi_fused_clone_transpose_0.launch(
+        grid_0, grid_1, grid_2, stream, in_ptr0, out_ptr0, ks0, xnumel, None, None
     )
 
 
 def size_1(args):
     align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13))
     (
-        scaled_dot_product_attention,
+        sdpa,
         sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
         embedding,
@@ -549,7 +616,7 @@ def size_1(args):
         unsqueeze_2,
     ) = args
     args.clear()
-    assert_size_stride(scaled_dot_product_attention, (1, 4, 1, 16), (64, 16, 64, 1))
+    assert_size_stride(sdpa, (1, 4, 1, 16), (64, 16, 16, 1))
     assert_size_stride(p_layers_0_self_attn_o_proj_weight, (64, 64), (64, 1))
     assert_size_stride(embedding, (1, 1, 64), (64, 64, 1))
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,))
@@ -567,13 +634,13 @@ def size_1(args):
         buf0 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(scaled_dot_product_attention, (1, 64), (64, 1), 0),
+            reinterpret_tensor(sdpa, (1, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0
             ),
             out=buf0,
         )
-        del scaled_dot_product_attention
+        del sdpa
         del p_layers_0_self_attn_o_proj_weight
         buf2 = empty_strided_cuda((1, 1, 64), (64, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
@@ -691,7 +758,7 @@ def size_1(args):
 def size_8(args):
     align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13))
     (
-        scaled_dot_product_attention,
+        sdpa,
         sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
         embedding,
@@ -708,7 +775,7 @@ def size_8(args):
     ) = args
     args.clear()
     s72 = sym_size_int_2
-    assert_size_stride(scaled_dot_product_attention, (1, 4, 8, 16), (512, 16, 64, 1))
+    assert_size_stride(sdpa, (1, 4, 8, 16), (512, 128, 16, 1))
     assert_size_stride(p_layers_0_self_attn_o_proj_weight, (64, 64), (64, 1))
     assert_size_stride(embedding, (1, 8, 64), (512, 64, 1))
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,))
@@ -723,136 +790,141 @@ def size_8(args):
     assert_size_stride(unsqueeze_2, (1, 1, 8, 16), (128, 128, 16, 1))
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
-        buf0 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.view, aten.t, aten.mm]
+        buf0 = empty_strided_cuda((1, 8, 4, 16), (512, 64, 16, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [transpose_3, reshape], Original ATen: [aten.transpose, aten.clone]
+        stream0 = get_raw_stream(0)
+        size_8_triton_poi_fused_clone_transpose_0(sdpa, buf0, 512, stream=stream0)
+        del sdpa
+        buf1 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.clone, aten._unsafe_view, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(scaled_dot_product_attention, (8, 64), (64, 1), 0),
+            reinterpret_tensor(buf0, (8, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf0,
+            out=buf1,
         )
-        del scaled_dot_product_attention
         del p_layers_0_self_attn_o_proj_weight
-        buf2 = empty_strided_cuda((1, 8, 64), (512, 64, 1), torch.float32)
+        buf3 = reinterpret_tensor(buf0, (1, 8, 64), (512, 64, 1), 0)
+        del buf0  # reuse
         # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+        size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
             embedding,
-            buf0,
+            buf1,
             p_layers_0_post_attention_layernorm_weight,
-            buf2,
+            buf3,
             8,
             64,
             stream=stream0,
         )
         del p_layers_0_post_attention_layernorm_weight
-        buf3 = empty_strided_cuda((8, 128), (128, 1), torch.float32)
+        buf4 = empty_strided_cuda((8, 128), (128, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8, linear_4], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf2, (8, 64), (64, 1), 0),
+            reinterpret_tensor(buf3, (8, 64), (64, 1), 0),
             reinterpret_tensor(p_layers_0_mlp_gate_proj_weight, (64, 128), (1, 64), 0),
-            out=buf3,
-        )
-        del p_layers_0_mlp_gate_proj_weight
-        buf4 = empty_strided_cuda((8, 128), (128, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [linear_5], Original ATen: [aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(buf2, (8, 64), (64, 1), 0),
-            reinterpret_tensor(p_layers_0_mlp_up_proj_weight, (64, 128), (1, 64), 0),
             out=buf4,
         )
+        del p_layers_0_mlp_gate_proj_weight
+        buf5 = empty_strided_cuda((8, 128), (128, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [linear_5], Original ATen: [aten.view, aten.t, aten.mm]
+        torch.mm(
+            reinterpret_tensor(buf3, (8, 64), (64, 1), 0),
+            reinterpret_tensor(p_layers_0_mlp_up_proj_weight, (64, 128), (1, 64), 0),
+            out=buf5,
+        )
         del p_layers_0_mlp_up_proj_weight
-        del buf2
-        buf5 = reinterpret_tensor(buf3, (1, 8, 128), (1024, 128, 1), 0)
-        del buf3  # reuse
+        del buf3
+        buf6 = reinterpret_tensor(buf4, (1, 8, 128), (1024, 128, 1), 0)
+        del buf4  # reuse
         # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9], Original ATen: [aten._unsafe_view, aten.silu, aten.mul]
         stream0 = get_raw_stream(0)
-        size_8_triton_poi_fused__unsafe_view_mul_silu_1(
-            buf5, buf4, 1024, stream=stream0
+        size_8_triton_poi_fused__unsafe_view_mul_silu_2(
+            buf6, buf5, 1024, stream=stream0
         )
-        del buf4
-        buf6 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
+        del buf5
+        buf7 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9, linear_6], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf5, (8, 128), (128, 1), 0),
+            reinterpret_tensor(buf6, (8, 128), (128, 1), 0),
             reinterpret_tensor(p_layers_0_mlp_down_proj_weight, (128, 64), (1, 128), 0),
-            out=buf6,
+            out=buf7,
         )
         del p_layers_0_mlp_down_proj_weight
-        del buf5
-        buf7 = reinterpret_tensor(buf0, (1, 8, 64), (512, 64, 1), 0)
-        del buf0  # reuse
-        buf9 = empty_strided_cuda((1, 8, 64), (512, 64, 1), torch.float32)
+        del buf6
+        buf8 = reinterpret_tensor(buf1, (1, 8, 64), (512, 64, 1), 0)
+        del buf1  # reuse
+        buf10 = empty_strided_cuda((1, 8, 64), (512, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_3, add_3, linear_6, add_5, pow_3, mean_2, add_6, rsqrt_2, mul_10, mul_11], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
-            buf7,
+        size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
+            buf8,
             embedding,
-            buf6,
+            buf7,
             p_layers_1_input_layernorm_weight,
-            buf9,
+            buf10,
             8,
             64,
             stream=stream0,
         )
         del embedding
         del p_layers_1_input_layernorm_weight
-        buf10 = buf6
-        del buf6  # reuse
+        buf11 = buf7
+        del buf7  # reuse
         # Topologically Sorted Source Nodes: [pow_3, mean_2, add_6, rsqrt_2, mul_10, mul_11, linear_7], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf9, (8, 64), (64, 1), 0),
+            reinterpret_tensor(buf10, (8, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_1_self_attn_q_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf10,
+            out=buf11,
         )
         del p_layers_1_self_attn_q_proj_weight
-        buf11 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
+        buf12 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_8], Original ATen: [aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf9, (8, 64), (64, 1), 0),
+            reinterpret_tensor(buf10, (8, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_1_self_attn_k_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf11,
+            out=buf12,
         )
         del p_layers_1_self_attn_k_proj_weight
-        buf12 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
+        buf13 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_9], Original ATen: [aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf9, (8, 64), (64, 1), 0),
+            reinterpret_tensor(buf10, (8, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_1_self_attn_v_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf12,
+            out=buf13,
         )
         del p_layers_1_self_attn_v_proj_weight
-        buf13 = reinterpret_tensor(buf9, (1, 4, 8, 16), (512, 16, 64, 1), 0)
-        del buf9  # reuse
-        buf14 = empty_strided_cuda((1, 4, 8, 16), (512, 16, 64, 1), torch.float32)
+        buf14 = reinterpret_tensor(buf10, (1, 4, 8, 16), (512, 16, 64, 1), 0)
+        del buf10  # reuse
+        buf15 = empty_strided_cuda((1, 4, 8, 16), (512, 16, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_7, view_3, transpose_4, chunk_2, linear_8, view_4, transpose_5, chunk_3, mul_12, neg_2, cat_3, mul_13, add_7, mul_14, neg_3, cat_4, mul_15, add_8], Original ATen: [aten._unsafe_view, aten.view, aten.transpose, aten.split, aten.mul, aten.neg, aten.cat, aten.add]
         stream0 = get_raw_stream(0)
-        size_8_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3(
-            buf10, unsqueeze_1, unsqueeze_2, buf11, buf13, buf14, 512, stream=stream0
+        size_8_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4(
+            buf11, unsqueeze_1, unsqueeze_2, buf12, buf14, buf15, 512, stream=stream0
         )
         del unsqueeze_1
         del unsqueeze_2
-        del buf10
         del buf11
+        del buf12
     return (
-        buf7,
-        reinterpret_tensor(buf12, (1, 4, 8, 16), (512, 16, 64, 1), 0),
-        buf13,
+        buf8,
+        reinterpret_tensor(buf13, (1, 4, 8, 16), (512, 16, 64, 1), 0),
         buf14,
+        buf15,
     )
 
 
 def range_1_16(args):
     align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13))
     (
-        scaled_dot_product_attention,
+        sdpa,
         sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
         embedding,
@@ -869,9 +941,7 @@ def range_1_16(args):
     ) = args
     args.clear()
     s6 = sym_size_int_2
-    assert_size_stride(
-        scaled_dot_product_attention, (1, 4, s6, 16), (64 * s6, 16, 64, 1)
-    )
+    assert_size_stride(sdpa, (1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1))
     assert_size_stride(p_layers_0_self_attn_o_proj_weight, (64, 64), (64, 1))
     assert_size_stride(embedding, (1, s6, 64), (64 * s6, 64, 1))
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,))
@@ -886,147 +956,155 @@ def range_1_16(args):
     assert_size_stride(unsqueeze_2, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1))
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
-        buf0 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.view, aten.t, aten.mm]
+        buf0 = empty_strided_cuda((1, s6, 4, 16), (64 * s6, 64, 16, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [transpose_3, reshape], Original ATen: [aten.transpose, aten.clone]
+        triton_poi_fused_clone_transpose_0_xnumel = 64 * s6
+        stream0 = get_raw_stream(0)
+        range_1_16_triton_poi_fused_clone_transpose_0(
+            sdpa, buf0, s6, triton_poi_fused_clone_transpose_0_xnumel, stream=stream0
+        )
+        del sdpa
+        buf1 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.clone, aten._unsafe_view, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(scaled_dot_product_attention, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf0, (s6, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf0,
+            out=buf1,
         )
-        del scaled_dot_product_attention
         del p_layers_0_self_attn_o_proj_weight
-        buf2 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+        buf3 = reinterpret_tensor(buf0, (1, s6, 64), (64 * s6, 64, 1), 0)
+        del buf0  # reuse
         # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+        range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
             embedding,
-            buf0,
+            buf1,
             p_layers_0_post_attention_layernorm_weight,
-            buf2,
+            buf3,
             s6,
             64,
             stream=stream0,
         )
         del p_layers_0_post_attention_layernorm_weight
-        buf3 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
+        buf4 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8, linear_4], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf3, (s6, 64), (64, 1), 0),
             reinterpret_tensor(p_layers_0_mlp_gate_proj_weight, (64, 128), (1, 64), 0),
-            out=buf3,
-        )
-        del p_layers_0_mlp_gate_proj_weight
-        buf4 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [linear_5], Original ATen: [aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
-            reinterpret_tensor(p_layers_0_mlp_up_proj_weight, (64, 128), (1, 64), 0),
             out=buf4,
         )
-        del p_layers_0_mlp_up_proj_weight
-        del buf2
-        buf5 = reinterpret_tensor(buf3, (1, s6, 128), (128 * s6, 128, 1), 0)
-        del buf3  # reuse
-        # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9], Original ATen: [aten._unsafe_view, aten.silu, aten.mul]
-        triton_poi_fused__unsafe_view_mul_silu_1_xnumel = 128 * s6
-        stream0 = get_raw_stream(0)
-        range_1_16_triton_poi_fused__unsafe_view_mul_silu_1(
-            buf5, buf4, triton_poi_fused__unsafe_view_mul_silu_1_xnumel, stream=stream0
+        del p_layers_0_mlp_gate_proj_weight
+        buf5 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [linear_5], Original ATen: [aten.view, aten.t, aten.mm]
+        torch.mm(
+            reinterpret_tensor(buf3, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(p_layers_0_mlp_up_proj_weight, (64, 128), (1, 64), 0),
+            out=buf5,
         )
-        del buf4
-        buf6 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        del p_layers_0_mlp_up_proj_weight
+        del buf3
+        buf6 = reinterpret_tensor(buf4, (1, s6, 128), (128 * s6, 128, 1), 0)
+        del buf4  # reuse
+        # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9], Original ATen: [aten._unsafe_view, aten.silu, aten.mul]
+        triton_poi_fused__unsafe_view_mul_silu_2_xnumel = 128 * s6
+        stream0 = get_raw_stream(0)
+        range_1_16_triton_poi_fused__unsafe_view_mul_silu_2(
+            buf6, buf5, triton_poi_fused__unsafe_view_mul_silu_2_xnumel, stream=stream0
+        )
+        del buf5
+        buf7 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9, linear_6], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf5, (s6, 128), (128, 1), 0),
+            reinterpret_tensor(buf6, (s6, 128), (128, 1), 0),
             reinterpret_tensor(p_layers_0_mlp_down_proj_weight, (128, 64), (1, 128), 0),
-            out=buf6,
+            out=buf7,
         )
         del p_layers_0_mlp_down_proj_weight
-        del buf5
-        buf7 = reinterpret_tensor(buf0, (1, s6, 64), (64 * s6, 64, 1), 0)
-        del buf0  # reuse
-        buf9 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+        del buf6
+        buf8 = reinterpret_tensor(buf1, (1, s6, 64), (64 * s6, 64, 1), 0)
+        del buf1  # reuse
+        buf10 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_3, add_3, linear_6, add_5, pow_3, mean_2, add_6, rsqrt_2, mul_10, mul_11], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
-            buf7,
+        range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
+            buf8,
             embedding,
-            buf6,
+            buf7,
             p_layers_1_input_layernorm_weight,
-            buf9,
+            buf10,
             s6,
             64,
             stream=stream0,
         )
         del embedding
         del p_layers_1_input_layernorm_weight
-        buf10 = buf6
-        del buf6  # reuse
+        buf11 = buf7
+        del buf7  # reuse
         # Topologically Sorted Source Nodes: [pow_3, mean_2, add_6, rsqrt_2, mul_10, mul_11, linear_7], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf9, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_1_self_attn_q_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf10,
+            out=buf11,
         )
         del p_layers_1_self_attn_q_proj_weight
-        buf11 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        buf12 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_8], Original ATen: [aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf9, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_1_self_attn_k_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf11,
+            out=buf12,
         )
         del p_layers_1_self_attn_k_proj_weight
-        buf12 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        buf13 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_9], Original ATen: [aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf9, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_1_self_attn_v_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf12,
+            out=buf13,
         )
         del p_layers_1_self_attn_v_proj_weight
-        buf13 = reinterpret_tensor(buf9, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
-        del buf9  # reuse
-        buf14 = empty_strided_cuda((1, 4, s6, 16), (64 * s6, 16, 64, 1), torch.float32)
+        buf14 = reinterpret_tensor(buf10, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
+        del buf10  # reuse
+        buf15 = empty_strided_cuda((1, 4, s6, 16), (64 * s6, 16, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_7, view_3, transpose_4, chunk_2, linear_8, view_4, transpose_5, chunk_3, mul_12, neg_2, cat_3, mul_13, add_7, mul_14, neg_3, cat_4, mul_15, add_8], Original ATen: [aten._unsafe_view, aten.view, aten.transpose, aten.split, aten.mul, aten.neg, aten.cat, aten.add]
-        triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3_xnumel = (
+        triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4_xnumel = (
             64 * s6
         )
         stream0 = get_raw_stream(0)
-        range_1_16_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3(
-            buf10,
+        range_1_16_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4(
+            buf11,
             unsqueeze_1,
             unsqueeze_2,
-            buf11,
-            buf13,
+            buf12,
             buf14,
-            triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3_xnumel,
+            buf15,
+            triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4_xnumel,
             stream=stream0,
         )
         del unsqueeze_1
         del unsqueeze_2
-        del buf10
         del buf11
+        del buf12
     return (
-        buf7,
-        reinterpret_tensor(buf12, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0),
-        buf13,
+        buf8,
+        reinterpret_tensor(buf13, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0),
         buf14,
+        buf15,
     )
 
 
 def range_17_256(args):
     align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13))
     (
-        scaled_dot_product_attention,
+        sdpa,
         sym_size_int_2,
         p_layers_0_self_attn_o_proj_weight,
         embedding,
@@ -1043,9 +1121,7 @@ def range_17_256(args):
     ) = args
     args.clear()
     s6 = sym_size_int_2
-    assert_size_stride(
-        scaled_dot_product_attention, (1, 4, s6, 16), (64 * s6, 16, 64, 1)
-    )
+    assert_size_stride(sdpa, (1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1))
     assert_size_stride(p_layers_0_self_attn_o_proj_weight, (64, 64), (64, 1))
     assert_size_stride(embedding, (1, s6, 64), (64 * s6, 64, 1))
     assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,))
@@ -1060,138 +1136,146 @@ def range_17_256(args):
     assert_size_stride(unsqueeze_2, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1))
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
-        buf0 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.view, aten.t, aten.mm]
+        buf0 = empty_strided_cuda((1, s6, 4, 16), (64 * s6, 64, 16, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [transpose_3, reshape], Original ATen: [aten.transpose, aten.clone]
+        triton_poi_fused_clone_transpose_0_xnumel = 64 * s6
+        stream0 = get_raw_stream(0)
+        range_17_256_triton_poi_fused_clone_transpose_0(
+            sdpa, buf0, s6, triton_poi_fused_clone_transpose_0_xnumel, stream=stream0
+        )
+        del sdpa
+        buf1 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.clone, aten._unsafe_view, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(scaled_dot_product_attention, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf0, (s6, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf0,
+            out=buf1,
         )
-        del scaled_dot_product_attention
         del p_layers_0_self_attn_o_proj_weight
-        buf2 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+        buf3 = reinterpret_tensor(buf0, (1, s6, 64), (64 * s6, 64, 1), 0)
+        del buf0  # reuse
         # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+        range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
             embedding,
-            buf0,
+            buf1,
             p_layers_0_post_attention_layernorm_weight,
-            buf2,
+            buf3,
             s6,
             64,
             stream=stream0,
         )
         del p_layers_0_post_attention_layernorm_weight
-        buf3 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
+        buf4 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8, linear_4], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf3, (s6, 64), (64, 1), 0),
             reinterpret_tensor(p_layers_0_mlp_gate_proj_weight, (64, 128), (1, 64), 0),
-            out=buf3,
-        )
-        del p_layers_0_mlp_gate_proj_weight
-        buf4 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [linear_5], Original ATen: [aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
-            reinterpret_tensor(p_layers_0_mlp_up_proj_weight, (64, 128), (1, 64), 0),
             out=buf4,
         )
-        del p_layers_0_mlp_up_proj_weight
-        del buf2
-        buf5 = reinterpret_tensor(buf3, (1, s6, 128), (128 * s6, 128, 1), 0)
-        del buf3  # reuse
-        # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9], Original ATen: [aten._unsafe_view, aten.silu, aten.mul]
-        triton_poi_fused__unsafe_view_mul_silu_1_xnumel = 128 * s6
-        stream0 = get_raw_stream(0)
-        range_17_256_triton_poi_fused__unsafe_view_mul_silu_1(
-            buf5, buf4, triton_poi_fused__unsafe_view_mul_silu_1_xnumel, stream=stream0
+        del p_layers_0_mlp_gate_proj_weight
+        buf5 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [linear_5], Original ATen: [aten.view, aten.t, aten.mm]
+        torch.mm(
+            reinterpret_tensor(buf3, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(p_layers_0_mlp_up_proj_weight, (64, 128), (1, 64), 0),
+            out=buf5,
         )
-        del buf4
-        buf6 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        del p_layers_0_mlp_up_proj_weight
+        del buf3
+        buf6 = reinterpret_tensor(buf4, (1, s6, 128), (128 * s6, 128, 1), 0)
+        del buf4  # reuse
+        # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9], Original ATen: [aten._unsafe_view, aten.silu, aten.mul]
+        triton_poi_fused__unsafe_view_mul_silu_2_xnumel = 128 * s6
+        stream0 = get_raw_stream(0)
+        range_17_256_triton_poi_fused__unsafe_view_mul_silu_2(
+            buf6, buf5, triton_poi_fused__unsafe_view_mul_silu_2_xnumel, stream=stream0
+        )
+        del buf5
+        buf7 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9, linear_6], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf5, (s6, 128), (128, 1), 0),
+            reinterpret_tensor(buf6, (s6, 128), (128, 1), 0),
             reinterpret_tensor(p_layers_0_mlp_down_proj_weight, (128, 64), (1, 128), 0),
-            out=buf6,
+            out=buf7,
         )
         del p_layers_0_mlp_down_proj_weight
-        del buf5
-        buf7 = reinterpret_tensor(buf0, (1, s6, 64), (64 * s6, 64, 1), 0)
-        del buf0  # reuse
-        buf9 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+        del buf6
+        buf8 = reinterpret_tensor(buf1, (1, s6, 64), (64 * s6, 64, 1), 0)
+        del buf1  # reuse
+        buf10 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_3, add_3, linear_6, add_5, pow_3, mean_2, add_6, rsqrt_2, mul_10, mul_11], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
-            buf7,
+        range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
+            buf8,
             embedding,
-            buf6,
+            buf7,
             p_layers_1_input_layernorm_weight,
-            buf9,
+            buf10,
             s6,
             64,
             stream=stream0,
         )
         del embedding
         del p_layers_1_input_layernorm_weight
-        buf10 = buf6
-        del buf6  # reuse
+        buf11 = buf7
+        del buf7  # reuse
         # Topologically Sorted Source Nodes: [pow_3, mean_2, add_6, rsqrt_2, mul_10, mul_11, linear_7], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf9, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_1_self_attn_q_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf10,
+            out=buf11,
         )
         del p_layers_1_self_attn_q_proj_weight
-        buf11 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        buf12 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_8], Original ATen: [aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf9, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_1_self_attn_k_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf11,
+            out=buf12,
         )
         del p_layers_1_self_attn_k_proj_weight
-        buf12 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        buf13 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_9], Original ATen: [aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf9, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_1_self_attn_v_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf12,
+            out=buf13,
         )
         del p_layers_1_self_attn_v_proj_weight
-        buf13 = reinterpret_tensor(buf9, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
-        del buf9  # reuse
-        buf14 = empty_strided_cuda((1, 4, s6, 16), (64 * s6, 16, 64, 1), torch.float32)
+        buf14 = reinterpret_tensor(buf10, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
+        del buf10  # reuse
+        buf15 = empty_strided_cuda((1, 4, s6, 16), (64 * s6, 16, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_7, view_3, transpose_4, chunk_2, linear_8, view_4, transpose_5, chunk_3, mul_12, neg_2, cat_3, mul_13, add_7, mul_14, neg_3, cat_4, mul_15, add_8], Original ATen: [aten._unsafe_view, aten.view, aten.transpose, aten.split, aten.mul, aten.neg, aten.cat, aten.add]
-        triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3_xnumel = (
+        triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4_xnumel = (
             64 * s6
         )
         stream0 = get_raw_stream(0)
-        range_17_256_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3(
-            buf10,
+        range_17_256_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4(
+            buf11,
             unsqueeze_1,
             unsqueeze_2,
-            buf11,
-            buf13,
+            buf12,
             buf14,
-            triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3_xnumel,
+            buf15,
+            triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4_xnumel,
             stream=stream0,
         )
         del unsqueeze_1
         del unsqueeze_2
-        del buf10
         del buf11
+        del buf12
     return (
-        buf7,
-        reinterpret_tensor(buf12, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0),
-        buf13,
+        buf8,
+        reinterpret_tensor(buf13, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0),
         buf14,
+        buf15,
     )

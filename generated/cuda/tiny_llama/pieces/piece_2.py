@@ -105,11 +105,11 @@ def size_1_triton_poi_fused__unsafe_view_mul_silu_1(
     )
 
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=17, spills=0
-_size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_triton_kernel(
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=17, spills=0
+_size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1 = load_triton_kernel(
     "piece_2",
-    "size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
-    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
+    "size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
+    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
     num_warps=2,
     shared=8,
     arg_types="OOOOiiOO",
@@ -117,13 +117,13 @@ _size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_triton_ker
 )
 
 
-def size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+def size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
     in_ptr0, in_ptr1, in_ptr2, out_ptr1, xnumel, r0_numel, stream
 ):
     grid_0 = xnumel
     grid_1 = 1
     grid_2 = 1
-    _size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0.launch(
+    _size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -139,11 +139,11 @@ def size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
     )
 
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=18, spills=0
-_size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_triton_kernel(
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=18, spills=0
+_size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3 = load_triton_kernel(
     "piece_2",
-    "size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
-    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
+    "size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3",
+    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3",
     num_warps=2,
     shared=8,
     arg_types="OOOOiiOO",
@@ -151,13 +151,13 @@ _size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_triton_ker
 )
 
 
-def size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
+def size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
     in_out_ptr0, in_ptr0, in_ptr1, in_ptr2, xnumel, r0_numel, stream
 ):
     grid_0 = xnumel
     grid_1 = 1
     grid_2 = 1
-    _size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2.launch(
+    _size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -173,11 +173,11 @@ def size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
     )
 
 
-# triton_poi_fused__unsafe_view_mul_silu_1: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=17, spills=0
-_size_8_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
+# triton_poi_fused__unsafe_view_mul_silu_2: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=17, spills=0
+_size_8_triton_poi_fused__unsafe_view_mul_silu_2 = load_triton_kernel(
     "piece_2",
-    "size_8_triton_poi_fused__unsafe_view_mul_silu_1",
-    "triton_poi_fused__unsafe_view_mul_silu_1",
+    "size_8_triton_poi_fused__unsafe_view_mul_silu_2",
+    "triton_poi_fused__unsafe_view_mul_silu_2",
     num_warps=4,
     shared=0,
     arg_types="OOiOO",
@@ -185,22 +185,43 @@ _size_8_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
 )
 
 
-def size_8_triton_poi_fused__unsafe_view_mul_silu_1(
+def size_8_triton_poi_fused__unsafe_view_mul_silu_2(
     in_out_ptr0, in_ptr0, xnumel, stream
 ):
     grid_0 = -((xnumel) // -(256))
     grid_1 = 1
     grid_2 = 1
-    _size_8_triton_poi_fused__unsafe_view_mul_silu_1.launch(
+    _size_8_triton_poi_fused__unsafe_view_mul_silu_2.launch(
         grid_0, grid_1, grid_2, stream, in_out_ptr0, in_ptr0, xnumel, None, None
     )
 
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=17, spills=0
-_range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_triton_kernel(
+# triton_poi_fused_clone_transpose_0: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=10, spills=0
+_size_8_triton_poi_fused_clone_transpose_0 = load_triton_kernel(
     "piece_2",
-    "range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
-    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
+    "size_8_triton_poi_fused_clone_transpose_0",
+    "triton_poi_fused_clone_transpose_0",
+    num_warps=4,
+    shared=0,
+    arg_types="OOiOO",
+    arch=90,
+)
+
+
+def size_8_triton_poi_fused_clone_transpose_0(in_ptr0, out_ptr0, xnumel, stream):
+    grid_0 = -((xnumel) // -(256))
+    grid_1 = 1
+    grid_2 = 1
+    _size_8_triton_poi_fused_clone_transpose_0.launch(
+        grid_0, grid_1, grid_2, stream, in_ptr0, out_ptr0, xnumel, None, None
+    )
+
+
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=17, spills=0
+_range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1 = load_triton_kernel(
+    "piece_2",
+    "range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
+    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
     num_warps=2,
     shared=8,
     arg_types="OOOOiiOO",
@@ -208,13 +229,13 @@ _range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_triton
 )
 
 
-def range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+def range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
     in_ptr0, in_ptr1, in_ptr2, out_ptr1, xnumel, r0_numel, stream
 ):
     grid_0 = xnumel
     grid_1 = 1
     grid_2 = 1
-    _range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0.launch(
+    _range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -230,11 +251,11 @@ def range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
     )
 
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=18, spills=0
-_range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_triton_kernel(
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=18, spills=0
+_range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3 = load_triton_kernel(
     "piece_2",
-    "range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
-    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
+    "range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3",
+    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3",
     num_warps=2,
     shared=8,
     arg_types="OOOOiiOO",
@@ -242,13 +263,13 @@ _range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_triton
 )
 
 
-def range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
+def range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
     in_out_ptr0, in_ptr0, in_ptr1, in_ptr2, xnumel, r0_numel, stream
 ):
     grid_0 = xnumel
     grid_1 = 1
     grid_2 = 1
-    _range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2.launch(
+    _range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -264,11 +285,11 @@ def range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
     )
 
 
-# triton_poi_fused__unsafe_view_mul_silu_1: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=17, spills=0
-_range_1_16_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
+# triton_poi_fused__unsafe_view_mul_silu_2: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=17, spills=0
+_range_1_16_triton_poi_fused__unsafe_view_mul_silu_2 = load_triton_kernel(
     "piece_2",
-    "range_1_16_triton_poi_fused__unsafe_view_mul_silu_1",
-    "triton_poi_fused__unsafe_view_mul_silu_1",
+    "range_1_16_triton_poi_fused__unsafe_view_mul_silu_2",
+    "triton_poi_fused__unsafe_view_mul_silu_2",
     num_warps=4,
     shared=0,
     arg_types="OOiOO",
@@ -276,23 +297,46 @@ _range_1_16_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
 )
 
 
-def range_1_16_triton_poi_fused__unsafe_view_mul_silu_1(
+def range_1_16_triton_poi_fused__unsafe_view_mul_silu_2(
     in_out_ptr0, in_ptr0, xnumel, stream
 ):
     grid_0 = -((xnumel) // -(256))
     grid_1 = 1
     grid_2 = 1
-    _range_1_16_triton_poi_fused__unsafe_view_mul_silu_1.launch(
+    _range_1_16_triton_poi_fused__unsafe_view_mul_silu_2.launch(
         grid_0, grid_1, grid_2, stream, in_out_ptr0, in_ptr0, xnumel, None, None
     )
 
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0: XBLOCK=8, num_warps=2, num_stages=1; shared=256, regs=32, spills=0
-_range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = (
+# triton_poi_fused_clone_transpose_0: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=12, spills=0
+_range_1_16_triton_poi_fused_clone_transpose_0 = load_triton_kernel(
+    "piece_2",
+    "range_1_16_triton_poi_fused_clone_transpose_0",
+    "triton_poi_fused_clone_transpose_0",
+    num_warps=4,
+    shared=0,
+    arg_types="OOliOO",
+    arch=90,
+)
+
+
+def range_1_16_triton_poi_fused_clone_transpose_0(
+    in_ptr0, out_ptr0, ks0, xnumel, stream
+):
+    grid_0 = -((xnumel) // -(256))
+    grid_1 = 1
+    grid_2 = 1
+    _range_1_16_triton_poi_fused_clone_transpose_0.launch(
+        grid_0, grid_1, grid_2, stream, in_ptr0, out_ptr0, ks0, xnumel, None, None
+    )
+
+
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1: XBLOCK=8, num_warps=2, num_stages=1; shared=256, regs=32, spills=0
+_range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1 = (
     load_triton_kernel(
         "piece_2",
-        "range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
-        "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
+        "range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
+        "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
         num_warps=2,
         shared=256,
         arg_types="OOOOiiOO",
@@ -301,13 +345,13 @@ _range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = (
 )
 
 
-def range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+def range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
     in_ptr0, in_ptr1, in_ptr2, out_ptr1, xnumel, r0_numel, stream
 ):
     grid_0 = -((xnumel) // -(8))
     grid_1 = 1
     grid_2 = 1
-    _range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0.launch(
+    _range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -323,12 +367,12 @@ def range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
     )
 
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2: XBLOCK=8, num_warps=2, num_stages=1; shared=256, regs=32, spills=0
-_range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = (
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3: XBLOCK=8, num_warps=2, num_stages=1; shared=256, regs=32, spills=0
+_range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3 = (
     load_triton_kernel(
         "piece_2",
-        "range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
-        "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
+        "range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3",
+        "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3",
         num_warps=2,
         shared=256,
         arg_types="OOOOiiOO",
@@ -337,13 +381,13 @@ _range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = (
 )
 
 
-def range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
+def range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
     in_out_ptr0, in_ptr0, in_ptr1, in_ptr2, xnumel, r0_numel, stream
 ):
     grid_0 = -((xnumel) // -(8))
     grid_1 = 1
     grid_2 = 1
-    _range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2.launch(
+    _range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -359,11 +403,11 @@ def range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
     )
 
 
-# triton_poi_fused__unsafe_view_mul_silu_1: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=17, spills=0
-_range_17_256_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
+# triton_poi_fused__unsafe_view_mul_silu_2: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=17, spills=0
+_range_17_256_triton_poi_fused__unsafe_view_mul_silu_2 = load_triton_kernel(
     "piece_2",
-    "range_17_256_triton_poi_fused__unsafe_view_mul_silu_1",
-    "triton_poi_fused__unsafe_view_mul_silu_1",
+    "range_17_256_triton_poi_fused__unsafe_view_mul_silu_2",
+    "triton_poi_fused__unsafe_view_mul_silu_2",
     num_warps=4,
     shared=0,
     arg_types="OOiOO",
@@ -371,21 +415,44 @@ _range_17_256_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
 )
 
 
-def range_17_256_triton_poi_fused__unsafe_view_mul_silu_1(
+def range_17_256_triton_poi_fused__unsafe_view_mul_silu_2(
     in_out_ptr0, in_ptr0, xnumel, stream
 ):
     grid_0 = -((xnumel) // -(256))
     grid_1 = 1
     grid_2 = 1
-    _range_17_256_triton_poi_fused__unsafe_view_mul_silu_1.launch(
+    _range_17_256_triton_poi_fused__unsafe_view_mul_silu_2.launch(
         grid_0, grid_1, grid_2, stream, in_out_ptr0, in_ptr0, xnumel, None, None
+    )
+
+
+# triton_poi_fused_clone_transpose_0: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=12, spills=0
+_range_17_256_triton_poi_fused_clone_transpose_0 = load_triton_kernel(
+    "piece_2",
+    "range_17_256_triton_poi_fused_clone_transpose_0",
+    "triton_poi_fused_clone_transpose_0",
+    num_warps=4,
+    shared=0,
+    arg_types="OOliOO",
+    arch=90,
+)
+
+
+def range_17_256_triton_poi_fused_clone_transpose_0(
+    in_ptr0, out_ptr0, ks0, xnumel, stream
+):
+    grid_0 = -((xnumel) // -(256))
+    grid_1 = 1
+    grid_2 = 1
+    _range_17_256_triton_poi_fused_clone_transpose_0.launch(
+        grid_0, grid_1, grid_2, stream, in_ptr0, out_ptr0, ks0, xnumel, None, None
     )
 
 
 def size_1(args):
     align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9))
     (
-        scaled_dot_product_attention_1,
+        sdpa_1,
         sym_size_int_2,
         p_layers_1_self_attn_o_proj_weight,
         add_5,
@@ -397,7 +464,7 @@ def size_1(args):
         p_lm_head_weight,
     ) = args
     args.clear()
-    assert_size_stride(scaled_dot_product_attention_1, (1, 4, 1, 16), (64, 16, 64, 1))
+    assert_size_stride(sdpa_1, (1, 4, 1, 16), (64, 16, 16, 1))
     assert_size_stride(p_layers_1_self_attn_o_proj_weight, (64, 64), (64, 1))
     assert_size_stride(add_5, (1, 1, 64), (64, 64, 1))
     assert_size_stride(p_layers_1_post_attention_layernorm_weight, (64,), (1,))
@@ -411,13 +478,13 @@ def size_1(args):
         buf0 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [transpose_7, reshape_1, linear_10], Original ATen: [aten.transpose, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(scaled_dot_product_attention_1, (1, 64), (64, 1), 0),
+            reinterpret_tensor(sdpa_1, (1, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_1_self_attn_o_proj_weight, (64, 64), (1, 64), 0
             ),
             out=buf0,
         )
-        del scaled_dot_product_attention_1
+        del sdpa_1
         del p_layers_1_self_attn_o_proj_weight
         buf2 = empty_strided_cuda((1, 1, 64), (64, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_10, add_9, pow_4, mean_3, add_10, rsqrt_3, mul_16, mul_17], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
@@ -489,7 +556,7 @@ def size_1(args):
 def size_8(args):
     align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9))
     (
-        scaled_dot_product_attention_1,
+        sdpa_1,
         sym_size_int_2,
         p_layers_1_self_attn_o_proj_weight,
         add_5,
@@ -502,7 +569,7 @@ def size_8(args):
     ) = args
     args.clear()
     s72 = sym_size_int_2
-    assert_size_stride(scaled_dot_product_attention_1, (1, 4, 8, 16), (512, 16, 64, 1))
+    assert_size_stride(sdpa_1, (1, 4, 8, 16), (512, 128, 16, 1))
     assert_size_stride(p_layers_1_self_attn_o_proj_weight, (64, 64), (64, 1))
     assert_size_stride(add_5, (1, 8, 64), (512, 64, 1))
     assert_size_stride(p_layers_1_post_attention_layernorm_weight, (64,), (1,))
@@ -513,90 +580,95 @@ def size_8(args):
     assert_size_stride(p_lm_head_weight, (128, 64), (64, 1))
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
-        buf0 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [transpose_7, reshape_1, linear_10], Original ATen: [aten.transpose, aten.view, aten.t, aten.mm]
+        buf0 = empty_strided_cuda((1, 8, 4, 16), (512, 64, 16, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [transpose_7, reshape_1], Original ATen: [aten.transpose, aten.clone]
+        stream0 = get_raw_stream(0)
+        size_8_triton_poi_fused_clone_transpose_0(sdpa_1, buf0, 512, stream=stream0)
+        del sdpa_1
+        buf1 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [transpose_7, reshape_1, linear_10], Original ATen: [aten.transpose, aten.clone, aten._unsafe_view, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(scaled_dot_product_attention_1, (8, 64), (64, 1), 0),
+            reinterpret_tensor(buf0, (8, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_1_self_attn_o_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf0,
+            out=buf1,
         )
-        del scaled_dot_product_attention_1
         del p_layers_1_self_attn_o_proj_weight
-        buf2 = empty_strided_cuda((1, 8, 64), (512, 64, 1), torch.float32)
+        buf3 = reinterpret_tensor(buf0, (1, 8, 64), (512, 64, 1), 0)
+        del buf0  # reuse
         # Topologically Sorted Source Nodes: [linear_10, add_9, pow_4, mean_3, add_10, rsqrt_3, mul_16, mul_17], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+        size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
             add_5,
-            buf0,
+            buf1,
             p_layers_1_post_attention_layernorm_weight,
-            buf2,
+            buf3,
             8,
             64,
             stream=stream0,
         )
         del p_layers_1_post_attention_layernorm_weight
-        buf3 = empty_strided_cuda((8, 128), (128, 1), torch.float32)
+        buf4 = empty_strided_cuda((8, 128), (128, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_10, add_9, pow_4, mean_3, add_10, rsqrt_3, mul_16, mul_17, linear_11], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf2, (8, 64), (64, 1), 0),
+            reinterpret_tensor(buf3, (8, 64), (64, 1), 0),
             reinterpret_tensor(p_layers_1_mlp_gate_proj_weight, (64, 128), (1, 64), 0),
-            out=buf3,
-        )
-        del p_layers_1_mlp_gate_proj_weight
-        buf4 = empty_strided_cuda((8, 128), (128, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [linear_12], Original ATen: [aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(buf2, (8, 64), (64, 1), 0),
-            reinterpret_tensor(p_layers_1_mlp_up_proj_weight, (64, 128), (1, 64), 0),
             out=buf4,
         )
+        del p_layers_1_mlp_gate_proj_weight
+        buf5 = empty_strided_cuda((8, 128), (128, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [linear_12], Original ATen: [aten.view, aten.t, aten.mm]
+        torch.mm(
+            reinterpret_tensor(buf3, (8, 64), (64, 1), 0),
+            reinterpret_tensor(p_layers_1_mlp_up_proj_weight, (64, 128), (1, 64), 0),
+            out=buf5,
+        )
         del p_layers_1_mlp_up_proj_weight
-        del buf2
-        buf5 = reinterpret_tensor(buf3, (1, 8, 128), (1024, 128, 1), 0)
-        del buf3  # reuse
+        del buf3
+        buf6 = reinterpret_tensor(buf4, (1, 8, 128), (1024, 128, 1), 0)
+        del buf4  # reuse
         # Topologically Sorted Source Nodes: [linear_11, silu_1, linear_12, mul_18], Original ATen: [aten._unsafe_view, aten.silu, aten.mul]
         stream0 = get_raw_stream(0)
-        size_8_triton_poi_fused__unsafe_view_mul_silu_1(
-            buf5, buf4, 1024, stream=stream0
+        size_8_triton_poi_fused__unsafe_view_mul_silu_2(
+            buf6, buf5, 1024, stream=stream0
         )
-        del buf4
-        buf6 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
+        del buf5
+        buf7 = empty_strided_cuda((8, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_11, silu_1, linear_12, mul_18, linear_13], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf5, (8, 128), (128, 1), 0),
+            reinterpret_tensor(buf6, (8, 128), (128, 1), 0),
             reinterpret_tensor(p_layers_1_mlp_down_proj_weight, (128, 64), (1, 128), 0),
-            out=buf6,
+            out=buf7,
         )
         del p_layers_1_mlp_down_proj_weight
-        buf8 = reinterpret_tensor(buf0, (1, 8, 64), (512, 64, 1), 0)
-        del buf0  # reuse
+        buf9 = reinterpret_tensor(buf1, (1, 8, 64), (512, 64, 1), 0)
+        del buf1  # reuse
         # Topologically Sorted Source Nodes: [linear_10, add_9, linear_13, add_11, pow_5, mean_4, add_12, rsqrt_4, mul_19, mul_20], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
-            buf8, add_5, buf6, p_norm_weight, 8, 64, stream=stream0
+        size_8_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
+            buf9, add_5, buf7, p_norm_weight, 8, 64, stream=stream0
         )
         del add_5
         del p_norm_weight
-        del buf6
-        buf9 = reinterpret_tensor(buf5, (8, 128), (128, 1), 0)
-        del buf5  # reuse
+        del buf7
+        buf10 = reinterpret_tensor(buf6, (8, 128), (128, 1), 0)
+        del buf6  # reuse
         # Topologically Sorted Source Nodes: [linear_10, add_9, linear_13, add_11, pow_5, mean_4, add_12, rsqrt_4, mul_19, mul_20, linear_14], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf8, (8, 64), (64, 1), 0),
+            reinterpret_tensor(buf9, (8, 64), (64, 1), 0),
             reinterpret_tensor(p_lm_head_weight, (64, 128), (1, 64), 0),
-            out=buf9,
+            out=buf10,
         )
         del p_lm_head_weight
-        del buf8
-    return (reinterpret_tensor(buf9, (1, 8, 128), (1024, 128, 1), 0),)
+        del buf9
+    return (reinterpret_tensor(buf10, (1, 8, 128), (1024, 128, 1), 0),)
 
 
 def range_1_16(args):
     align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9))
     (
-        scaled_dot_product_attention_1,
+        sdpa_1,
         sym_size_int_2,
         p_layers_1_self_attn_o_proj_weight,
         add_5,
@@ -609,9 +681,7 @@ def range_1_16(args):
     ) = args
     args.clear()
     s6 = sym_size_int_2
-    assert_size_stride(
-        scaled_dot_product_attention_1, (1, 4, s6, 16), (64 * s6, 16, 64, 1)
-    )
+    assert_size_stride(sdpa_1, (1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1))
     assert_size_stride(p_layers_1_self_attn_o_proj_weight, (64, 64), (64, 1))
     assert_size_stride(add_5, (1, s6, 64), (64 * s6, 64, 1))
     assert_size_stride(p_layers_1_post_attention_layernorm_weight, (64,), (1,))
@@ -622,91 +692,99 @@ def range_1_16(args):
     assert_size_stride(p_lm_head_weight, (128, 64), (64, 1))
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
-        buf0 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [transpose_7, reshape_1, linear_10], Original ATen: [aten.transpose, aten.view, aten.t, aten.mm]
+        buf0 = empty_strided_cuda((1, s6, 4, 16), (64 * s6, 64, 16, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [transpose_7, reshape_1], Original ATen: [aten.transpose, aten.clone]
+        triton_poi_fused_clone_transpose_0_xnumel = 64 * s6
+        stream0 = get_raw_stream(0)
+        range_1_16_triton_poi_fused_clone_transpose_0(
+            sdpa_1, buf0, s6, triton_poi_fused_clone_transpose_0_xnumel, stream=stream0
+        )
+        del sdpa_1
+        buf1 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [transpose_7, reshape_1, linear_10], Original ATen: [aten.transpose, aten.clone, aten._unsafe_view, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(scaled_dot_product_attention_1, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf0, (s6, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_1_self_attn_o_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf0,
+            out=buf1,
         )
-        del scaled_dot_product_attention_1
         del p_layers_1_self_attn_o_proj_weight
-        buf2 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+        buf3 = reinterpret_tensor(buf0, (1, s6, 64), (64 * s6, 64, 1), 0)
+        del buf0  # reuse
         # Topologically Sorted Source Nodes: [linear_10, add_9, pow_4, mean_3, add_10, rsqrt_3, mul_16, mul_17], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+        range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
             add_5,
-            buf0,
+            buf1,
             p_layers_1_post_attention_layernorm_weight,
-            buf2,
+            buf3,
             s6,
             64,
             stream=stream0,
         )
         del p_layers_1_post_attention_layernorm_weight
-        buf3 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
+        buf4 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_10, add_9, pow_4, mean_3, add_10, rsqrt_3, mul_16, mul_17, linear_11], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf3, (s6, 64), (64, 1), 0),
             reinterpret_tensor(p_layers_1_mlp_gate_proj_weight, (64, 128), (1, 64), 0),
-            out=buf3,
-        )
-        del p_layers_1_mlp_gate_proj_weight
-        buf4 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [linear_12], Original ATen: [aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
-            reinterpret_tensor(p_layers_1_mlp_up_proj_weight, (64, 128), (1, 64), 0),
             out=buf4,
         )
-        del p_layers_1_mlp_up_proj_weight
-        del buf2
-        buf5 = reinterpret_tensor(buf3, (1, s6, 128), (128 * s6, 128, 1), 0)
-        del buf3  # reuse
-        # Topologically Sorted Source Nodes: [linear_11, silu_1, linear_12, mul_18], Original ATen: [aten._unsafe_view, aten.silu, aten.mul]
-        triton_poi_fused__unsafe_view_mul_silu_1_xnumel = 128 * s6
-        stream0 = get_raw_stream(0)
-        range_1_16_triton_poi_fused__unsafe_view_mul_silu_1(
-            buf5, buf4, triton_poi_fused__unsafe_view_mul_silu_1_xnumel, stream=stream0
+        del p_layers_1_mlp_gate_proj_weight
+        buf5 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [linear_12], Original ATen: [aten.view, aten.t, aten.mm]
+        torch.mm(
+            reinterpret_tensor(buf3, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(p_layers_1_mlp_up_proj_weight, (64, 128), (1, 64), 0),
+            out=buf5,
         )
-        del buf4
-        buf6 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        del p_layers_1_mlp_up_proj_weight
+        del buf3
+        buf6 = reinterpret_tensor(buf4, (1, s6, 128), (128 * s6, 128, 1), 0)
+        del buf4  # reuse
+        # Topologically Sorted Source Nodes: [linear_11, silu_1, linear_12, mul_18], Original ATen: [aten._unsafe_view, aten.silu, aten.mul]
+        triton_poi_fused__unsafe_view_mul_silu_2_xnumel = 128 * s6
+        stream0 = get_raw_stream(0)
+        range_1_16_triton_poi_fused__unsafe_view_mul_silu_2(
+            buf6, buf5, triton_poi_fused__unsafe_view_mul_silu_2_xnumel, stream=stream0
+        )
+        del buf5
+        buf7 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_11, silu_1, linear_12, mul_18, linear_13], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf5, (s6, 128), (128, 1), 0),
+            reinterpret_tensor(buf6, (s6, 128), (128, 1), 0),
             reinterpret_tensor(p_layers_1_mlp_down_proj_weight, (128, 64), (1, 128), 0),
-            out=buf6,
+            out=buf7,
         )
         del p_layers_1_mlp_down_proj_weight
-        buf8 = reinterpret_tensor(buf0, (1, s6, 64), (64 * s6, 64, 1), 0)
-        del buf0  # reuse
+        buf9 = reinterpret_tensor(buf1, (1, s6, 64), (64 * s6, 64, 1), 0)
+        del buf1  # reuse
         # Topologically Sorted Source Nodes: [linear_10, add_9, linear_13, add_11, pow_5, mean_4, add_12, rsqrt_4, mul_19, mul_20], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
-            buf8, add_5, buf6, p_norm_weight, s6, 64, stream=stream0
+        range_1_16_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
+            buf9, add_5, buf7, p_norm_weight, s6, 64, stream=stream0
         )
         del add_5
         del p_norm_weight
-        del buf6
-        buf9 = reinterpret_tensor(buf5, (s6, 128), (128, 1), 0)
-        del buf5  # reuse
+        del buf7
+        buf10 = reinterpret_tensor(buf6, (s6, 128), (128, 1), 0)
+        del buf6  # reuse
         # Topologically Sorted Source Nodes: [linear_10, add_9, linear_13, add_11, pow_5, mean_4, add_12, rsqrt_4, mul_19, mul_20, linear_14], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf8, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf9, (s6, 64), (64, 1), 0),
             reinterpret_tensor(p_lm_head_weight, (64, 128), (1, 64), 0),
-            out=buf9,
+            out=buf10,
         )
         del p_lm_head_weight
-        del buf8
-    return (reinterpret_tensor(buf9, (1, s6, 128), (128 * s6, 128, 1), 0),)
+        del buf9
+    return (reinterpret_tensor(buf10, (1, s6, 128), (128 * s6, 128, 1), 0),)
 
 
 def range_17_256(args):
     align_inputs(args, (0, 2, 3, 4, 5, 6, 7, 8, 9))
     (
-        scaled_dot_product_attention_1,
+        sdpa_1,
         sym_size_int_2,
         p_layers_1_self_attn_o_proj_weight,
         add_5,
@@ -719,9 +797,7 @@ def range_17_256(args):
     ) = args
     args.clear()
     s6 = sym_size_int_2
-    assert_size_stride(
-        scaled_dot_product_attention_1, (1, 4, s6, 16), (64 * s6, 16, 64, 1)
-    )
+    assert_size_stride(sdpa_1, (1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1))
     assert_size_stride(p_layers_1_self_attn_o_proj_weight, (64, 64), (64, 1))
     assert_size_stride(add_5, (1, s6, 64), (64 * s6, 64, 1))
     assert_size_stride(p_layers_1_post_attention_layernorm_weight, (64,), (1,))
@@ -732,82 +808,90 @@ def range_17_256(args):
     assert_size_stride(p_lm_head_weight, (128, 64), (64, 1))
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
-        buf0 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [transpose_7, reshape_1, linear_10], Original ATen: [aten.transpose, aten.view, aten.t, aten.mm]
+        buf0 = empty_strided_cuda((1, s6, 4, 16), (64 * s6, 64, 16, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [transpose_7, reshape_1], Original ATen: [aten.transpose, aten.clone]
+        triton_poi_fused_clone_transpose_0_xnumel = 64 * s6
+        stream0 = get_raw_stream(0)
+        range_17_256_triton_poi_fused_clone_transpose_0(
+            sdpa_1, buf0, s6, triton_poi_fused_clone_transpose_0_xnumel, stream=stream0
+        )
+        del sdpa_1
+        buf1 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [transpose_7, reshape_1, linear_10], Original ATen: [aten.transpose, aten.clone, aten._unsafe_view, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(scaled_dot_product_attention_1, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf0, (s6, 64), (64, 1), 0),
             reinterpret_tensor(
                 p_layers_1_self_attn_o_proj_weight, (64, 64), (1, 64), 0
             ),
-            out=buf0,
+            out=buf1,
         )
-        del scaled_dot_product_attention_1
         del p_layers_1_self_attn_o_proj_weight
-        buf2 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+        buf3 = reinterpret_tensor(buf0, (1, s6, 64), (64 * s6, 64, 1), 0)
+        del buf0  # reuse
         # Topologically Sorted Source Nodes: [linear_10, add_9, pow_4, mean_3, add_10, rsqrt_3, mul_16, mul_17], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+        range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
             add_5,
-            buf0,
+            buf1,
             p_layers_1_post_attention_layernorm_weight,
-            buf2,
+            buf3,
             s6,
             64,
             stream=stream0,
         )
         del p_layers_1_post_attention_layernorm_weight
-        buf3 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
+        buf4 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_10, add_9, pow_4, mean_3, add_10, rsqrt_3, mul_16, mul_17, linear_11], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf3, (s6, 64), (64, 1), 0),
             reinterpret_tensor(p_layers_1_mlp_gate_proj_weight, (64, 128), (1, 64), 0),
-            out=buf3,
-        )
-        del p_layers_1_mlp_gate_proj_weight
-        buf4 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [linear_12], Original ATen: [aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
-            reinterpret_tensor(p_layers_1_mlp_up_proj_weight, (64, 128), (1, 64), 0),
             out=buf4,
         )
-        del p_layers_1_mlp_up_proj_weight
-        del buf2
-        buf5 = reinterpret_tensor(buf3, (1, s6, 128), (128 * s6, 128, 1), 0)
-        del buf3  # reuse
-        # Topologically Sorted Source Nodes: [linear_11, silu_1, linear_12, mul_18], Original ATen: [aten._unsafe_view, aten.silu, aten.mul]
-        triton_poi_fused__unsafe_view_mul_silu_1_xnumel = 128 * s6
-        stream0 = get_raw_stream(0)
-        range_17_256_triton_poi_fused__unsafe_view_mul_silu_1(
-            buf5, buf4, triton_poi_fused__unsafe_view_mul_silu_1_xnumel, stream=stream0
+        del p_layers_1_mlp_gate_proj_weight
+        buf5 = empty_strided_cuda((s6, 128), (128, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [linear_12], Original ATen: [aten.view, aten.t, aten.mm]
+        torch.mm(
+            reinterpret_tensor(buf3, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(p_layers_1_mlp_up_proj_weight, (64, 128), (1, 64), 0),
+            out=buf5,
         )
-        del buf4
-        buf6 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        del p_layers_1_mlp_up_proj_weight
+        del buf3
+        buf6 = reinterpret_tensor(buf4, (1, s6, 128), (128 * s6, 128, 1), 0)
+        del buf4  # reuse
+        # Topologically Sorted Source Nodes: [linear_11, silu_1, linear_12, mul_18], Original ATen: [aten._unsafe_view, aten.silu, aten.mul]
+        triton_poi_fused__unsafe_view_mul_silu_2_xnumel = 128 * s6
+        stream0 = get_raw_stream(0)
+        range_17_256_triton_poi_fused__unsafe_view_mul_silu_2(
+            buf6, buf5, triton_poi_fused__unsafe_view_mul_silu_2_xnumel, stream=stream0
+        )
+        del buf5
+        buf7 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_11, silu_1, linear_12, mul_18, linear_13], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf5, (s6, 128), (128, 1), 0),
+            reinterpret_tensor(buf6, (s6, 128), (128, 1), 0),
             reinterpret_tensor(p_layers_1_mlp_down_proj_weight, (128, 64), (1, 128), 0),
-            out=buf6,
+            out=buf7,
         )
         del p_layers_1_mlp_down_proj_weight
-        buf8 = reinterpret_tensor(buf0, (1, s6, 64), (64 * s6, 64, 1), 0)
-        del buf0  # reuse
+        buf9 = reinterpret_tensor(buf1, (1, s6, 64), (64 * s6, 64, 1), 0)
+        del buf1  # reuse
         # Topologically Sorted Source Nodes: [linear_10, add_9, linear_13, add_11, pow_5, mean_4, add_12, rsqrt_4, mul_19, mul_20], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
-            buf8, add_5, buf6, p_norm_weight, s6, 64, stream=stream0
+        range_17_256_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
+            buf9, add_5, buf7, p_norm_weight, s6, 64, stream=stream0
         )
         del add_5
         del p_norm_weight
-        del buf6
-        buf9 = reinterpret_tensor(buf5, (s6, 128), (128, 1), 0)
-        del buf5  # reuse
+        del buf7
+        buf10 = reinterpret_tensor(buf6, (s6, 128), (128, 1), 0)
+        del buf6  # reuse
         # Topologically Sorted Source Nodes: [linear_10, add_9, linear_13, add_11, pow_5, mean_4, add_12, rsqrt_4, mul_19, mul_20, linear_14], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(
-            reinterpret_tensor(buf8, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(buf9, (s6, 64), (64, 1), 0),
             reinterpret_tensor(p_lm_head_weight, (64, 128), (1, 64), 0),
-            out=buf9,
+            out=buf10,
         )
         del p_lm_head_weight
-        del buf8
-    return (reinterpret_tensor(buf9, (1, s6, 128), (128 * s6, 128, 1), 0),)
+        del buf9
+    return (reinterpret_tensor(buf10, (1, s6, 128), (128 * s6, 128, 1), 0),)
