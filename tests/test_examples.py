@@ -56,5 +56,5 @@ def test_load_with_state_dict_uses_those_weights(example_out):
         inputs = inputs_at(model_file.example_inputs, package.INPUTS, 7)
         with torch.no_grad():
             torch.testing.assert_close(compiled(*inputs), eager(*inputs), rtol=1e-4, atol=1e-5)
-        with pytest.raises(KeyError, match="missing 'net.0.bias'"):
+        with pytest.raises(KeyError, match="missing 'net.0.weight' and 9 more in the state_dict"):
             package.load(weights={})

@@ -92,13 +92,10 @@ def export_model(model_file: ModelFile, device: str = "cpu", opaque_attention: b
             value = program.state_dict.get(spec.target)
             if value is None:
                 value = program.constants[spec.target]
-            weights.append(
-                Weight(
-                    name=spec.arg.name,
-                    key=spec.target,
-                    user_supplied=spec.kind != InputKind.CONSTANT_TENSOR,
-                )
-            )
+            # A checkpoint (a state_dict) holds parameters and persistent buffers; constants
+            # and non-persistent buffers (rotary frequencies, say) always come from the package.
+            in_checkpoint = spec.kind == InputKind.PARAMETER or (spec.kind == InputKind.BUFFER and spec.persistent)
+            weights.append(Weight(name=spec.arg.name, key=spec.target, user_supplied=bool(in_checkpoint)))
             tensors[spec.target] = value.detach()
         else:
             raise TranspileError(f"unsupported graph input kind {spec.kind.name}; the model must not take custom objects")

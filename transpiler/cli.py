@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         "--static-inputs", metavar="A,B",
         help="inputs CUDA graphs use by reference (persistent state such as a KV cache); inputs the forward writes in place always are",
     )
+    parser.add_argument(
+        "--weights", choices=["embed", "none"], default="embed",
+        help="embed the weights in the package (default), or ship none: load(weights=...) then takes a checkpoint",
+    )
+    parser.add_argument(
+        "--checkpoint-prefix", default="", metavar="PREFIX",
+        help="the prefix a checkpoint's keys lack (e.g. 'decoder.' for a wrapper around a Hugging Face model)",
+    )
     parser.add_argument("--check", action="store_true", help="compare with the existing OUT/NAME instead of writing")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and compiler logs")
@@ -117,6 +125,8 @@ def _run(args, console, console_out) -> int:
         cpu_isa=args.cpu_isa,
         capture_sizes=args.capture_sizes,
         static_inputs=[n.strip() for n in args.static_inputs.split(",") if n.strip()] if args.static_inputs is not None else None,
+        weights=args.weights,
+        checkpoint_prefix=args.checkpoint_prefix,
     )
     target = args.out / package_name(options)
     if args.check:

@@ -132,9 +132,13 @@ def render(package: Package) -> RenderedPackage:
 
     files = {path: format_python(source, path).encode() for path, source in python.items()}
     files.update({path: source.encode() for path, source in text.items()})
-    files["weights.safetensors"] = safetensors.torch.save(
-        {key: tensor.detach().cpu().contiguous().clone() for key, tensor in sorted(package.weight_tensors.items())}
-    )
+    # --weights none: the file keeps only what no checkpoint holds (constants, non-persistent buffers).
+    shipped_keys = {w.key for w in package.weights if package.weights_embedded or not w.user_supplied}
+    shipped = {key: t for key, t in sorted(package.weight_tensors.items()) if key in shipped_keys}
+    if shipped:
+        files["weights.safetensors"] = safetensors.torch.save(
+            {key: tensor.detach().cpu().contiguous().clone() for key, tensor in shipped.items()}
+        )
     features = cpu_features(package.cpu_isa) if package.device == "cpu" else ()
     # The fingerprint covers everything that decides behaviour; __init__.py prints it.
     fingerprint = _sha256(
@@ -195,7 +199,18 @@ def render(package: Package) -> RenderedPackage:
             "static_inputs": list(package.state.static_inputs),
             "pad_values": dict(package.state.pad_values),
         },
-        "weights": "weights.safetensors",
+        "weights": {
+            "embedded": package.weights_embedded,
+            "file": "weights.safetensors" if shipped else None,
+            "tensors": {
+                w.key: {
+                    "dtype": str(package.weight_tensors[w.key].dtype),
+                    "shape": list(package.weight_tensors[w.key].shape),
+                    "checkpoint_key": checkpoint_key(w, package.checkpoint_prefix),
+                }
+                for w in package.weights
+            },
+        },
         # Binaries are built for this machine; their hashes are in binaries.json.
         "files": {path: _sha256(data) for path, data in sorted(files.items())},
     }
@@ -267,10 +282,33 @@ def _init_context(package: Package, fingerprint: str, features: tuple) -> dict:
         "input_names": [spec.name for spec in package.inputs],
         "mutated_inputs_literal": _literal(state.mutated_inputs),
         "mutated_weights_literal": _literal(state.mutated_weights),
+        "weight_specs": [
+            "("
+            + ", ".join(
+                [
+                    repr(w.key),
+                    repr(checkpoint_key(w, package.checkpoint_prefix)),
+                    str(package.weight_tensors[w.key].dtype),
+                    repr(tuple(package.weight_tensors[w.key].shape)),
+                ]
+            )
+            + ")"
+            for w in package.weights
+        ],
+        "weights_embedded": package.weights_embedded,
+        "custom_op_splitting_ops": _literal(tuple(package.custom_op_splitting_ops)) if package.custom_op_splitting_ops else "",
         "mutated_weights": bool(state.mutated_weights),
         "static_inputs_literal": _literal(state.static_inputs),
         "state_lines": state_lines(state),
     }
+
+
+def checkpoint_key(weight, prefix: str) -> str | None:
+    """The name a checkpoint gives a weight: its state-dict key less --checkpoint-prefix;
+    None for tensors only the package supplies."""
+    if not weight.user_supplied:
+        return None
+    return weight.key[len(prefix):] if prefix and weight.key.startswith(prefix) else weight.key
 
 
 def state_lines(state) -> list[str]:

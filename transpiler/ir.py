@@ -182,6 +182,9 @@ class Package:
     num_split_calls: int
     state: State = field(default_factory=State)
     ships_ops: bool = False  # the package defines transpile::sdpa (ops.py)
+    weights_embedded: bool = True  # --weights embed (or none: load(weights=...) required)
+    checkpoint_prefix: str = ""  # state-dict key = prefix + checkpoint key (--checkpoint-prefix)
+    custom_op_splitting_ops: list = field(default_factory=list)  # made with torch.library.custom_op
     gpu: dict = field(default_factory=dict)  # cuda: arch, cuda and triton versions
     cuda_graphs: object = None  # cuda: cudagraphs.CudaGraphsContext of the emitted cudagraphs.py
 

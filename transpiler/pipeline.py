@@ -40,6 +40,8 @@ class Options:
     cpu_isa: str = "avx2"
     capture_sizes: str | None = None
     static_inputs: list[str] | None = None  # --static-inputs (wins over model.py's)
+    weights: str = "embed"  # --weights embed|none
+    checkpoint_prefix: str = ""  # --checkpoint-prefix: state-dict key = prefix + checkpoint key
 
 
 @dataclass
@@ -71,6 +73,8 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         raise TranspileError(f"--device {options.device}: choose cpu or cuda")
     if options.device == "cuda" and not torch.cuda.is_available():
         raise TranspileError("--device cuda: no CUDA GPU is visible; transpile on the GPU the package will run on")
+    if options.weights not in ("embed", "none"):
+        raise TranspileError(f"--weights {options.weights}: choose embed or none")
     if options.cpu_isa not in CPU_ISAS:
         raise TranspileError(f"--cpu-isa {options.cpu_isa}: choose one of {', '.join(CPU_ISAS)}")
     name = package_name(options)
@@ -100,6 +104,7 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         raise TranspileError("--capture-sizes: CUDA graphs need --device cuda")
 
     pieces = split_graph(captured.graph_module, split_ops)
+    custom_ops = custom_op_splitting_ops(pieces)
     groups = group_pieces(pieces)
     unique: list[UniquePiece] = []
     module_of_piece: dict[int, str] = {}
@@ -154,6 +159,9 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         cuda_graphs=graphs,
         state=state,
         ships_ops=opaque_attention.used_in(captured.graph_module),
+        weights_embedded=options.weights == "embed",
+        checkpoint_prefix=options.checkpoint_prefix,
+        custom_op_splitting_ops=custom_ops,
     )
     rendered = render(package)
     summary = Summary(
@@ -163,7 +171,12 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         variants=len(variants),
         kernels=sum(1 for p in unique for k in p.kernels if not k.alias_of),
         seconds=time.perf_counter() - started,
-        notes=notes,
+        notes=notes + [
+            f"splitting op {op} is made with torch.library.custom_op, whose first call imports torch._dynamo "
+            "(about 1 s on a CPU, 4 s on a GPU machine); the package fills the wrapper's cache at load() so that "
+            "it does not, but torch.library.Library define + impl needs no such step"
+            for op in custom_ops
+        ],
     )
     return rendered, summary
 
@@ -294,6 +307,20 @@ def _compile_cuda(piece, unique: UniquePiece, variant, dispatch_symbol, captured
         module_names=rewritten.module_names,
         cuda_runtime_names=rewritten.cuda_runtime_names,
     )
+
+
+def custom_op_splitting_ops(pieces) -> list[str]:
+    """Splitting ops defined with torch.library.custom_op (their wrapper imports Dynamo)."""
+    from torch._library.custom_ops import OPDEFS
+
+    names = []
+    for piece in pieces:
+        for node in piece.nodes if piece.is_split else ():
+            if isinstance(node.target, torch._ops.OpOverload):
+                name = node.target._schema.name
+                if name in OPDEFS and name not in names:
+                    names.append(name)
+    return names
 
 
 def _state(captured, split_ops, model_file, options):

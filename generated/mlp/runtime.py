@@ -14,6 +14,7 @@ import os
 import platform
 import struct
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -114,12 +115,21 @@ _DTYPES = {
 }
 
 
-def read_safetensors(path: Path, names: set) -> dict:
-    """Tensors `names` of a safetensors file, mapped copy-on-write (no parsing library)."""
+def _header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's header (tensor name -> dtype, shape, offsets) and data offset."""
     with open(path, "rb") as file:
         (header_size,) = struct.unpack("<Q", file.read(8))
         header = json.loads(file.read(header_size))
-        data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+    header.pop("__metadata__", None)
+    return header, 8 + header_size
+
+
+def read_safetensors(path: Path, names: set) -> dict:
+    """Tensors `names` of a safetensors file, mapped copy-on-write (no parsing library):
+    only the pages of the tensors used are ever read from disk."""
+    header, data_start = _header(path)
+    with open(path, "rb") as file:
+        data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY) if names else None
     tensors = {}
     for name in names:
         info = header[name]
@@ -128,7 +138,7 @@ def read_safetensors(path: Path, names: set) -> dict:
         count = (end - start) // dtype.itemsize
         if count:
             flat = torch.frombuffer(
-                data, dtype=dtype, count=count, offset=8 + header_size + start
+                data, dtype=dtype, count=count, offset=data_start + start
             )
         else:
             flat = torch.empty(0, dtype=dtype)
@@ -136,35 +146,152 @@ def read_safetensors(path: Path, names: set) -> dict:
     return tensors
 
 
-def load_weights(keys: tuple, replaceable: frozenset, given) -> tuple:
-    """The weights in the order the stitching function takes them.
+class Checkpoint:
+    """Where load(weights=...) finds tensors: a state_dict, a .safetensors file, or a folder
+    of them in the Hugging Face layout (model.safetensors.index.json's weight_map, or every
+    *.safetensors file in it). Files are read lazily: only the tensors asked for."""
 
-    `given` (a state_dict) replaces parameters and buffers; constants the model
-    created itself always come from the package's weights file.
-    """
-    from_file = (
-        set(keys) if given is None else {k for k in keys if k not in replaceable}
-    )
-    tensors = read_safetensors(WEIGHTS_FILE, from_file) if from_file else {}
-    if given is not None:
-        reference = read_safetensors(WEIGHTS_FILE, set(keys) - from_file)
-        for key in sorted(set(keys) - from_file):
-            if key not in given:
-                raise KeyError(
-                    f"weights: missing {key!r}; pass the model's full state_dict()"
-                )
-            tensor = given[key]
-            expected = reference[key]
+    def __init__(self, source):
+        self.tensors = None  # a state_dict
+        self.files = {}  # tensor name -> file
+        if isinstance(source, dict):
+            self.tensors = source
+            self.where = "the state_dict"
+            return
+        if not isinstance(source, (str, os.PathLike)):
+            raise TypeError(
+                f"weights: expected a state_dict, a .safetensors file or a folder of them, got {type(source).__name__}"
+            )
+        path = Path(source)
+        if path.is_file():
+            files = [path]
+        elif path.is_dir():
+            index = path / "model.safetensors.index.json"
+            if index.is_file():
+                weight_map = json.loads(index.read_text())["weight_map"]
+                files = sorted({path / name for name in weight_map.values()})
+            else:
+                files = sorted(path.glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"weights: {path} holds no .safetensors files")
+        else:
+            raise FileNotFoundError(
+                f"weights: {path} does not exist; pass a .safetensors file or a folder of them"
+            )
+        for file in files:
+            for name in _header(file)[0]:
+                self.files.setdefault(name, file)
+        self.where = str(path)
+
+    def read(self, names: list) -> dict:
+        """name -> tensor (on the CPU; file tensors mapped, not yet read)."""
+        missing = [
+            name
+            for name in names
             if (
-                tuple(tensor.shape) != tuple(expected.shape)
-                or tensor.dtype != expected.dtype
-            ):
-                raise ValueError(
-                    f"weights: {key!r} is {tensor.dtype} {tuple(tensor.shape)}, "
-                    f"the package expects {expected.dtype} {tuple(expected.shape)}"
+                name not in self.tensors
+                if self.tensors is not None
+                else name not in self.files
+            )
+        ]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise KeyError(
+                f"weights: missing {missing[0]!r}{more} in {self.where}; pass the model's full state_dict() or checkpoint"
+            )
+        if self.tensors is not None:
+            return {name: self.tensors[name] for name in names}
+        by_file = {}
+        for name in names:
+            by_file.setdefault(self.files[name], set()).add(name)
+        tensors = {}
+        for file, file_names in sorted(by_file.items()):
+            tensors.update(read_safetensors(file, file_names))
+        return tensors
+
+
+def load_weights(specs: tuple, embedded: bool, given, device: str = "cpu") -> tuple:
+    """The weights in the order the stitching function takes them, on `device`.
+
+    specs: (state-dict key, checkpoint key or None, dtype, shape) per weight; a checkpoint
+    key of None marks a tensor the package always supplies itself (a constant, a
+    non-persistent buffer). `given` (a state_dict, file or folder) supplies the others;
+    without it they come from the package's weights file, if it was embedded.
+    """
+    from_checkpoint = [spec for spec in specs if spec[1] is not None]
+    own = [spec[0] for spec in specs if spec[1] is None]
+    if given is None and not embedded and from_checkpoint:
+        raise ValueError(
+            f"{PACKAGE_DIR.name} ships no weights (transpiled with --weights none): pass load(weights=...) "
+            "a state_dict, a .safetensors file or a folder of them"
+        )
+    tensors = {}
+    if given is None:
+        own += [spec[0] for spec in from_checkpoint]
+        from_checkpoint = []
+    if own:
+        tensors.update(read_safetensors(WEIGHTS_FILE, set(own)))
+    if from_checkpoint:
+        found = Checkpoint(given).read([spec[1] for spec in from_checkpoint])
+        for key, checkpoint_key, dtype, shape in from_checkpoint:
+            tensor = found[checkpoint_key]
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(
+                    f"weights: {checkpoint_key!r} is a {type(tensor).__name__}, not a tensor"
                 )
-            tensors[key] = tensor.detach().contiguous()
-    return tuple(tensors[key] for key in keys)
+            if tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtype:
+                raise ValueError(
+                    f"weights: {checkpoint_key!r} is {tensor.dtype} {tuple(tensor.shape)}, "
+                    f"the package expects {dtype} {tuple(shape)}"
+                )
+            tensors[key] = tensor.detach()
+    return tuple(_placed(tensors[spec[0]], device) for spec in specs)
+
+
+def _placed(tensor, device: str):
+    """On the package's device, contiguous (file tensors are read here, in one pass)."""
+    if tensor.device.type != device:
+        tensor = tensor.to(device)
+    return tensor if tensor.is_contiguous() else tensor.contiguous()
+
+
+class Stages:
+    """Logs (debug level) how long each stage of load() took."""
+
+    def __init__(self, logger):
+        self.logger = logger
+        self.started = self.last = time.perf_counter()
+
+    def done(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.logger.debug(
+            "load: %s in %.1f ms (%.1f ms in all)",
+            stage,
+            (now - self.last) * 1e3,
+            (now - self.started) * 1e3,
+        )
+        self.last = now
+
+
+def call_without_dynamo(op_names: tuple) -> None:
+    """Let ops made with torch.library.custom_op run without importing torch._dynamo.
+
+    Their kernels are wrapped in torch._disable_dynamo, which imports torch._dynamo (a
+    second or more) on the first call to build a wrapper that only matters while Dynamo
+    traces. The package never runs under Dynamo, so the wrapper's cache is filled with
+    the kernel itself. Ops registered otherwise, or a torch laid out differently, are
+    left as they are (they still work; their first call imports Dynamo).
+    """
+    try:
+        from torch._library.custom_ops import OPDEFS
+    except ImportError:
+        return
+    for name in op_names:
+        opdef = OPDEFS.get(name)
+        for wrapper in getattr(opdef, "_backend_fns", {}).values():
+            kernel = getattr(wrapper, "__wrapped__", None)
+            if kernel is not None and getattr(kernel, "__dynamo_disable", None) is None:
+                kernel.__dynamo_disable = kernel
 
 
 def own_mutated(tensors: tuple, keys: tuple, mutated: tuple) -> tuple:

@@ -1,0 +1,102 @@
+"""Weights apart from code: --weights none, load(weights=...) from a state_dict, a
+safetensors file or a Hugging Face-style sharded folder, with --checkpoint-prefix, and
+one clear error for each bad checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import EXAMPLES, ROOT, imported_package, inputs_at, load_model_module, transpile_once
+
+MLP = ROOT / "examples" / "mlp" / "model.py"
+
+
+@pytest.fixture(scope="module")
+def bare(shared_dir):
+    """The mlp example without weights, its checkpoint keys without the wrapper's `net.`."""
+    args = [str(MLP), "--name", "mlp_bare", "--ranges", "1-128", "--weights", "none", "--checkpoint-prefix", "net."]
+    return transpile_once(shared_dir, "mlp_bare", args)
+
+
+@pytest.fixture(scope="module")
+def eager():
+    return load_model_module(ROOT / EXAMPLES["mlp"][0]).model.eval()
+
+
+def _checkpoint(eager):
+    """The eager model's weights under a checkpoint's names (no `net.` prefix)."""
+    return {key.removeprefix("net."): tensor.detach().clone() for key, tensor in eager.state_dict().items()}
+
+
+def _check_same(package, compiled, eager):
+    inputs = inputs_at(load_model_module(MLP).example_inputs, package.INPUTS, 37)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*inputs), eager(*inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_bare_package_ships_no_weights_and_asks_for_them(bare):
+    folder = bare / "mlp_bare"
+    assert not (folder / "weights.safetensors").exists()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["weights"]["embedded"] is False
+    assert manifest["weights"]["tensors"]["net.0.weight"]["checkpoint_key"] == "0.weight"
+    with imported_package(bare, "mlp_bare") as package:
+        with pytest.raises(ValueError, match=r"ships no weights \(transpiled with --weights none\): pass load\(weights=...\)"):
+            package.load()
+
+
+def test_weights_from_state_dict_file_and_sharded_folder(bare, eager, tmp_path):
+    checkpoint = _checkpoint(eager)
+    save_file(checkpoint, tmp_path / "model.safetensors")
+    shards = tmp_path / "sharded"
+    shards.mkdir()
+    keys = sorted(checkpoint)
+    halves = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for file_name, shard_keys in halves.items():
+        save_file({key: checkpoint[key] for key in shard_keys}, shards / file_name)
+    weight_map = {key: name for name, shard_keys in halves.items() for key in shard_keys}
+    (shards / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    with imported_package(bare, "mlp_bare") as package:
+        for source in (checkpoint, tmp_path / "model.safetensors", str(tmp_path / "model.safetensors"), shards):
+            _check_same(package, package.load(weights=source), eager)
+
+
+def test_bad_checkpoints_get_one_line_naming_the_tensor(bare, eager, tmp_path):
+    checkpoint = _checkpoint(eager)
+    with imported_package(bare, "mlp_bare") as package:
+        missing = dict(checkpoint)
+        del missing["2.bias"]
+        with pytest.raises(KeyError, match=r"weights: missing '2.bias' in the state_dict"):
+            package.load(weights=missing)
+        wrong_shape = {**checkpoint, "0.weight": torch.zeros(3, 3)}
+        with pytest.raises(ValueError, match=r"weights: '0.weight' is torch.float32 \(3, 3\), the package expects"):
+            package.load(weights=wrong_shape)
+        wrong_dtype = {**checkpoint, "0.bias": checkpoint["0.bias"].double()}
+        with pytest.raises(ValueError, match=r"weights: '0.bias' is torch.float64"):
+            package.load(weights=wrong_dtype)
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            package.load(weights=tmp_path / "nowhere.safetensors")
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(FileNotFoundError, match="holds no .safetensors files"):
+            package.load(weights=tmp_path / "empty")
+        with pytest.raises(TypeError, match="expected a state_dict, a .safetensors file or a folder"):
+            package.load(weights=42)
+        save_file({k: v for k, v in checkpoint.items() if k != "0.weight"}, tmp_path / "partial.safetensors")
+        with pytest.raises(KeyError, match=r"missing '0.weight' in .*partial.safetensors"):
+            package.load(weights=tmp_path / "partial.safetensors")
+
+
+def test_non_persistent_buffers_come_from_the_package(example_out):
+    """serving_llama's rotary frequencies are a non-persistent buffer: not in a state_dict."""
+    out = example_out("serving_llama")
+    reference = load_model_module(ROOT / EXAMPLES["serving_llama"][0]).model
+    assert "inv_freq" not in reference.state_dict()
+    from conftest import EXAMPLE_PATHS
+
+    with imported_package(out, "serving_llama", EXAMPLE_PATHS) as package:
+        assert "inv_freq" in package.WEIGHT_KEYS and "inv_freq" not in package.REPLACEABLE_WEIGHTS
+        package.load(weights=reference.state_dict())
