@@ -23,8 +23,12 @@ EXAMPLE_PATHS = [str(ROOT / "examples" / "custom_op"), str(ROOT / "examples" / "
 
 
 def run_cli(args: list[str]) -> int:
+    """The command in this process; one compile worker unless the test asks for more (the
+    xdist workers already use the cores)."""
     from transpiler.cli import main
 
+    if not any(a == "-j" or a.startswith("--jobs") for a in args):
+        args = [*args, "-j", "1"]
     return main(args)
 
 

@@ -1,5 +1,5 @@
-"""Same model and options -> the same bytes, whatever the hash seed, output path or
-working directory."""
+"""Same model and options -> the same bytes, whatever the hash seed, output path,
+working directory or number of compile workers."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from conftest import ROOT
 from transpiler.treediff import source_files
 
 
-def _transpile(cwd, out, seed, model):
+def _transpile(cwd, out, seed, model, jobs=1):
     env = {**os.environ, "PYTHONHASHSEED": str(seed)}
     command = [sys.executable, "-m", "transpiler.cli", str(model), "-o", str(out), "--name", "mlp",
-               "--ranges", "1-32,33-128", "--sizes", "4", "-q"]
+               "--ranges", "1-32,33-128", "--sizes", "4", "-q", "-j", str(jobs)]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
 
@@ -26,7 +26,8 @@ def test_two_transpiles_are_byte_identical(tmp_path):
     model = ROOT / "examples" / "mlp" / "model.py"
     # One run names the model by a relative path, the other by an absolute one.
     _transpile(first_cwd, tmp_path / "out-one", 1, os.path.relpath(model, first_cwd))
-    _transpile(second_cwd, tmp_path / "elsewhere" / "out-two", 4242, model)
+    # ... and compiles on a pool of two workers, in whatever order they finish.
+    _transpile(second_cwd, tmp_path / "elsewhere" / "out-two", 4242, model, jobs=2)
     first = source_files(tmp_path / "out-one" / "mlp")
     second = source_files(tmp_path / "elsewhere" / "out-two" / "mlp")
     assert first.keys() == second.keys()

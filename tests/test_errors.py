@@ -52,6 +52,42 @@ CASES = {
     "dispatch input unknown": (GOOD, ["--dispatch-dim", "y:0"], "no input 'y'"),
     "bad package name": (GOOD, ["--name", "not-an-identifier"], "not a Python identifier"),
     "import fails": (GOOD, ["--import", "no_such_module_here"], "--import no_such_module_here"),
+    "no compile workers": (GOOD, ["-j", "0"], "-j 0: give a number of worker processes"),
+    "unknown static input": (GOOD, ["--static-inputs", "cache"], "static input 'cache' is not an input of forward"),
+    "bad static_inputs": (GOOD + "static_inputs = 'x'\n", [], "`static_inputs` must be a tuple of input names"),
+    "bad pad_values": (GOOD + "pad_values = {'x': 'zero'}\n", [], "`pad_values` must map input names to numbers"),
+    "pad value for an unknown input": (GOOD + "pad_values = {'slots': -1}\n", [], "pad value for 'slots', which is not an input"),
+    "splitting op writes a view": (
+        "import torch\n"
+        "lib = torch.library.Library('viewwrite', 'DEF')\n"
+        "lib.define('fill(Tensor(a!) x) -> ()')\n"
+        "def fill(x):\n"
+        "    x.fill_(1)\n"
+        "lib.impl('fill', fill, 'CompositeExplicitAutograd')\n"
+        "lib._register_fake('fill', lambda x: None)\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, x, cache):\n"
+        "        torch.ops.viewwrite.fill(cache[0])\n"
+        "        return x * 2\n"
+        "model = M()\n"
+        "example_inputs = (torch.randn(4, 8), torch.zeros(2, 8))\n"
+        "dynamic_shapes = ({0: torch.export.Dim('n', min=1, max=8)}, None)\n"
+        "split_ops = ['viewwrite::fill']\n",
+        [],
+        "splitting op viewwrite::fill writes in place to a view of input `cache`",
+    ),
+    "returns a view of an input": (
+        "import torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, x, cache):\n"
+        "        cache.add_(1)\n"
+        "        return x * 2, cache[0]\n"
+        "model = M()\n"
+        "example_inputs = (torch.randn(4, 8), torch.zeros(2, 8))\n"
+        "dynamic_shapes = ({0: torch.export.Dim('n', min=1, max=8)}, None)\n",
+        [],
+        "a view of input `cache`",
+    ),
 }
 
 

@@ -66,7 +66,7 @@ def test_pipeline_recompiles_the_halves_and_notes_the_split(monkeypatch):
 
     seen = []
 
-    def fake_compile(unique, groups, variants, *rest):
+    def fake_compile(prepared, target, variants, options, progress):
         seen.append([v.name for v in variants])
         for variant in variants:
             if variant.range == SizeRange(9, 32):
@@ -74,7 +74,8 @@ def test_pipeline_recompiles_the_halves_and_notes_the_split(monkeypatch):
 
     monkeypatch.setattr(pipeline, "_compile_variants", fake_compile)
     variants = make_variants([SizeRange(1, 8), SizeRange(9, 32)], [4])
-    final, notes = pipeline._compile_all([], {}, variants, SIZE, None, None, None)
+    prepared = SimpleNamespace(variants=variants, unique=[])
+    final, notes = pipeline._compile_all(prepared, None, None, None)
     assert [v.name for v in final] == ["size_4", "range_1_8", "range_9_15", "range_16_32"]
     assert seen == [["size_4", "range_1_8", "range_9_32"], ["size_4", "range_1_8", "range_9_15", "range_16_32"]]
     assert notes == ["range 9-32 split into 9-15, 16-32 (Inductor specialized it on `s0 < 16`)"]

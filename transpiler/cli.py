@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import io
 import logging
+import os
 import sys
 import tempfile
 import traceback
@@ -54,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint-prefix", default="", metavar="PREFIX",
         help="the prefix a checkpoint's keys lack (e.g. 'decoder.' for a wrapper around a Hugging Face model)",
+    )
+    parser.add_argument(
+        "-j", "--jobs", type=int, default=None, metavar="N",
+        help="compile on N worker processes (default: the number of cores; 1: in this process)",
     )
     parser.add_argument("--check", action="store_true", help="compare with the existing OUT/NAME instead of writing")
     verbosity = parser.add_mutually_exclusive_group()
@@ -107,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _jobs(requested: int | None) -> int:
+    if requested is None:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if requested < 1:
+        raise TranspileError(f"-j {requested}: give a number of worker processes, 1 or more")
+    return requested
+
+
 def _run(args, console, console_out) -> int:
     # Imported here so that `transpile --help` and argument errors answer at once.
     from .pipeline import Options, package_name, transpile
@@ -127,6 +140,7 @@ def _run(args, console, console_out) -> int:
         static_inputs=[n.strip() for n in args.static_inputs.split(",") if n.strip()] if args.static_inputs is not None else None,
         weights=args.weights,
         checkpoint_prefix=args.checkpoint_prefix,
+        jobs=_jobs(args.jobs),
     )
     target = args.out / package_name(options)
     if args.check:

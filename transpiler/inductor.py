@@ -148,6 +148,10 @@ def inductor_config(device: str, cpu_isa: str):
         # freezing: weights are inputs, so one binary serves any weights.
         "freezing": False,
         "fx_graph_remote_cache": False,
+        # Inductor's FX graph cache keys a graph without the size hints its code depends on
+        # (whether a loop is parallelized, say): a range would reuse the code another range
+        # compiled first, so the output would depend on compile order and cache state.
+        "fx_graph_cache": False,
     }
     if device == "cuda":
         # One config per kernel, chosen without timing: autotuning picks by benchmark,
@@ -224,10 +228,15 @@ class RangeSpecialized(TranspileError):
 
     def __init__(self, variant: Variant, guard, failing_size: int, parts: list[SizeRange]):
         self.variant, self.guard, self.failing_size, self.parts = variant, guard, failing_size, parts
+        self._arguments = (variant, guard, failing_size, parts)
         super().__init__(
             f"Inductor specialized range {variant.range.label()} on `{guard}`, which fails at size {failing_size}; "
             f"split the range at {failing_size} (--ranges) or add {failing_size} to --sizes"
         )
+
+
+    def __reduce__(self):  # raised in a pool worker, re-raised in the parent
+        return (RangeSpecialized, self._arguments)
 
 
 def _guard_sizes(lo: int, hi: int) -> list[int]:

@@ -17,14 +17,14 @@ from . import opaque_attention
 from .dedupe import group_pieces, shared_names
 from .emit import RenderedPackage, render
 from .errors import TranspileError
-from .inductor import CPU_ISAS, RangeSpecialized, compile_variant, cpp_kernel_files, inductor_config
-from .ir import CompiledVariant, Kernel, Package, UniquePiece
+from .inductor import CPU_ISAS, RangeSpecialized, inductor_config
+from .ir import Package, UniquePiece
 from .model_file import load_model_file
 from .ranges import make_variants, parse_ranges, parse_sizes
-from .rewrite import rewrite_call
 from .mutation import find_mutations, state_of
 from .split import DEFAULT_SPLIT_OPS, check_split_ops, is_splitting_node, split_graph
 from .stitching import build_stitch
+from .targets import get_target
 
 
 @dataclass
@@ -41,6 +41,7 @@ class Options:
     capture_sizes: str | None = None
     static_inputs: list[str] | None = None  # --static-inputs (wins over model.py's)
     weights: str = "embed"  # --weights embed|none
+    jobs: int = 1  # -j: compile on a pool of this many worker processes
     checkpoint_prefix: str = ""  # --checkpoint-prefix: state-dict key = prefix + checkpoint key
 
 
@@ -62,21 +63,34 @@ def package_name(options: Options) -> str:
     return name
 
 
-def transpile(options: Options, progress: Callable[[int], object] | None = None) -> tuple[RenderedPackage, Summary]:
-    """Everything but writing: returns the rendered package and a summary.
+@dataclass
+class Prepared:
+    """Everything before compiling: the captured, split and grouped model. Pool workers
+    (parallel.py) prepare the same from the same options, deterministically."""
 
-    `progress(total)` is called once with the number of compiles and returns a
-    callable invoked after each one.
-    """
-    started = time.perf_counter()
-    if options.device not in ("cpu", "cuda"):
-        raise TranspileError(f"--device {options.device}: choose cpu or cuda")
-    if options.device == "cuda" and not torch.cuda.is_available():
-        raise TranspileError("--device cuda: no CUDA GPU is visible; transpile on the GPU the package will run on")
+    name: str
+    model_file: object
+    split_ops: list[str]
+    captured: object
+    state: object
+    dispatch: object
+    dispatch_symbol: object
+    ranges: list
+    variants: list
+    pieces: list
+    groups: dict  # structural key -> the pieces that share one module, in order
+    unique: list[UniquePiece]
+    module_of_piece: dict[int, str]
+    custom_ops: list[str]
+
+
+def prepare(options: Options) -> Prepared:
+    """Check the options, load MODEL.py, capture, find state, split and group pieces."""
     if options.weights not in ("embed", "none"):
         raise TranspileError(f"--weights {options.weights}: choose embed or none")
     if options.cpu_isa not in CPU_ISAS:
         raise TranspileError(f"--cpu-isa {options.cpu_isa}: choose one of {', '.join(CPU_ISAS)}")
+    get_target(options.device).check(options)
     name = package_name(options)
     model_file = load_model_file(options.model_path, options.imports)
     split_ops = options.split_ops if options.split_ops is not None else model_file.split_ops
@@ -97,14 +111,8 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
     dispatch, dispatch_symbol = capture_stage.resolve_dispatch_dim(captured, options.dispatch_dim)
     ranges = parse_ranges(options.ranges, dispatch)
     variants = make_variants(ranges, parse_sizes(options.sizes, dispatch))
-    graphs = None
-    if options.device == "cuda":
-        graphs = _cuda_graphs_context(name, captured, dispatch, dispatch_symbol, ranges, options.capture_sizes, state)
-    elif options.capture_sizes is not None:
-        raise TranspileError("--capture-sizes: CUDA graphs need --device cuda")
 
     pieces = split_graph(captured.graph_module, split_ops)
-    custom_ops = custom_op_splitting_ops(pieces)
     groups = group_pieces(pieces)
     unique: list[UniquePiece] = []
     module_of_piece: dict[int, str] = {}
@@ -121,31 +129,61 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         )
         for piece in instances:
             module_of_piece[piece.index] = module
+    return Prepared(
+        name=name,
+        model_file=model_file,
+        split_ops=split_ops,
+        captured=captured,
+        state=state,
+        dispatch=dispatch,
+        dispatch_symbol=dispatch_symbol,
+        ranges=ranges,
+        variants=variants,
+        pieces=pieces,
+        groups=groups,
+        unique=unique,
+        module_of_piece=module_of_piece,
+        custom_ops=custom_op_splitting_ops(pieces),
+    )
 
-    variants, notes = _compile_all(unique, groups, variants, dispatch_symbol, captured, options, progress)
 
-    weight_names = [w.name for w in captured.weights]
+def transpile(options: Options, progress: Callable[[int], object] | None = None) -> tuple[RenderedPackage, Summary]:
+    """Everything but writing: returns the rendered package and a summary.
+
+    `progress(total)` is called once with the number of compiles and returns a
+    callable invoked after each one.
+    """
+    started = time.perf_counter()
+    target = get_target(options.device)
+    prepared = prepare(options)
+    captured, dispatch = prepared.captured, prepared.dispatch
+    graphs = target.graphs_context(
+        prepared.name, captured, dispatch, prepared.dispatch_symbol, prepared.ranges, options.capture_sizes, prepared.state
+    )
+    variants, notes = _compile_all(prepared, target, options, progress)
+
     stitch = build_stitch(
         captured.graph_module,
-        pieces,
-        module_of_piece,
+        prepared.pieces,
+        prepared.module_of_piece,
         captured.user_inputs,
-        weight_names,
+        [w.name for w in captured.weights],
         f"{dispatch.input_name}.size({dispatch.dim})",
         captured.program.call_spec.out_spec,
-        model_file.path.resolve().parent,
+        prepared.model_file.path.resolve().parent,
     )
+    unique, pieces, custom_ops = prepared.unique, prepared.pieces, prepared.custom_ops
     package = Package(
-        name=name,
-        model_file=model_file.path.name,
-        model_sha256=model_file.sha256,
+        name=prepared.name,
+        model_file=prepared.model_file.path.name,
+        model_sha256=prepared.model_file.sha256,
         device=options.device,
         cpu_isa=options.cpu_isa,
         march=CPU_ISAS[options.cpu_isa]["march"],
         torch_version=torch.__version__.split("+")[0],
         python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
         imports=list(options.imports),
-        split_ops=list(split_ops),
+        split_ops=list(prepared.split_ops),
         dispatch=dispatch,
         variants=variants,
         inputs=capture_stage.input_specs(captured),
@@ -155,9 +193,9 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         stitch=stitch,
         num_piece_calls=sum(not p.is_split for p in pieces),
         num_split_calls=sum(len(p.nodes) for p in pieces if p.is_split),
-        gpu=_gpu_fingerprint() if options.device == "cuda" else {},
+        gpu=target.fingerprint(),
         cuda_graphs=graphs,
-        state=state,
+        state=prepared.state,
         ships_ops=opaque_attention.used_in(captured.graph_module),
         weights_embedded=options.weights == "embed",
         checkpoint_prefix=options.checkpoint_prefix,
@@ -185,16 +223,17 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
 _MAX_RANGE_SPLITS = 8
 
 
-def _compile_all(unique, groups, variants, dispatch_symbol, captured, options, progress):
+def _compile_all(prepared: Prepared, target, options: Options, progress):
     """Compile every piece for every variant. A range on which Inductor specializes (a guard
     on the dispatch size that fails inside it) is split where the guard flips and compiled
     again, half by half; returns the final variants and a note per split."""
     notes = []
+    variants = prepared.variants
     for _ in range(_MAX_RANGE_SPLITS + 1):
-        for piece in unique:
+        for piece in prepared.unique:
             piece.variants = []
         try:
-            _compile_variants(unique, groups, variants, dispatch_symbol, captured, options, progress)
+            _compile_variants(prepared, target, variants, options, progress)
             return variants, notes
         except RangeSpecialized as specialized:
             last_error = specialized
@@ -211,102 +250,49 @@ def _compile_all(unique, groups, variants, dispatch_symbol, captured, options, p
     raise last_error
 
 
-def _compile_variants(unique, groups, variants, dispatch_symbol, captured, options, progress):
-    step = progress(len(unique) * len(variants)) if progress else None
+def compile_task(prepared: Prepared, target, options: Options, piece_index: int, variant):
+    """One piece for one variant (in this process or a pool worker)."""
+    instances = list(prepared.groups.values())[piece_index]
     with inductor_config(options.device, options.cpu_isa):
-        for piece, instances in zip(unique, groups.values()):
-            first_kernel_with_source: dict[str, str] = {}
-            first_variant_with_code: dict[str, str] = {}
-            for variant in variants:
-                compile_one = _compile_cuda if options.device == "cuda" else _compile_cpu
-                compiled = compile_one(instances[0], piece, variant, dispatch_symbol, captured)
-                # Ranges often compile to the same code: emit it once, bind the others to it.
-                compiled.alias_of = first_variant_with_code.setdefault(compiled.canonical_code, variant.name)
-                if compiled.alias_of == variant.name:
-                    compiled.alias_of = None
-                else:
-                    compiled.kernels = []
-                # Variants also often compile a kernel to the same C++: ship it once.
-                for kernel in compiled.kernels:
-                    identity = kernel.source + json.dumps(kernel.metadata, sort_keys=True)
-                    kernel.alias_of = first_kernel_with_source.setdefault(identity, kernel.name)
-                    if kernel.alias_of == kernel.name:
-                        kernel.alias_of = None
-                piece.variants.append(compiled)
-                if step:
-                    step()
-
-
-def _compile_cpu(piece, unique: UniquePiece, variant, dispatch_symbol, captured) -> CompiledVariant:
-    output = compile_variant(piece.graph_module, dispatch_symbol, variant, captured.symbol_ranges)
-    kernel_files = cpp_kernel_files(output.module_globals)
-    prefix = f"{variant.name}_"
-    rewritten = rewrite_call(output.source_code, variant.name, unique.input_names, prefix)
-    kernels = []
-    for kernel_name, source in rewritten.kernel_sources.items():
-        binary = kernel_files.get(kernel_name)
-        if binary is None:
-            raise TranspileError(f"Inductor did not build kernel {kernel_name}; this is a bug, run with -v")
-        full_source = Path(binary).with_suffix(".cpp")
-        kernels.append(
-            Kernel(
-                name=f"{prefix}{kernel_name}",
-                kind="cpp",
-                # The exact file the binary was built from, when Inductor kept it.
-                source=full_source.read_text() if full_source.is_file() else source,
-                binary_path=binary,
-            )
+        return target.compile_variant(
+            instances[0], prepared.unique[piece_index], variant, prepared.dispatch_symbol, prepared.captured
         )
-    canonical = rewritten.neutral_source + "".join(
-        f"\n{name}\n{source}" for name, source in sorted(rewritten.kernel_sources.items())
-    )
-    return CompiledVariant(
-        variant=variant,
-        canonical_code=canonical,
-        function_source=rewritten.function_source,
-        kernels=kernels,
-        runtime_names=rewritten.runtime_names,
-        module_names=rewritten.module_names,
-    )
 
 
-def _compile_cuda(piece, unique: UniquePiece, variant, dispatch_symbol, captured) -> CompiledVariant:
-    from .cuda_kernels import compile_cuda_variant, kernel_manifest, launcher_context
-    from .emit import format_python
+def _compile_variants(prepared: Prepared, target, variants, options: Options, progress):
+    tasks = [(index, variant) for index in range(len(prepared.unique)) for variant in variants]
+    step = progress(len(tasks)) if progress else None
+    jobs = min(options.jobs or 1, len(tasks))
+    if jobs > 1:
+        from .parallel import compile_in_pool
 
-    output = compile_cuda_variant(piece.graph_module, dispatch_symbol, variant, captured.symbol_ranges)
-    prefix = f"{variant.name}_"
-    rewritten = rewrite_call(
-        output.source_code, variant.name, unique.input_names, prefix, "cuda", output.align_indices
-    )
-    kernels = []
-    for kernel_name, kernel in sorted(output.kernels.items()):
-        name = f"{prefix}{kernel_name}"
-        kernels.append(
-            Kernel(
-                name=name,
-                kind="triton",
-                source=f"# Triton source of {name}, kept for review: the package launches the cubin\n"
-                "# beside it and never imports this file.\n" + format_python(kernel.source, f"{name}.py"),
-                binary=kernel.cubin,
-                launch=launcher_context(kernel, name, f"_{name}"),
-                metadata=kernel_manifest(kernel),
-            )
-        )
-    # Launch parameters are part of what makes two variants interchangeable.
-    canonical = rewritten.neutral_source + "".join(
-        f"\n{name}\n{k.source}\n{json.dumps(kernel_manifest(k), sort_keys=True)}"
-        for name, k in sorted(output.kernels.items())
-    )
-    return CompiledVariant(
-        variant=variant,
-        canonical_code=canonical,
-        function_source=rewritten.function_source,
-        kernels=kernels,
-        runtime_names=rewritten.runtime_names,
-        module_names=rewritten.module_names,
-        cuda_runtime_names=rewritten.cuda_runtime_names,
-    )
+        results = compile_in_pool(options, tasks, jobs, step)
+    else:
+        results = []
+        for index, variant in tasks:
+            results.append(compile_task(prepared, target, options, index, variant))
+            if step:
+                step()
+    # Deduplicated in task order, whatever order the compiles finished in.
+    compiled_of = dict(zip(((index, variant.name) for index, variant in tasks), results))
+    for index, piece in enumerate(prepared.unique):
+        first_kernel_with_source: dict[str, str] = {}
+        first_variant_with_code: dict[str, str] = {}
+        for variant in variants:
+            compiled = compiled_of[index, variant.name]
+            # Ranges often compile to the same code: emit it once, bind the others to it.
+            compiled.alias_of = first_variant_with_code.setdefault(compiled.canonical_code, variant.name)
+            if compiled.alias_of == variant.name:
+                compiled.alias_of = None
+            else:
+                compiled.kernels = []
+            # Variants also often compile a kernel to the same source: ship it once.
+            for kernel in compiled.kernels:
+                identity = kernel.source + json.dumps(kernel.metadata, sort_keys=True)
+                kernel.alias_of = first_kernel_with_source.setdefault(identity, kernel.name)
+                if kernel.alias_of == kernel.name:
+                    kernel.alias_of = None
+            piece.variants.append(compiled)
 
 
 def custom_op_splitting_ops(pieces) -> list[str]:
@@ -338,32 +324,3 @@ def _state(captured, split_ops, model_file, options):
     )
 
 
-def _cuda_graphs_context(name, captured, dispatch, dispatch_symbol, ranges, capture_sizes_text, state):
-    """What the emitted cudagraphs.py needs: capture sizes and which dims to pad and slice."""
-    from . import cudagraphs
-
-    sizes = cudagraphs.parse_capture_sizes(capture_sizes_text, ranges[0].lo, ranges[-1].hi)
-    return cudagraphs.cudagraphs_context(
-        name,
-        sizes,
-        capture_stage.input_specs(captured),
-        dispatch.input_index,
-        dispatch.dim,
-        cudagraphs.output_dispatch_dims(captured.graph_module, dispatch_symbol),
-        cudagraphs.input_dispatch_dims(captured.graph_module, dispatch_symbol, captured.user_inputs),
-        state,
-        [w.key for w in captured.weights],
-    )
-
-
-def _gpu_fingerprint() -> dict:
-    """What the cubins depend on: the GPU's architecture and the CUDA and Triton versions."""
-    import importlib.metadata
-
-    major, minor = torch.cuda.get_device_capability()
-    return {
-        "arch": major * 10 + minor,
-        "name": torch.cuda.get_device_name(),
-        "cuda": torch.version.cuda,
-        "triton": importlib.metadata.version("triton"),
-    }

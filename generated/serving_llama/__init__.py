@@ -22,7 +22,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "serving_llama"
-FINGERPRINT = "12ac08d175f3ae7ff793996bdc7e05b51a8c612d24c4cb049a77abb6fa99e5e2"
+FINGERPRINT = "5c2379021e43574b8932188fefa60857d6a47e3334e42cbe11d2e8c5151a6745"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)
