@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""GPU benchmark on a 1B-class bf16 decoder with a KV cache: the package (plain, piecewise
+and full CUDA graphs) beside eager and torch.compile (default, reduce-overhead,
+max-autotune), each variant in its own process, variants in turn (--rounds N repeats
+the turn: the rounds interleave the variants).
+
+    bash scripts/gpu-run.sh scripts/gpu_bench.py [--rounds N] [--jobs 16] [--variants a,b]
+
+The model is examples/serving_llama at its "1b" configuration (Llama architecture, 1.1B
+parameters: hidden 2048, 16 layers, 32/8 heads, FFN 8192, vocab 32000; random weights).
+Decode sizes (1, 2, 8, 32, 64 new tokens) run after a 128-token cache; prefill sizes
+(128, 512, 2048) from an empty one. Each figure is the median of the samples (CUDA events)
+with their min-max over all rounds; decode sizes also show the ratio to the weights-read
+floor (weight bytes / device copy bandwidth, measured in the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "serving_llama"
+NAME = "serving_llama_1b"
+DECODE_SIZES = (1, 2, 8, 32, 64)
+PREFILL_SIZES = (128, 512, 2048)
+DECODE_START = 128
+VARIANTS = (
+    "eager",
+    "torch.compile",
+    "reduce-overhead",
+    "max-autotune",
+    "package",
+    "package + piecewise graphs",
+    "package + full graphs",
+)
+CAPTURE_SIZES = (1, 2, 4, 8, 16, 32, 64)
+ENV_1B = {"SERVING_CONFIG": "1b", "SERVING_DTYPE": "bfloat16"}
+
+
+# --- figures (unit-tested on the CPU: tests/test_bench_figures.py) -------------------
+
+
+def summarize(samples: list[float]) -> dict:
+    """Median and range of a list of timings."""
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples)}
+
+
+def merge_rounds(rounds: list[dict]) -> dict:
+    """{variant: {size: [samples]}} per round -> {variant: {size: summary}} over all rounds."""
+    merged: dict = {}
+    for result in rounds:
+        for variant, sizes in result.items():
+            for size, samples in sizes.items():
+                merged.setdefault(variant, {}).setdefault(int(size), []).extend(samples)
+    return {variant: {size: summarize(s) for size, s in sizes.items()} for variant, sizes in merged.items()}
+
+
+def best(summaries: dict, size: int, variants) -> tuple[str | None, float]:
+    """The variant with the lowest median at `size` among `variants`, and that median."""
+    candidates = [(summaries[v][size]["median"], v) for v in variants if v in summaries and size in summaries[v]]
+    if not candidates:
+        return None, float("nan")
+    median, variant = min(candidates)
+    return variant, median
+
+
+def table(summaries: dict, floor_us: float) -> list[str]:
+    """Markdown: one row per size, each variant's median (min-max), best package vs best
+    torch.compile, and for decode sizes the best package mode over the floor."""
+    variants = [v for v in VARIANTS if v in summaries]
+    packages = [v for v in variants if v.startswith("package")]
+    compiled = [v for v in variants if v in ("torch.compile", "reduce-overhead", "max-autotune")]
+    lines = [
+        "| tokens | " + " | ".join(variants) + " | best package / best compile | best package / floor |",
+        "|" + " --- |" * (len(variants) + 3),
+    ]
+    for size in sorted({s for v in variants for s in summaries[v]}):
+        cells = []
+        for variant in variants:
+            figure = summaries[variant].get(size)
+            cells.append("-" if figure is None else f"{figure['median']:.0f} ({figure['min']:.0f}-{figure['max']:.0f})")
+        package_name, package_median = best(summaries, size, packages)
+        compile_name, compile_median = best(summaries, size, compiled)
+        ratio = f"{package_median / compile_median:.2f}x ({package_name} / {compile_name})" if package_name and compile_name else "-"
+        floor = f"{package_median / floor_us:.2f}x" if size in DECODE_SIZES and package_name else "-"
+        lines.append(f"| {size} | " + " | ".join(cells) + f" | {ratio} | {floor} |")
+    return lines
+
+
+# --- one variant, in its own process ---------------------------------------------------
+
+
+def _time(run, make_inputs, repeats: int) -> list[float]:
+    import torch
+
+    for _ in range(3):
+        run(*make_inputs())
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        inputs = make_inputs()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run(*inputs)
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1e3)
+    return samples
+
+
+def worker(variant: str, out: Path, repeats: int) -> dict:
+    import torch
+
+    sys.path[:0] = [str(out), str(EXAMPLE)]
+    import llama
+
+    config, dtype = llama.CONFIGS["1b"], torch.bfloat16
+    cache = llama.new_kv_cache(config, dtype, "cuda")
+    if variant.startswith("package"):
+        package = __import__(NAME)
+        model = package.load()
+        if variant != "package":
+            mode = "piecewise" if "piecewise" in variant else "full"
+            model.capture(mode=mode, capture_sizes=CAPTURE_SIZES, kv_cache=cache)
+        run = model
+    else:
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            decoder = llama.Decoder(config).to(dtype).eval()
+        for parameter in decoder.parameters():
+            torch.nn.init.normal_(parameter, std=0.02)
+        modes = {"torch.compile": None, "reduce-overhead": "reduce-overhead", "max-autotune": "max-autotune"}
+        run = decoder if variant == "eager" else torch.compile(decoder, mode=modes[variant])
+    results = {}
+    with torch.no_grad():
+        for size in (*DECODE_SIZES, *PREFILL_SIZES):
+            start = DECODE_START if size in DECODE_SIZES else 0
+
+            def make_inputs(size=size, start=start):
+                positions = torch.arange(start, start + size, device="cuda").unsqueeze(0)
+                ids = torch.randint(0, config.vocab, (1, size), device="cuda")
+                return ids, positions, cache, positions[0].clone()
+
+            results[size] = _time(run, make_inputs, repeats)
+            print(f"  {variant} {size}: {statistics.median(results[size]):.0f} us", file=sys.stderr, flush=True)
+    return results
+
+
+# --- the run ----------------------------------------------------------------------------
+
+
+def copy_bandwidth() -> float:
+    import torch
+
+    source = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    target = torch.empty_like(source)
+    for _ in range(3):
+        target.copy_(source)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        target.copy_(source)
+    end.record()
+    end.synchronize()
+    return 2 * 10 * source.numel() / (start.elapsed_time(end) / 1e3)
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["worker"]:
+        print(json.dumps(worker(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))))
+        return 0
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scratch", type=Path)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=None)
+    parser.add_argument("--variant-timeout", type=int, default=240)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    options = parser.parse_args()
+    out = options.scratch / "gen"
+    env = {**os.environ, **ENV_1B}
+    import torch
+
+    gpu = torch.cuda.get_device_name()
+    print(f"{gpu}, torch {torch.__version__}", flush=True)
+    command = [
+        sys.executable, "-m", "transpiler.cli", str(EXAMPLE / "model.py"), "--name", NAME, "--import", "serving_ops",
+        "--device", "cuda", "--ranges", "1-64,65-2048", "--sizes", "1",
+        "--capture-sizes", ",".join(map(str, CAPTURE_SIZES)), "-o", str(out), "-q",
+    ]
+    if options.jobs:
+        command += ["-j", str(options.jobs)]
+    if not (out / NAME).is_dir():
+        started = time.perf_counter()
+        subprocess.run(command, cwd=ROOT, env=env, check=True)
+        print(f"transpile: {time.perf_counter() - started:.1f} s", flush=True)
+    tensors = json.loads((out / NAME / "manifest.json").read_text())["weights"]["tensors"].values()
+    weight_bytes = sum(math.prod(t["shape"]) * getattr(torch, t["dtype"].removeprefix("torch.")).itemsize for t in tensors)
+    floor_us = weight_bytes / copy_bandwidth() * 1e6
+    print(f"weights {weight_bytes / 1e9:.2f} GB, floor {floor_us:.0f} us", flush=True)
+    rounds = []
+    for round_number in range(options.rounds):
+        result = {}
+        for variant in options.variants.split(","):
+            started = time.perf_counter()
+            try:
+                done = subprocess.run(
+                    [sys.executable, __file__, "worker", variant, str(out), str(options.repeats)],
+                    env=env, capture_output=True, text=True, timeout=options.variant_timeout,
+                )
+            except subprocess.TimeoutExpired:
+                print(f"round {round_number} {variant}: did not finish in {options.variant_timeout} s", flush=True)
+                continue
+            if done.returncode != 0:
+                print(f"round {round_number} {variant}: failed: {done.stderr[-1500:]}", flush=True)
+                continue
+            result[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"round {round_number} {variant}: {time.perf_counter() - started:.0f} s", flush=True)
+            # The table so far, in case the call runs out of time before the end.
+            print("\n".join(table(merge_rounds([*rounds, result]), floor_us)), flush=True)
+        rounds.append(result)
+    summaries = merge_rounds(rounds)
+    print(f"\nMedian us per call (min-max over {options.rounds} rounds x {options.repeats} calls), {gpu}; "
+          f"decode sizes after a {DECODE_START}-token cache; weights-read floor {floor_us:.0f} us")
+    print("\n".join(table(summaries, floor_us)))
+    print("JSON " + json.dumps(summaries))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
