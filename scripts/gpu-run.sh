@@ -16,9 +16,16 @@ rm -rf "$WORK" && mkdir -p "$OUT" "$WORK/triton" "$WORK/inductor"
 # Fresh transpile-time caches: every kernel is compiled here.
 export TRITON_CACHE_DIR=$WORK/triton TORCHINDUCTOR_CACHE_DIR=$WORK/inductor
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-script=$1; shift
-python3 "$script" "$WORK" "$@" 2>&1 | tee "$OUT/$(basename "$script" .py).log"
-rc=${PIPESTATUS[0]}
+# Several scripts in one call share the scratch folder: SCRIPT ARGS... [--then SCRIPT ARGS...]
+rc=0
+while [ $# -gt 0 ]; do
+  script=$1; shift
+  args=()
+  while [ $# -gt 0 ] && [ "$1" != "--then" ]; do args+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  python3 "$script" "$WORK" "${args[@]}" 2>&1 | tee "$OUT/$(basename "$script" .py).log"
+  [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
+done
 # Sources only: no cubins, and no large weights (a 1B package's 2 GB would not come back).
 (cd "$WORK/gen" 2>/dev/null && find . -type f ! -name '*.cubin' ! -path '*__pycache__*' -size -4M -print0 |
   tar czf "$OUT/cuda_packages.tar.gz" --null -T -) 2>/dev/null

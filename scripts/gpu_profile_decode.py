@@ -2,7 +2,7 @@
 """Where a decode step's GPU time goes: the 1.1B bf16 serving package, plain forward,
 one token after a 32-token prompt, under the torch profiler.
 
-    bash scripts/gpu-run.sh scripts/gpu_profile_decode.py
+    bash scripts/gpu-run.sh scripts/gpu_profile_decode.py [TOKENS ...]
 
 Prints the kernels by total GPU time, GPU busy time against wall time per step (the
 gap is launch overhead, which CUDA graphs remove), and the weights-read floor.
@@ -24,6 +24,7 @@ NAME = "serving_llama_1b"
 
 def main() -> int:
     scratch = Path(sys.argv[1])
+    token_counts = [int(t) for t in sys.argv[2:]] or [1]
     out = scratch / "gen"
     os.environ.update({"SERVING_CONFIG": "1b", "SERVING_DTYPE": "bfloat16"})
     import torch
@@ -45,24 +46,26 @@ def main() -> int:
     prompt = torch.arange(32, device="cuda").unsqueeze(0)
     model(prompt, prompt, cache, prompt[0])
 
-    def step(index):
-        at = torch.tensor([[32 + index]], device="cuda")
-        return model(torch.tensor([[index]], device="cuda"), at, cache, at[0])
+    for tokens in token_counts:
 
-    for index in range(20):
-        step(index)
-    torch.cuda.synchronize()
-    steps = 20
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        started = time.perf_counter()
-        for index in range(steps):
-            step(index)
+        def step(index, tokens=tokens):
+            at = torch.arange(32 + tokens * index, 32 + tokens * (index + 1), device="cuda").unsqueeze(0)
+            return model(torch.zeros_like(at), at, cache, at[0])
+
+        for index in range(20):
+            step(index % 8)
         torch.cuda.synchronize()
-        wall = (time.perf_counter() - started) / steps
-    events = prof.key_averages()
-    gpu_total = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / steps
-    print(f"{torch.cuda.get_device_name()}: per decode step: wall {wall * 1e6:.0f} us, GPU busy {gpu_total:.0f} us")
-    print(events.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=90))
+        steps = 20
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            started = time.perf_counter()
+            for index in range(steps):
+                step(index % 8)
+            torch.cuda.synchronize()
+            wall = (time.perf_counter() - started) / steps
+        events = prof.key_averages()
+        gpu_total = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / steps
+        print(f"{torch.cuda.get_device_name()}: {tokens} tokens per step: wall {wall * 1e6:.0f} us, GPU busy {gpu_total:.0f} us")
+        print(events.table(sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=80))
     return 0
 
 
