@@ -36,7 +36,7 @@ EPILOGUE = """
 torch.cuda.synchronize()
 done = time.perf_counter()
 bad = sorted(m for m in sys.modules if m.startswith(("torch._dynamo", "torch._inductor", "triton")))
-print("RESULT " + json.dumps({{"after_torch": done - after_torch, "whole": done - start, "compiler_modules": len(bad), **extra}}))
+print("RESULT " + json.dumps({"after_torch": done - after_torch, "whole": done - start, "compiler_modules": len(bad), **extra}))
 """
 INPUTS = """
 ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]], device="cuda")
