@@ -31,32 +31,11 @@ def cache_slots_and_mask(slot_mapping, positions, num_slots):
     return slots, visible
 
 
-# Up to this many queries, attention is two batched matrix products over the whole cache
-# (a few small kernels); above it, scaled_dot_product_attention's fused kernel. The fused
-# cuDNN kernel works on 64-query tiles: at 2 to 64 queries against a 4097-slot cache it took
-# 125 us a layer on an H100, ten times the 1-query time.
-FEW_QUERIES = 64
-
-
-def _attend_few(q, keys, values, visible):
-    """q: [T, heads, dim], keys/values: [slots, kv_heads, dim], visible: [T, slots]."""
-    tokens, heads, dim = q.shape
-    kv_heads = keys.shape[1]
-    grouped = q.view(tokens, kv_heads, heads // kv_heads, dim).permute(1, 2, 0, 3)  # [kv, group, T, dim]
-    scores = torch.matmul(grouped, keys.permute(1, 2, 0).unsqueeze(1)) * dim**-0.5  # [kv, group, T, slots]
-    scores = scores.masked_fill(~visible, float("-inf"))
-    probabilities = scores.float().softmax(-1).to(q.dtype)
-    out = torch.matmul(probabilities, values.permute(1, 0, 2).unsqueeze(1))  # [kv, group, T, dim]
-    return out.permute(2, 0, 1, 3).reshape(tokens, heads, dim).contiguous()
-
-
 def attention(q, k, v, kv_cache, slots, visible, layer):
     """q: [T, heads, dim]; k, v: [T, kv_heads, dim]; kv_cache: [layers, 2, slots, kv_heads, dim];
     slots: [T] cache slot of each token; visible: [T, slots]. Writes k, v, then attends."""
     kv_cache[layer, 0].index_copy_(0, slots, k)
     kv_cache[layer, 1].index_copy_(0, slots, v)
-    if q.shape[0] <= FEW_QUERIES:
-        return _attend_few(q, kv_cache[layer, 0], kv_cache[layer, 1], visible)
     keys = kv_cache[layer, 0].transpose(0, 1).unsqueeze(0)  # [1, kv_heads, slots, dim]
     values = kv_cache[layer, 1].transpose(0, 1).unsqueeze(0)
     out = F.scaled_dot_product_attention(
