@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import statistics
 import subprocess
@@ -102,22 +101,6 @@ def time_decode_step(run, make_inputs, repeats: int = 100) -> list[float]:
         if index >= 10:
             samples.append(start.elapsed_time(end) * 1e3)
     return samples
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy speed, bytes read + written per second."""
-    source = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    target = torch.empty_like(source)
-    for _ in range(3):
-        target.copy_(source)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        target.copy_(source)
-    end.record()
-    end.synchronize()
-    return 2 * 10 * source.numel() / (start.elapsed_time(end) / 1e3)
 
 
 def decode_timings(package, reference, prompt: int = 32) -> list[str]:
@@ -209,6 +192,8 @@ def main() -> int:
 
 
 import torch  # noqa: E402  (after the docstring's usage, as the other GPU scripts)
+
+from gpu_bench import copy_bandwidth  # noqa: E402  (scripts/ is this script's folder)
 
 if __name__ == "__main__":
     sys.exit(main())

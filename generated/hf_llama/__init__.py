@@ -18,7 +18,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "hf_llama"
-FINGERPRINT = "ab19bec069da29c716a889166466dca4da4381a9eb7912eda72579ac6b6b0fcb"
+FINGERPRINT = "a78f784f714791a6c0d5f19bdd2d8c2c5ac6e1d70194224abe11543ce4ce7faa"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1,)

@@ -124,10 +124,11 @@ def _header(path: Path) -> tuple[dict, int]:
     return header, 8 + header_size
 
 
-def read_safetensors(path: Path, names: set) -> dict:
+def read_safetensors(path: Path, names: set, parsed=None) -> dict:
     """Tensors `names` of a safetensors file, mapped copy-on-write (no parsing library):
-    only the pages of the tensors used are ever read from disk."""
-    header, data_start = _header(path)
+    only the pages of the tensors used are ever read from disk. `parsed`: the file's
+    _header(), when the caller has read it already."""
+    header, data_start = parsed or _header(path)
     with open(path, "rb") as file:
         data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY) if names else None
     tensors = {}
@@ -154,6 +155,7 @@ class Checkpoint:
     def __init__(self, source):
         self.tensors = None  # a state_dict
         self.files = {}  # tensor name -> file
+        self.headers = {}  # file -> its parsed header, read once
         if isinstance(source, dict):
             self.tensors = source
             self.where = "the state_dict"
@@ -179,7 +181,8 @@ class Checkpoint:
                 f"weights: {path} does not exist; pass a .safetensors file or a folder of them"
             )
         for file in files:
-            for name in _header(file)[0]:
+            self.headers[file] = _header(file)
+            for name in self.headers[file][0]:
                 self.files.setdefault(name, file)
         self.where = str(path)
 
@@ -206,7 +209,7 @@ class Checkpoint:
             by_file.setdefault(self.files[name], set()).add(name)
         tensors = {}
         for file, file_names in sorted(by_file.items()):
-            tensors.update(read_safetensors(file, file_names))
+            tensors.update(read_safetensors(file, file_names, self.headers[file]))
         return tensors
 
 

@@ -22,7 +22,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "serving_llama"
-FINGERPRINT = "5c2379021e43574b8932188fefa60857d6a47e3334e42cbe11d2e8c5151a6745"
+FINGERPRINT = "b2122edf35c747c58b46027945c8dec8c0acf046a10a758ead9ccf75594550dc"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)
