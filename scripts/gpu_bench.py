@@ -4,7 +4,7 @@ and full CUDA graphs) beside eager and torch.compile (default, reduce-overhead,
 max-autotune), each variant in its own process, variants in turn (--rounds N repeats
 the turn: the rounds interleave the variants).
 
-    bash scripts/gpu-run.sh scripts/gpu_bench.py [--rounds N] [--jobs 16] [--variants a,b]
+    bash scripts/gpu-run.sh scripts/gpu_bench.py [--rounds N] [--jobs 16] [--variants a,b] [--autotune]
 
 The model is examples/serving_llama at its "1b" configuration (Llama architecture, 1.1B
 parameters: hidden 2048, 16 layers, 32/8 heads, FFN 8192, vocab 32000; random weights).
@@ -41,6 +41,8 @@ VARIANTS = (
     "package + piecewise graphs",
     "package + full graphs",
 )
+# With --autotune: a second package, transpiled with --autotune (tuning.json), beside the first.
+TUNED_VARIANTS = ("tuned package", "tuned package + full graphs")
 CAPTURE_SIZES = (1, 2, 4, 8, 16, 32, 64)
 ENV_1B = {"SERVING_CONFIG": "1b", "SERVING_DTYPE": "bfloat16"}
 
@@ -75,8 +77,8 @@ def best(summaries: dict, size: int, variants) -> tuple[str | None, float]:
 def table(summaries: dict, floor_us: float) -> list[str]:
     """Markdown: one row per size, each variant's median (min-max), best package vs best
     torch.compile, and for decode sizes the best package mode over the floor."""
-    variants = [v for v in VARIANTS if v in summaries]
-    packages = [v for v in variants if v.startswith("package")]
+    variants = [v for v in (*VARIANTS, *TUNED_VARIANTS) if v in summaries]
+    packages = [v for v in variants if v.startswith(("package", "tuned package"))]
     compiled = [v for v in variants if v in ("torch.compile", "reduce-overhead", "max-autotune")]
     lines = [
         "| tokens | " + " | ".join(variants) + " | best package / best compile | best package / floor |",
@@ -124,10 +126,10 @@ def worker(variant: str, out: Path, repeats: int) -> dict:
 
     config, dtype = llama.CONFIGS["1b"], torch.bfloat16
     cache = llama.new_kv_cache(config, dtype, "cuda")
-    if variant.startswith("package"):
+    if variant.startswith(("package", "tuned package")):
         package = __import__(NAME)
         model = package.load()
-        if variant != "package":
+        if variant not in ("package", "tuned package"):
             mode = "piecewise" if "piecewise" in variant else "full"
             model.capture(mode=mode, capture_sizes=CAPTURE_SIZES, kv_cache=cache)
         run = model
@@ -185,6 +187,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--variant-timeout", type=int, default=240)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--autotune", action="store_true",
+                        help=f"also transpile with --autotune and measure {' and '.join(TUNED_VARIANTS)}")
     options = parser.parse_args()
     out = options.scratch / "gen"
     env = {**os.environ, **ENV_1B}
@@ -203,6 +207,18 @@ def main() -> int:
         started = time.perf_counter()
         subprocess.run(command, cwd=ROOT, env=env, check=True)
         print(f"transpile: {time.perf_counter() - started:.1f} s", flush=True)
+    variants = options.variants.split(",")
+    outs = {variant: out for variant in variants}
+    if options.autotune:
+        tuned_out = options.scratch / "gen-tuned"
+        started = time.perf_counter()
+        done = subprocess.run([*command[: command.index("-o")], "-o", str(tuned_out), "-q", "--autotune",
+                               *command[command.index("-q") + 1:]], cwd=ROOT, env=env)
+        print(f"transpile --autotune: {time.perf_counter() - started:.1f} s, exit {done.returncode}", flush=True)
+        if done.returncode == 0:
+            variants += list(TUNED_VARIANTS)
+            outs.update({variant: tuned_out for variant in TUNED_VARIANTS})
+            print((tuned_out / NAME / "tuning.json").read_text()[:6000], flush=True)
     tensors = json.loads((out / NAME / "manifest.json").read_text())["weights"]["tensors"].values()
     weight_bytes = sum(math.prod(t["shape"]) * getattr(torch, t["dtype"].removeprefix("torch.")).itemsize for t in tensors)
     floor_us = weight_bytes / copy_bandwidth() * 1e6
@@ -210,11 +226,11 @@ def main() -> int:
     rounds = []
     for round_number in range(options.rounds):
         result = {}
-        for variant in options.variants.split(","):
+        for variant in variants:
             started = time.perf_counter()
             try:
                 done = subprocess.run(
-                    [sys.executable, __file__, "worker", variant, str(out), str(options.repeats)],
+                    [sys.executable, __file__, "worker", variant, str(outs[variant]), str(options.repeats)],
                     env=env, capture_output=True, text=True, timeout=options.variant_timeout,
                 )
             except subprocess.TimeoutExpired:

@@ -51,6 +51,8 @@ def transpile(name: str, out: Path, extra=()) -> float:
 
 
 def import_package(out: Path, name: str):
+    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[module]  # another OUT's package of the same name (the tuned one)
     sys.path[:0] = [str(out), str(ROOT / "examples" / "custom_op")]
     try:
         return importlib.import_module(name)
@@ -190,6 +192,57 @@ def check_determinism(name: str, first: Path, scratch: Path) -> None:
     record(f"re-transpile determinism {name}", not differing, f"differing: {differing[:5]}")
 
 
+REPLAY_WITHOUT_BENCHMARKS = """
+import sys
+from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+from torch._inductor.select_algorithm import AlgorithmSelectorCache
+
+def refuse(*args, **kwargs):
+    raise AssertionError("a replay of tuning.json benchmarked")
+
+AlgorithmSelectorCache.benchmark = refuse
+CachingAutotuner.benchmark_all_configs = refuse
+from transpiler.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def check_tuning(name: str, scratch: Path) -> None:
+    """--autotune on the GPU: Triton configs and GEMM backends measured and recorded; the
+    lockfile's replay (benchmarks made to fail) gives the same sources; the tuned package
+    equals eager with and without CUDA graphs."""
+    tuned, replayed = scratch / "tuned", scratch / "tuned-replay"
+    transpile(name, tuned, ["--autotune"])
+    lockfile = tuned / name / "tuning.json"
+    if not lockfile.is_file():
+        record(f"tuning run {name} writes tuning.json", False)
+        return
+    data = json.loads(lockfile.read_text())
+    entries = [entry for variants in data["pieces"].values() for entry in variants.values()]
+    gemm = sum(len(entry.get("gemm", {})) for entry in entries)
+    triton = sum(len(entry.get("triton", {})) for entry in entries)
+    changed = sum(
+        1
+        for entry in entries
+        for choice in [*entry.get("gemm", {}).values(), *entry.get("triton", {}).values()]
+        if len(choice["us"]) > 1
+    )
+    record(f"tuning run {name} records choices", triton > 0,
+           f"{gemm} GEMM and {triton} Triton choices, {changed} among several candidates; {data.get('gpu')}")
+    args = [str(ROOT / a) if a.startswith("examples/") else a for a in EXAMPLES[name]]
+    result = subprocess.run(
+        [sys.executable, "-c", REPLAY_WITHOUT_BENCHMARKS, *args, "--device", "cuda", "-o", str(replayed), "-q",
+         "--tuning", str(lockfile)],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    a, b = source_files(tuned / name), source_files(replayed / name)
+    differing = sorted(p for p in a.keys() | b.keys() if a.get(p) != b.get(p))
+    record(f"tuning replay {name} without benchmarks is identical", result.returncode == 0 and not differing,
+           f"rc {result.returncode}, differing: {differing[:5]} {result.stderr[-1500:]}")
+    print(lockfile.read_text()[:4000], flush=True)
+    check_correctness(name, tuned)
+
+
 def time_cuda(fn, inputs, repeats=50) -> float:
     for _ in range(5):
         fn(*inputs)
@@ -256,7 +309,7 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser()
     parser.add_argument("scratch", type=Path)
-    parser.add_argument("--stages", default="transpile,correct,isolate,determinism,latency,first-output")
+    parser.add_argument("--stages", default="transpile,correct,isolate,determinism,tuning,latency,first-output")
     options = parser.parse_args()
     stages = set(options.stages.split(","))
     out = options.scratch / "gen"
@@ -275,6 +328,11 @@ def main() -> int:
         report = check_isolation("tiny_llama", out, options.scratch)
     if "determinism" in stages:
         check_determinism("tiny_llama", out, options.scratch)
+    if "tuning" in stages:
+        try:
+            check_tuning("tiny_llama", options.scratch)
+        except Exception as error:
+            record("tuning", False, repr(error)[:1500])
     table = []
     if "latency" in stages:
         try:

@@ -59,6 +59,9 @@ def example_out(shared_dir):
 
     def get(name: str) -> Path:
         args = [str(ROOT / a) if a.startswith("examples/") else a for a in EXAMPLES[name]]
+        lockfile = ROOT / "generated" / name / "tuning.json"
+        if lockfile.is_file():  # a tuned example replays its golden lockfile, as regen-goldens does
+            args += ["--tuning", str(lockfile)]
         return transpile_once(shared_dir, name, args)
 
     return get

@@ -34,3 +34,35 @@ def test_table_compares_best_package_with_best_compile_and_the_floor():
     prefill = next(line for line in lines if line.startswith("| 128 |"))
     assert "0.89x (package / torch.compile)" in prefill and prefill.endswith("| - |")
     assert "| - |" in prefill  # no full-graph figure at 128
+
+
+def test_weights_read_table_compares_with_the_slower_floor():
+    spec = importlib.util.spec_from_file_location("gpu_weights_read", ROOT / "scripts" / "gpu_weights_read.py")
+    weights_read = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(weights_read)
+    rows = weights_read.table(
+        {
+            "package": [0.2, 0.4, 0.3],
+            "previous": [0.9],
+            "broken": [],
+            "floor: read": [0.1, 0.2, 0.3],
+            "floor: copy": [0.25],
+        },
+        size_bytes=3_000_000_000,
+    )
+    assert rows[2] == "| package | 300 (200-400) | 10.0 | 1.20x |"
+    assert rows[3] == "| previous | 900 (900-900) | 3.3 | 3.60x |"
+    assert rows[4] == "| broken | failed | | |"
+    assert rows[5] == "| floor: read | 200 (100-300) | 15.0 |  |"
+
+
+def test_tuned_package_columns_count_as_package_modes():
+    summaries = {
+        "reduce-overhead": {1: bench.summarize([200.0])},
+        "package + full graphs": {1: bench.summarize([150.0])},
+        "tuned package + full graphs": {1: bench.summarize([120.0])},
+    }
+    lines = bench.table(summaries, floor_us=100.0)
+    assert lines[0].startswith("| tokens | reduce-overhead | package + full graphs | tuned package + full graphs |")
+    decode = next(line for line in lines if line.startswith("| 1 |"))
+    assert "0.60x (tuned package + full graphs / reduce-overhead)" in decode and decode.endswith("| 1.20x |")

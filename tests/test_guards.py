@@ -66,7 +66,7 @@ def test_pipeline_recompiles_the_halves_and_notes_the_split(monkeypatch):
 
     seen = []
 
-    def fake_compile(prepared, target, variants, options, progress):
+    def fake_compile(prepared, target, variants, options, progress, pool=None):
         seen.append([v.name for v in variants])
         for variant in variants:
             if variant.range == SizeRange(9, 32):

@@ -13,55 +13,63 @@ import textwrap
 import pytest
 import torch
 
-from conftest import ROOT, imported_package
+from conftest import EXAMPLE_PATHS, ROOT, imported_package
 
 ISOLATED_RUN = textwrap.dedent(
     """
-    import sys
+    import importlib, sys
     import torch
+    name, example = sys.argv[1], sys.argv[2]
     before = set(sys.modules)
-    import tiny_llama
-    model = tiny_llama.load()
-    input_ids = torch.tensor([[3, 17, 99, 5, 64]])
-    positions = torch.arange(5).unsqueeze(0)
-    logits = model(input_ids, positions)
+    package = importlib.import_module(name)
+    model = package.load()
+    generator = torch.Generator().manual_seed(0)
+    inputs = tuple(
+        torch.randn([5 if d is None else d for d in shape], generator=generator, dtype=dtype)
+        if dtype.is_floating_point
+        else torch.randint(0, 16, [5 if d is None else d for d in shape], generator=generator, dtype=dtype)
+        for _, dtype, shape in package.INPUTS
+    )
+    outputs = model(*inputs)
     loaded = sorted(m for m in set(sys.modules) - before
                     if m.startswith(("torch._dynamo", "torch._inductor", "triton", "transpiler")))
     compiler_modules = sorted(m for m in sys.modules if m.startswith(("torch._dynamo", "torch._inductor")))
     # The eager reference comes after the checks, from the model file itself.
-    sys.path.insert(0, sys.argv[1])
+    sys.path.insert(0, example)
     import importlib.util
-    spec = importlib.util.spec_from_file_location("reference_model", sys.argv[1] + "/model.py")
+    spec = importlib.util.spec_from_file_location("reference_model", example + "/model.py")
     reference = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reference)
     with torch.no_grad():
-        expected = reference.model(input_ids, positions)
+        expected = reference.model(*inputs)
     print("LOADED", loaded)
     print("COMPILER_MODULES", compiler_modules)
-    print("MAX_ERROR", (logits - expected).abs().max().item())
+    print("MAX_ERROR", (outputs - expected).abs().max().item())
     """
 )
 
 
-def test_import_and_call_compile_nothing(example_out, tmp_path):
-    """A fresh process with failing compilers and an empty Inductor cache."""
-    out = example_out("tiny_llama")
+@pytest.mark.parametrize("name", ["tiny_llama", "custom_op"])
+def test_import_and_call_compile_nothing(name, example_out, tmp_path):
+    """A fresh process with failing compilers and an empty Inductor cache: load() and a
+    first call import no compiler (custom_op's splitting op is registered with define + impl)."""
+    out = example_out(name)
     failing = tmp_path / "no-compiler"
     failing.write_text("#!/bin/sh\necho compiler called >&2\nexit 1\n")
     failing.chmod(0o755)
     env = {
         **os.environ,
-        "PYTHONPATH": str(out),
+        "PYTHONPATH": os.pathsep.join([str(out), *EXAMPLE_PATHS]),
         "CC": str(failing),
         "CXX": str(failing),
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty-inductor-cache"),
         "TRITON_CACHE_DIR": str(tmp_path / "empty-triton-cache"),
         "PATH": f"{tmp_path}:{os.environ['PATH']}",
     }
-    for name in ("gcc", "g++", "cc", "c++"):
-        (tmp_path / name).symlink_to(failing)
+    for tool in ("gcc", "g++", "cc", "c++"):
+        (tmp_path / tool).symlink_to(failing)
     result = subprocess.run(
-        [sys.executable, "-c", ISOLATED_RUN, str(ROOT / "examples" / "tiny_llama")],
+        [sys.executable, "-c", ISOLATED_RUN, name, str(ROOT / "examples" / name)],
         env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
     assert result.returncode == 0, result.stderr

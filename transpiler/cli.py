@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import logging
+import os
 import sys
 import tempfile
 import traceback
@@ -57,7 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "-j", "--jobs", type=int, default=None, metavar="N",
-        help="compile on N worker processes, each of which captures the model again (default 1: in this process)",
+        help="compile on N processes, this one and N-1 workers that each capture the model too (default: the number of cores; 1: in this process only)",
+    )
+    parser.add_argument(
+        "--autotune", action="store_true",
+        help="benchmark Inductor's choices (GEMM backends; on cuda also Triton configs) and record them in OUT/NAME/tuning.json",
+    )
+    parser.add_argument(
+        "--tuning", type=Path, metavar="FILE",
+        help="replay the choices of this tuning.json without benchmarking (default: OUT/NAME/tuning.json if present)",
     )
     parser.add_argument("--check", action="store_true", help="compare with the existing OUT/NAME instead of writing")
     verbosity = parser.add_mutually_exclusive_group()
@@ -87,9 +97,19 @@ def _progress_factory(quiet: bool, console):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if not args.verbose:
-        warnings.filterwarnings("ignore")
-        logging.disable(logging.CRITICAL)
+    # Silenced for this call only: a caller in the same process (a test, a script) keeps its logs.
+    logging_level = logging.root.manager.disable
+    try:
+        with warnings.catch_warnings():
+            if not args.verbose:
+                warnings.filterwarnings("ignore")
+                logging.disable(logging.CRITICAL)
+            return _main(args)
+    finally:
+        logging.disable(logging_level)
+
+
+def _main(args) -> int:
     console, console_out = sys.stderr, sys.stdout
     # torch prints graphs and hints of its own while exporting; without -v only our
     # own lines reach the terminal.
@@ -112,10 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _jobs(requested: int | None) -> int:
-    # Default 1: every worker captures the model again, which cost more than the parallel
-    # compiles saved on the models measured (README, "Parallel compile").
     if requested is None:
-        return 1
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if requested < 1:
         raise TranspileError(f"-j {requested}: give a number of worker processes, 1 or more")
     return requested
@@ -123,9 +141,8 @@ def _jobs(requested: int | None) -> int:
 
 def _run(args, console, console_out) -> int:
     # Imported here so that `transpile --help` and argument errors answer at once.
-    from .pipeline import Options, package_name, transpile
-    from .treediff import diff_trees
-    from .write import check_writable, materialize_to, write_package
+    from .options import Options, package_name
+    from .parallel import WorkerPool
 
     options = Options(
         model_path=args.model,
@@ -141,16 +158,31 @@ def _run(args, console, console_out) -> int:
         static_inputs=[n.strip() for n in args.static_inputs.split(",") if n.strip()] if args.static_inputs is not None else None,
         weights=args.weights,
         checkpoint_prefix=args.checkpoint_prefix,
-        jobs=_jobs(args.jobs),
+        # Benchmarks taken in parallel processes would time each other: --autotune runs alone unless -j says otherwise.
+        jobs=1 if args.autotune and args.jobs is None else _jobs(args.jobs),
+        autotune=args.autotune,
+        tuning=args.tuning,
     )
     target = args.out / package_name(options)
-    if args.check:
-        if not target.is_dir():
-            raise TranspileError(f"--check: {target} does not exist; run without --check to create it")
-    else:
-        check_writable(args.out)
+    if args.check and not target.is_dir():
+        raise TranspileError(f"--check: {target} does not exist; run without --check to create it")
+    # A package tuned before keeps its choices: its lockfile is replayed unless --autotune.
+    if options.tuning is None and not options.autotune and (target / "tuning.json").is_file():
+        options.tuning = target / "tuning.json"
+    # Compile workers start before this process imports torch, so that their start-up
+    # (import torch, capture the model) overlaps this process's own.
+    pool = WorkerPool(options, options.jobs - 1) if options.jobs > 1 else None
+    try:
+        from .pipeline import transpile
+        from .treediff import diff_trees
+        from .write import check_writable, materialize_to, write_package
 
-    rendered, summary = transpile(options, progress=_progress_factory(args.quiet, console))
+        if not args.check:
+            check_writable(args.out)
+        rendered, summary = transpile(options, progress=_progress_factory(args.quiet, console), pool=pool)
+    finally:
+        if pool:
+            pool.close()
 
     if args.check:
         with tempfile.TemporaryDirectory(prefix="transpile-check-") as scratch:
@@ -181,5 +213,13 @@ def _run(args, console, console_out) -> int:
     return 0
 
 
+def command() -> int:
+    """The `transpile` executable: main(), then an exit that does not collect the garbage
+    of a process about to end (torch's graphs and caches: about 1.5 s)."""
+    code = main()
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

@@ -281,19 +281,74 @@ class CudaInductorOutput:
     align_indices: tuple[int, ...] = ()  # inputs to copy when not 16-byte aligned
 
 
-def compile_cuda_variant(piece, dispatch_symbol, variant, symbol_ranges) -> CudaInductorOutput:
+def compile_cuda_variant(piece, dispatch_symbol, variant, symbol_ranges, session=None) -> CudaInductorOutput:
     """inductor.compile_variant, then settle each kernel on one config and capture its cubin.
 
-    Runs under inductor.inductor_config("cuda", ...); needs the GPU the package will run on
-    (Triton compiles for its architecture).
+    Runs under the CUDA target's compile_context; needs the GPU the package will run on
+    (Triton compiles for its architecture). With a tuning session (tuning.py), the variant is
+    compiled at the session's representative size, and each kernel with several configs
+    launches the lockfile's (replay) or the fastest measured, which is recorded (tuning run).
     """
     from .inductor import compile_variant
 
-    output = compile_variant(piece, dispatch_symbol, variant, symbol_ranges)
+    hint = session.benchmark_size if session is not None else None
+    output = compile_variant(piece, dispatch_symbol, variant, symbol_ranges, hint)
     num_configs = count_configs(output.module_globals)
+    measured = settle_triton_configs(output.module_globals, session) if session is not None else {}
     autotune_variant(output.compiled_callable, output.fake_inputs)
+    for name, timings in measured.items():
+        session.record("triton", name, config_label(output.module_globals[name].launchers[0].config), timings)
     kernels = capture_triton_kernels(output.module_globals, num_configs)
     sources = kernel_definitions(cst.parse_module(output.source_code), "triton")
     for name, kernel in kernels.items():
         kernel.source = sources.get(name, "")
     return CudaInductorOutput(source_code=output.source_code, kernels=kernels, align_indices=output.align_indices)
+
+
+# ---------------------------------------------------------------- tuned configs
+
+
+def config_label(config) -> str:
+    """`R0_BLOCK=64, XBLOCK=8, num_warps=4, num_stages=1`: a Triton config as tuning.json names it."""
+    parts = [f"{key}={value}" for key, value in sorted(config.kwargs.items())]
+    parts += [f"num_warps={config.num_warps}", f"num_stages={config.num_stages}"]
+    if getattr(config, "num_ctas", 1) not in (None, 1):
+        parts.append(f"num_ctas={config.num_ctas}")
+    if getattr(config, "maxnreg", None) is not None:
+        parts.append(f"maxnreg={config.maxnreg}")
+    return ", ".join(parts)
+
+
+def settle_triton_configs(module_globals: dict, session) -> dict[str, dict[str, float]]:
+    """Before the variant's first run: each kernel with several configs keeps the lockfile's
+    one (replay: nothing is benchmarked), or is watched while Inductor benchmarks them all
+    (tuning run). Returns the watched kernels' timings per config label, in ms, once run."""
+    measured: dict[str, dict[str, float]] = {}
+    for name, autotuner in sorted(module_globals.items()):
+        if not is_triton_autotuner(autotuner):
+            continue
+        if not autotuner.launchers:
+            autotuner.precompile()
+        if len(autotuner.launchers) <= 1:
+            continue
+        labels = [config_label(launcher.config) for launcher in autotuner.launchers]
+        chosen = session.choice("triton", name)
+        if chosen is not None:
+            kept = [launcher for launcher, label in zip(autotuner.launchers, labels) if label == chosen]
+            if not kept:
+                session.fail(
+                    f"{session.tuning.source} chose {chosen!r} for {name} in {session.piece} {session.variant}, "
+                    f"which is not among its configs ({'; '.join(labels)}); run with --autotune to tune again"
+                )
+            autotuner.launchers = kept[:1]
+            continue
+        timings = measured.setdefault(name, {})
+        benchmark_all_configs = autotuner.benchmark_all_configs
+
+        def watched(*args, _benchmark=benchmark_all_configs, _timings=timings, **kwargs):
+            result = _benchmark(*args, **kwargs)
+            _timings.update({config_label(launcher.config): float(ms) for launcher, ms in result.items()})
+            return result
+
+        autotuner.benchmark_all_configs = watched
+    return measured

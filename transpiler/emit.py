@@ -17,21 +17,10 @@ import jinja2
 import safetensors.torch
 
 from .ir import Package
+from .targets import get_target
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 BLACK_MODE = black.Mode(magic_trailing_comma=False)
-
-# CPU flags (as /proc/cpuinfo names them) that code built for each x86-64 level may use.
-_X86_64_V3 = ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "sse4_1", "sse4_2", "ssse3", "popcnt")
-CPU_FEATURES = {
-    "avx2": _X86_64_V3,
-    "avx512": _X86_64_V3 + ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),
-}
-# For --cpu-isa native: the vector extensions of this machine, all of which gcc may use.
-_NATIVE_CANDIDATES = CPU_FEATURES["avx512"] + (
-    "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx512vbmi", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
-)
-
 
 @dataclass
 class RenderedPackage:
@@ -58,19 +47,6 @@ def format_python(source: str, path: str) -> str:
         raise RuntimeError(f"emitted {path} is not valid Python: {error}") from error
 
 
-def cpu_features(cpu_isa: str) -> tuple[str, ...]:
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return ()
-    if cpu_isa in CPU_FEATURES:
-        return CPU_FEATURES[cpu_isa]
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next(line for line in cpuinfo if line.startswith("flags")).split(":", 1)[1].split()
-    except (OSError, StopIteration):
-        return ()
-    return tuple(flag for flag in _NATIVE_CANDIDATES if flag in flags)
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -95,40 +71,26 @@ def render(package: Package) -> RenderedPackage:
     python["dispatch.py"] = env.get_template("dispatch.py.jinja").render(**common, **_dispatch_context(package))
     python["runtime.py"] = env.get_template("runtime.py.jinja").render(**common)
     python["pieces/__init__.py"] = env.get_template("pieces/__init__.py.jinja").render(**common)
-    cuda = package.device == "cuda"
-    if cuda:
-        from .cudagraphs import render_source
-
-        python["cuda_runtime.py"] = env.get_template("cuda_runtime.py.jinja").render(**common)
-        python["cudagraphs.py"] = render_source(package.cuda_graphs, env)
+    target = get_target(package.device)
+    python.update(target.extra_modules(package, env, common))
     for piece in package.pieces:
         shipped = [k for k in piece.kernels if not k.alias_of]
-        runtime_names = {n for v in piece.variants for n in v.runtime_names}
-        if shipped and not cuda:
-            runtime_names.add("load_kernel")
-        cuda_runtime_names = {n for v in piece.variants for n in v.cuda_runtime_names}
-        if shipped and cuda:
-            cuda_runtime_names.add("load_triton_kernel")
-        template = "pieces/cuda_piece.py.jinja" if cuda else "pieces/piece.py.jinja"
-        python[f"pieces/{piece.module_name}.py"] = env.get_template(template).render(
+        python[f"pieces/{piece.module_name}.py"] = env.get_template(target.piece_template()).render(
             **common,
+            **target.piece_context(piece, shipped),
             piece=piece,
             variant_names=[v.variant.name for v in piece.variants],
             modules=sorted({m for v in piece.variants for m in v.module_names}),
-            runtime_names=sorted(runtime_names),
-            cuda_runtime_names=sorted(cuda_runtime_names),
-            kernels=[k.launch for k in shipped] if cuda else [],
             kernel_aliases=[k for k in piece.kernels if k.alias_of],
         )
         folder = f"kernels/{piece.module_name}"
         for kernel in shipped:
-            if kernel.kind == "triton":
-                text[f"{folder}/{kernel.name}.py"] = kernel.source
-                text[f"{folder}/{kernel.name}.json"] = json.dumps(kernel.metadata, indent=2, sort_keys=True) + "\n"
-                binaries[f"{folder}/{kernel.name}.cubin"] = kernel.binary
-            else:
-                text[f"{folder}/{kernel.name}.cpp"] = kernel.source
-                binaries[f"{folder}/{kernel.name}.so"] = kernel.binary_path
+            kernel_text, kernel_binaries = target.kernel_files(folder, kernel)
+            text.update(kernel_text)
+            binaries.update(kernel_binaries)
+
+    if package.tuning is not None:
+        text["tuning.json"] = package.tuning  # the lockfile a later transpile replays
 
     files = {path: format_python(source, path).encode() for path, source in python.items()}
     files.update({path: source.encode() for path, source in text.items()})
@@ -139,7 +101,7 @@ def render(package: Package) -> RenderedPackage:
         files["weights.safetensors"] = safetensors.torch.save(
             {key: tensor.detach().cpu().contiguous().clone() for key, tensor in shipped.items()}
         )
-    features = cpu_features(package.cpu_isa) if package.device == "cpu" else ()
+    features = target.cpu_features(package.cpu_isa)
     # The fingerprint covers everything that decides behaviour; __init__.py prints it.
     fingerprint = _sha256(
         json.dumps(
@@ -155,7 +117,7 @@ def render(package: Package) -> RenderedPackage:
         ).encode()
     )
     init_source = env.get_template("__init__.py.jinja").render(
-        **common, **_init_context(package, fingerprint, features)
+        **common, **_init_context(package, fingerprint, features), **target.init_context(package)
     )
     files["__init__.py"] = format_python(init_source, "__init__.py").encode()
 
@@ -274,8 +236,6 @@ def _init_context(package: Package, fingerprint: str, features: tuple) -> dict:
         "replaceable_literal": _literal(tuple(w.key for w in package.weights if w.user_supplied)),
         "inputs": inputs,
         "device": package.device,
-        "cuda": package.device == "cuda",
-        "gpu_literal": _literal({k: package.gpu[k] for k in ("arch", "cuda", "triton")}) if package.gpu else "{}",
         "inputs_literal": "("
         + "".join(f"({spec.name!r}, {spec.dtype}, {spec.shape!r}), " for spec in package.inputs)
         + ")",

@@ -79,9 +79,16 @@ def unwrap_call(callable_) -> tuple[dict, tuple[int, ...]]:
 
 
 def _fresh_fake_inputs(
-    piece: torch.fx.GraphModule, dispatch_symbol: sympy.Symbol, variant: Variant, symbol_ranges: dict
+    piece: torch.fx.GraphModule,
+    dispatch_symbol: sympy.Symbol,
+    variant: Variant,
+    symbol_ranges: dict,
+    dispatch_hint: int | None = None,
 ):
-    """Fake tensors (and ints) for the piece's placeholders under a fresh ShapeEnv."""
+    """Fake tensors (and ints) for the piece's placeholders under a fresh ShapeEnv.
+
+    `dispatch_hint` replaces the size Inductor optimizes a range for (a tuned transpile
+    compiles and benchmarks each range at a representative size); by default export's hint."""
     from torch._dynamo.source import ConstantSource
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import (
@@ -101,6 +108,8 @@ def _fresh_fake_inputs(
                 substitutions[symbol] = sympy.Integer(variant.range.lo)
                 continue
             lo, hi = variant.range.lo, variant.range.hi
+            if dispatch_hint is not None:
+                hint = dispatch_hint
             hint = min(max(hint, lo), hi if hi is not None else hint)
         # A hint of 0 or 1 would make the ShapeEnv specialize the symbol.
         if hint < 2 and (hi is None or hi >= 2):
@@ -140,7 +149,12 @@ def _fresh_fake_inputs(
 
 
 @contextlib.contextmanager
-def inductor_config(device: str, cpu_isa: str):
+def inductor_config(target_patches: dict, compile_threads: int | None = None):
+    """Inductor's settings for every compile: these, and the target's (targets/, which adds
+    those of --autotune and its replays). `compile_threads`: how many kernels one process
+    builds at once (with -j N each process takes a share of the cores; it does not change
+    what is built)."""
+    import torch._functorch.config as functorch_config
     import torch._inductor.config as config
 
     patches: dict = {
@@ -152,26 +166,11 @@ def inductor_config(device: str, cpu_isa: str):
         # (whether a loop is parallelized, say): a range would reuse the code another range
         # compiled first, so the output would depend on compile order and cache state.
         "fx_graph_cache": False,
+        **target_patches,
     }
-    if device == "cuda":
-        # One config per kernel, chosen without timing: autotuning picks by benchmark,
-        # which would make the emitted launch parameters differ from run to run.
-        patches["triton.autotune_pointwise"] = False
-        if hasattr(config, "deterministic"):
-            patches["deterministic"] = True
-    if device == "cpu":
-        isa = CPU_ISAS[cpu_isa]
-        if hasattr(config.cpp, "march"):
-            patches["cpp.march"] = None if isa["march"] == "native" else isa["march"]
-        elif isa["march"] != "native":
-            raise TranspileError(
-                f"--cpu-isa {cpu_isa} needs torch >= 2.12 (found {torch.__version__}); use --cpu-isa native"
-            )
-        patches["cpp.simdlen"] = isa["simdlen"]
-    import torch._functorch.config as functorch_config
-
-    # AOTAutograd's own cache would skip the inner compile we read the output of;
-    # Inductor's FX graph cache below it still makes repeated compiles cheap.
+    if compile_threads is not None:
+        patches["compile_threads"] = compile_threads
+    # AOTAutograd's own cache would skip the inner compile we read the output of.
     with config.patch(patches), functorch_config.patch(enable_autograd_cache=False):
         yield
 
@@ -181,11 +180,12 @@ def compile_variant(
     dispatch_symbol: sympy.Symbol,
     variant: Variant,
     symbol_ranges: dict,
+    dispatch_hint: int | None = None,
 ) -> InductorOutput:
     """Run Inductor on `piece` for `variant`; return its wrapper module, loaded."""
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
 
-    inputs, fake_mode, range_symbol = _fresh_fake_inputs(piece, dispatch_symbol, variant, symbol_ranges)
+    inputs, fake_mode, range_symbol = _fresh_fake_inputs(piece, dispatch_symbol, variant, symbol_ranges, dispatch_hint)
     for node in piece.graph.nodes:
         if "val" in node.meta:
             node.meta["example_value"] = node.meta["val"]

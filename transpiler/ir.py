@@ -78,6 +78,7 @@ class CompiledVariant:
     module_names: list[str]  # modules it needs imported (torch, math)
     cuda_runtime_names: list[str] = field(default_factory=list)  # from the CUDA runtime
     alias_of: str | None = None  # an earlier variant of the piece with the same code
+    tuning: dict | None = None  # tuned transpiles: this variant's lockfile entry (tuning.py)
 
 
 @dataclass
@@ -187,6 +188,7 @@ class Package:
     custom_op_splitting_ops: list = field(default_factory=list)  # made with torch.library.custom_op
     gpu: dict = field(default_factory=dict)  # cuda: arch, cuda and triton versions
     cuda_graphs: object = None  # cuda: cudagraphs.CudaGraphsContext of the emitted cudagraphs.py
+    tuning: str | None = None  # tuned transpiles: the text of tuning.json
 
     @property
     def exact_variants(self) -> list[Variant]:

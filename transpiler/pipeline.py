@@ -4,11 +4,11 @@ rewrite -> stitch -> render. Each stage is its own module; this one only connect
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -19,30 +19,15 @@ from .emit import RenderedPackage, render
 from .errors import TranspileError
 from .inductor import CPU_ISAS, RangeSpecialized, inductor_config
 from .ir import Package, UniquePiece
+from .parallel import WorkerPool
 from .model_file import load_model_file
 from .ranges import make_variants, parse_ranges, parse_sizes
 from .mutation import find_mutations, state_of
+from .options import Options, package_name  # noqa: F401  (the command imports them from here too)
 from .split import DEFAULT_SPLIT_OPS, check_split_ops, is_splitting_node, split_graph
 from .stitching import build_stitch
 from .targets import get_target
-
-
-@dataclass
-class Options:
-    model_path: Path
-    name: str | None = None
-    device: str = "cpu"
-    split_ops: list[str] | None = None
-    ranges: str | None = None
-    sizes: str | None = None
-    dispatch_dim: str | None = None
-    imports: list[str] = field(default_factory=list)
-    cpu_isa: str = "avx2"
-    capture_sizes: str | None = None
-    static_inputs: list[str] | None = None  # --static-inputs (wins over model.py's)
-    weights: str = "embed"  # --weights embed|none
-    jobs: int = 1  # -j: compile on a pool of this many worker processes
-    checkpoint_prefix: str = ""  # --checkpoint-prefix: state-dict key = prefix + checkpoint key
+from .tuning import lockfile_text, open_session, start_tuning, tuned
 
 
 @dataclass
@@ -54,13 +39,6 @@ class Summary:
     kernels: int
     seconds: float
     notes: list[str] = field(default_factory=list)  # what the transpiler decided on its own
-
-
-def package_name(options: Options) -> str:
-    name = options.name or options.model_path.stem
-    if not name.isidentifier():
-        raise TranspileError(f"package name {name!r} is not a Python identifier; pass --name NAME")
-    return name
 
 
 @dataclass
@@ -82,6 +60,7 @@ class Prepared:
     unique: list[UniquePiece]
     module_of_piece: dict[int, str]
     custom_ops: list[str]
+    tuning: object = None  # tuning.Tuning of a tuned transpile
 
 
 def prepare(options: Options) -> Prepared:
@@ -91,6 +70,7 @@ def prepare(options: Options) -> Prepared:
     if options.cpu_isa not in CPU_ISAS:
         raise TranspileError(f"--cpu-isa {options.cpu_isa}: choose one of {', '.join(CPU_ISAS)}")
     get_target(options.device).check(options)
+    tuning = start_tuning(options.autotune, options.tuning, options.device, options.cpu_isa)
     name = package_name(options)
     model_file = load_model_file(options.model_path, options.imports)
     split_ops = options.split_ops if options.split_ops is not None else model_file.split_ops
@@ -110,7 +90,8 @@ def prepare(options: Options) -> Prepared:
     state = _state(captured, split_ops, model_file, options)
     dispatch, dispatch_symbol = capture_stage.resolve_dispatch_dim(captured, options.dispatch_dim)
     ranges = parse_ranges(options.ranges, dispatch)
-    variants = make_variants(ranges, parse_sizes(options.sizes, dispatch))
+    sizes = parse_sizes(options.sizes, dispatch)
+    variants = make_variants(ranges, sizes)
 
     pieces = split_graph(captured.graph_module, split_ops)
     groups = group_pieces(pieces)
@@ -129,6 +110,9 @@ def prepare(options: Options) -> Prepared:
         )
         for piece in instances:
             module_of_piece[piece.index] = module
+    if tuning is not None:
+        # A replay compiles the lockfile's variants (the tuning run's ranges, as it split them).
+        variants = tuning.plan([piece.module_name for piece in unique], ranges, sizes) or variants
     return Prepared(
         name=name,
         model_file=model_file,
@@ -144,15 +128,31 @@ def prepare(options: Options) -> Prepared:
         unique=unique,
         module_of_piece=module_of_piece,
         custom_ops=custom_op_splitting_ops(pieces),
+        tuning=tuning,
     )
 
 
-def transpile(options: Options, progress: Callable[[int], object] | None = None) -> tuple[RenderedPackage, Summary]:
+def transpile(
+    options: Options, progress: Callable[[int], object] | None = None, pool: WorkerPool | None = None
+) -> tuple[RenderedPackage, Summary]:
     """Everything but writing: returns the rendered package and a summary.
 
     `progress(total)` is called once with the number of compiles and returns a
-    callable invoked after each one.
+    callable invoked after each one. `pool`: compile workers already started for these
+    options (the command starts them before it imports torch); with -j N and no pool,
+    they start here. Either way they capture the model while this process does, and
+    are closed before this returns.
     """
+    if pool is None and options.jobs > 1:
+        pool = WorkerPool(options, options.jobs - 1)
+    try:
+        return _transpile(options, progress, pool)
+    finally:
+        if pool:
+            pool.close()
+
+
+def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summary]:
     started = time.perf_counter()
     target = get_target(options.device)
     prepared = prepare(options)
@@ -160,7 +160,11 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
     graphs = target.graphs_context(
         prepared.name, captured, dispatch, prepared.dispatch_symbol, prepared.ranges, options.capture_sizes, prepared.state
     )
-    variants, notes = _compile_all(prepared, target, options, progress)
+    if pool:
+        pool.digest = prepared_digest(prepared)
+    variants, notes = _compile_all(prepared, target, options, progress, pool)
+    if pool:
+        pool.finish()  # workers exit while this process renders
 
     stitch = build_stitch(
         captured.graph_module,
@@ -200,6 +204,7 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
         weights_embedded=options.weights == "embed",
         checkpoint_prefix=options.checkpoint_prefix,
         custom_op_splitting_ops=custom_ops,
+        tuning=lockfile_text(prepared.tuning, unique),
     )
     rendered = render(package)
     summary = Summary(
@@ -223,7 +228,7 @@ def transpile(options: Options, progress: Callable[[int], object] | None = None)
 _MAX_RANGE_SPLITS = 8
 
 
-def _compile_all(prepared: Prepared, target, options: Options, progress):
+def _compile_all(prepared: Prepared, target, options: Options, progress, pool=None):
     """Compile every piece for every variant. A range on which Inductor specializes (a guard
     on the dispatch size that fails inside it) is split where the guard flips and compiled
     again, half by half; returns the final variants and a note per split."""
@@ -233,7 +238,7 @@ def _compile_all(prepared: Prepared, target, options: Options, progress):
         for piece in prepared.unique:
             piece.variants = []
         try:
-            _compile_variants(prepared, target, variants, options, progress)
+            _compile_variants(prepared, target, variants, options, progress, pool)
             return variants, notes
         except RangeSpecialized as specialized:
             last_error = specialized
@@ -253,20 +258,30 @@ def _compile_all(prepared: Prepared, target, options: Options, progress):
 def compile_task(prepared: Prepared, target, options: Options, piece_index: int, variant):
     """One piece for one variant (in this process or a pool worker)."""
     instances = list(prepared.groups.values())[piece_index]
-    with inductor_config(options.device, options.cpu_isa):
-        return target.compile_variant(
-            instances[0], prepared.unique[piece_index], variant, prepared.dispatch_symbol, prepared.captured
+    unique = prepared.unique[piece_index]
+    session = open_session(prepared.tuning, unique.module_name, variant, prepared.captured.symbol_ranges, prepared.dispatch_symbol)
+    with inductor_config(target.inductor_patches(options.cpu_isa, tuned=session is not None), compile_threads_per_process(options.jobs)), tuned(session):
+        compiled = target.compile_variant(
+            instances[0], unique, variant, prepared.dispatch_symbol, prepared.captured, session
         )
+    compiled.tuning = session.finish() if session is not None else None
+    return compiled
 
 
-def _compile_variants(prepared: Prepared, target, variants, options: Options, progress):
+def compile_threads_per_process(jobs: int) -> int | None:
+    """With -j N, each process builds kernels on its share of the cores (Inductor's
+    default, one thread or Triton process per core, in every process would oversubscribe)."""
+    if jobs <= 1:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // jobs)
+
+
+def _compile_variants(prepared: Prepared, target, variants, options: Options, progress, pool=None):
     tasks = [(index, variant) for index in range(len(prepared.unique)) for variant in variants]
     step = progress(len(tasks)) if progress else None
-    jobs = min(options.jobs or 1, len(tasks))
-    if jobs > 1:
-        from .parallel import compile_in_pool
-
-        results = compile_in_pool(options, tasks, jobs, step)
+    if pool:
+        results = pool.compile(tasks, lambda task: compile_task(prepared, target, options, *task), step)
     else:
         results = []
         for index, variant in tasks:
@@ -293,6 +308,25 @@ def _compile_variants(prepared: Prepared, target, variants, options: Options, pr
                 if kernel.alias_of == kernel.name:
                     kernel.alias_of = None
             piece.variants.append(compiled)
+
+
+def prepared_digest(prepared: Prepared) -> str:
+    """What a compile worker must have captured exactly as this process did: each unique
+    piece's code, input names and input metadata, the variants and the symbols' ranges."""
+    import hashlib
+
+    parts = [str(prepared.dispatch_symbol), repr(prepared.variants)]
+    parts += [f"{symbol}: {bounds}" for symbol, bounds in sorted(prepared.captured.symbol_ranges.items(), key=str)]
+    for piece, instances in zip(prepared.unique, prepared.groups.values()):
+        graph = instances[0].graph_module
+        parts += [piece.module_name, repr(piece.input_names), graph.code]
+        for node in graph.graph.find_nodes(op="placeholder"):
+            value = node.meta.get("val")
+            if isinstance(value, torch.Tensor):
+                parts.append(f"{node.name} {value.dtype} {value.device} {tuple(value.shape)} {value.stride()}")
+            else:
+                parts.append(f"{node.name} {value!r}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def custom_op_splitting_ops(pieces) -> list[str]:

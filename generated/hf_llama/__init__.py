@@ -18,7 +18,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "hf_llama"
-FINGERPRINT = "a78f784f714791a6c0d5f19bdd2d8c2c5ac6e1d70194224abe11543ce4ce7faa"
+FINGERPRINT = "f9a9ad7e0c315282ccfb14a7bca6268db4f833674e17e1cc2ad6c8a883462fa3"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1,)

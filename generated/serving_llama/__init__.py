@@ -22,7 +22,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "serving_llama"
-FINGERPRINT = "b2122edf35c747c58b46027945c8dec8c0acf046a10a758ead9ccf75594550dc"
+FINGERPRINT = "666d2913c4e0ac710ad1dc84fa86d454c327fb07f3311e38b9f8630b63a87144"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)

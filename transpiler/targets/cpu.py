@@ -2,23 +2,96 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 from ..errors import TranspileError
-from ..inductor import compile_variant, cpp_kernel_files
+from ..inductor import CPU_ISAS, compile_variant, cpp_kernel_files
 from ..ir import CompiledVariant, Kernel, UniquePiece
 from ..rewrite import rewrite_call
+from ..tuning import TUNING_PATCHES
+
+
+# CPU flags (as /proc/cpuinfo names them) that code built for each x86-64 level may use.
+_X86_64_V3 = ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "sse4_1", "sse4_2", "ssse3", "popcnt")
+CPU_FEATURES = {
+    "avx2": _X86_64_V3,
+    "avx512": _X86_64_V3 + ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),
+}
+# For --cpu-isa native: the vector extensions of this machine, all of which gcc may use.
+_NATIVE_CANDIDATES = CPU_FEATURES["avx512"] + (
+    "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx512vbmi", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
+)
+
+
+def cpu_features(cpu_isa: str) -> tuple[str, ...]:
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return ()
+    if cpu_isa in CPU_FEATURES:
+        return CPU_FEATURES[cpu_isa]
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next(line for line in cpuinfo if line.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration):
+        return ()
+    return tuple(flag for flag in _NATIVE_CANDIDATES if flag in flags)
+
 
 
 class CpuTarget:
     name = "cpu"
 
+    # --- rendering (emit.py)
+
+    def extra_modules(self, package, env, common: dict) -> dict[str, str]:
+        return {}
+
+    def piece_template(self) -> str:
+        return "pieces/piece.py.jinja"
+
+    def piece_context(self, piece: UniquePiece, shipped: list[Kernel]) -> dict:
+        runtime_names = {n for v in piece.variants for n in v.runtime_names}
+        if shipped:
+            runtime_names.add("load_kernel")
+        return {"runtime_names": sorted(runtime_names)}
+
+    def kernel_files(self, folder: str, kernel: Kernel) -> tuple[dict, dict]:
+        return {f"{folder}/{kernel.name}.cpp": kernel.source}, {f"{folder}/{kernel.name}.so": kernel.binary_path}
+
+    def cpu_features(self, cpu_isa: str) -> tuple[str, ...]:
+        return cpu_features(cpu_isa)
+
+    def init_context(self, package) -> dict:
+        return {"cuda": False, "gpu_literal": "{}"}
+
+    # --- the pipeline
+
+    def inductor_patches(self, cpu_isa: str, tuned: bool) -> dict:
+        """The x86-64 level the C++ is generated and built for; tuned: GEMMs ATen against
+        Inductor's C++ templates (batched matmuls: a plain matmul's template needs constant
+        weights, and weights are inputs here)."""
+        import torch
+        import torch._inductor.config as config
+
+        isa = CPU_ISAS[cpu_isa]
+        patches: dict = {}
+        if hasattr(config.cpp, "march"):
+            patches["cpp.march"] = None if isa["march"] == "native" else isa["march"]
+        elif isa["march"] != "native":
+            raise TranspileError(
+                f"--cpu-isa {cpu_isa} needs torch >= 2.12 (found {torch.__version__}); use --cpu-isa native"
+            )
+        patches["cpp.simdlen"] = isa["simdlen"]
+        if tuned:
+            patches.update(TUNING_PATCHES, max_autotune_gemm_backends="ATEN,CPP")
+        return patches
+
     def check(self, options) -> None:
         if options.capture_sizes is not None:
             raise TranspileError("--capture-sizes: CUDA graphs need --device cuda")
 
-    def compile_variant(self, piece, unique, variant, dispatch_symbol, captured) -> CompiledVariant:
-        return _compile_cpu(piece, unique, variant, dispatch_symbol, captured)
+    def compile_variant(self, piece, unique, variant, dispatch_symbol, captured, session=None) -> CompiledVariant:
+        return _compile_cpu(piece, unique, variant, dispatch_symbol, captured, session)
 
     def fingerprint(self) -> dict:
         return {}
@@ -27,8 +100,9 @@ class CpuTarget:
         return None
 
 
-def _compile_cpu(piece, unique: UniquePiece, variant, dispatch_symbol, captured) -> CompiledVariant:
-    output = compile_variant(piece.graph_module, dispatch_symbol, variant, captured.symbol_ranges)
+def _compile_cpu(piece, unique: UniquePiece, variant, dispatch_symbol, captured, session=None) -> CompiledVariant:
+    hint = session.benchmark_size if session is not None else None
+    output = compile_variant(piece.graph_module, dispatch_symbol, variant, captured.symbol_ranges, hint)
     kernel_files = cpp_kernel_files(output.module_globals)
     prefix = f"{variant.name}_"
     rewritten = rewrite_call(output.source_code, variant.name, unique.input_names, prefix)

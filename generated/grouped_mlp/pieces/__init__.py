@@ -1,0 +1,1 @@
+"""The compiled pieces of grouped_mlp, one module per structurally unique piece."""

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""How fast load() reads a package's weights onto the GPU, against the floor.
+
+    bash scripts/gpu-run.sh scripts/gpu_cold_start.py --runs 3 --then scripts/gpu_weights_read.py [--runs 5]
+
+Reads SCRATCH/gen/serving_llama_1b/weights.safetensors (the 1.1B bf16 package that
+gpu_cold_start.py writes) in fresh processes, page cache warm, each way in turn:
+the package's reader (one pass, two pinned staging buffers), the previous one (the file
+mapped, then `.to("cuda")` tensor by tensor), and safetensors' own `load_file`. The
+floor is the slower of reading the file into pinned memory and one pinned-to-GPU copy of
+its size (the package's reader overlaps the two). Prints a markdown table: medians
+(min-max) in ms and GB/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+NAME = "serving_llama_1b"
+
+PROLOGUE = """
+import json, sys, time
+from pathlib import Path
+import torch
+sys.path.insert(0, {gen!r})
+torch.cuda.init()
+torch.empty(1, device="cuda")
+path = Path({path!r})
+"""
+WAYS = {
+    "package (pinned staging, one pass)": """
+from {name} import runtime
+names = list(runtime.read_header(path))
+start = time.perf_counter()
+tensors = runtime.read_safetensors(path, names, "cuda")
+torch.cuda.synchronize()
+""",
+    "mapped, then .to(cuda) per tensor (previous)": """
+from {name} import runtime
+header = runtime.read_header(path)
+start = time.perf_counter()
+tensors = {{name: t.to("cuda") for name, t in runtime._map_file(path, list(header.values())).items()}}
+torch.cuda.synchronize()
+""",
+    "safetensors.torch.load_file(device=cuda)": """
+from safetensors.torch import load_file
+start = time.perf_counter()
+tensors = load_file(str(path), device="cuda")
+torch.cuda.synchronize()
+""",
+    "floor: read into pinned memory": """
+size = path.stat().st_size
+chunk = 64 << 20
+buffer = torch.empty(chunk, dtype=torch.uint8, pin_memory=True)
+import ctypes
+view = memoryview((ctypes.c_char * chunk).from_address(buffer.data_ptr())).cast("B")
+start = time.perf_counter()
+with open(path, "rb", buffering=0) as file:
+    while file.readinto(view):
+        pass
+""",
+    "floor: one pinned-to-GPU copy": """
+size = path.stat().st_size
+host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+device = torch.empty(size, dtype=torch.uint8, device="cuda")
+device.copy_(host, non_blocking=True)
+torch.cuda.synchronize()
+start = time.perf_counter()
+device.copy_(host, non_blocking=True)
+torch.cuda.synchronize()
+""",
+}
+EPILOGUE = """
+print("RESULT " + json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+
+def run_fresh(code: str) -> float | None:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode != 0 or not lines:
+        print(f"FAIL {result.stderr[-1500:]}", flush=True)
+        return None
+    return json.loads(lines[-1][len("RESULT "):])["seconds"]
+
+
+def table(samples: dict[str, list[float]], size_bytes: int) -> list[str]:
+    """Markdown rows: median (min-max) ms, GB/s at the median, and x the floor (the slower
+    floor row's median)."""
+    floors = [statistics.median(v) for k, v in samples.items() if k.startswith("floor") and v]
+    floor = max(floors) if floors else None
+    lines = ["| way | ms | GB/s | x floor |", "| --- | --- | --- | --- |"]
+    for label, values in samples.items():
+        if not values:
+            lines.append(f"| {label} | failed | | |")
+            continue
+        median = statistics.median(values)
+        ratio = f"{median / floor:.2f}x" if floor and not label.startswith("floor") else ""
+        lines.append(
+            f"| {label} | {median * 1e3:.0f} ({min(values) * 1e3:.0f}-{max(values) * 1e3:.0f}) | "
+            f"{size_bytes / median / 1e9:.1f} | {ratio} |"
+        )
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scratch", type=Path)
+    parser.add_argument("--runs", type=int, default=5)
+    options = parser.parse_args()
+    gen = options.scratch / "gen"
+    path = gen / NAME / "weights.safetensors"
+    if not path.is_file():
+        print(f"{path} is missing: run scripts/gpu_cold_start.py first in the same call (--then)")
+        return 1
+    path.read_bytes()  # page cache warm: every way reads from memory
+    samples: dict[str, list[float]] = {label: [] for label in WAYS}
+    for _ in range(options.runs):
+        for label, body in WAYS.items():  # interleaved, a fresh process each
+            seconds = run_fresh(PROLOGUE.format(gen=str(gen), path=str(path)) + body.format(name=NAME) + EPILOGUE)
+            if seconds is not None:
+                samples[label].append(seconds)
+    import torch
+
+    size = path.stat().st_size
+    print(f"Reading {size / 1e9:.2f} GB of weights onto {torch.cuda.get_device_name()} (torch {torch.__version__}), "
+          f"page cache warm, median (min-max) of {options.runs} fresh processes")
+    print("\n".join(table(samples, size)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Device targets: the CUDA target's rendering, exercised on the CPU with a package whose
+kernels are stand-ins for cubins (no GPU here), and an unknown device refused."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from conftest import EXAMPLES, ROOT
+from transpiler import pipeline
+from transpiler.cudagraphs import cudagraphs_context
+from transpiler.errors import TranspileError
+from transpiler.ir import Kernel
+from transpiler.targets import get_target
+
+
+def test_unknown_device_is_refused():
+    with pytest.raises(TranspileError, match="--device tpu: choose cpu or cuda"):
+        get_target("tpu")
+
+
+@pytest.fixture(scope="module")
+def cpu_package():
+    """The mlp example's Package as the pipeline hands it to emit.render."""
+    args = EXAMPLES["mlp"]
+    captured = {}
+    real_render = pipeline.render
+
+    def keep(package):
+        captured["package"] = copy.deepcopy(package)
+        return real_render(package)
+
+    pipeline.render = keep
+    try:
+        options = pipeline.Options(model_path=ROOT / args[0], name="mlp", ranges="1-32,33-128", sizes="4")
+        pipeline.transpile(options)
+    finally:
+        pipeline.render = real_render
+    return captured["package"]
+
+
+def as_cuda(package):
+    """The same package as the CUDA target would hand it over: Triton kernels with launch data."""
+    package = copy.deepcopy(package)
+    package.device = "cuda"
+    package.gpu = {"arch": 90, "name": "NVIDIA H100", "cuda": "13.0", "triton": "3.6.0"}
+    package.cuda_graphs = cudagraphs_context(
+        package.name, [1, 2, 4, 8], package.inputs, package.dispatch.input_index, package.dispatch.dim, (0,)
+    )
+    for piece in package.pieces:
+        for variant in piece.variants:
+            variant.cuda_runtime_names = ["empty_strided_cuda", "get_raw_stream"]
+            variant.kernels = [
+                Kernel(
+                    name=k.name, kind="triton", source=f"# Triton source of {k.name}\n", binary=b"cubin",
+                    launch={"function_name": k.name, "handle": f"_{k.name}", "file_name": k.name, "symbol": "kernel",
+                            "num_warps": 4, "shared": 0, "arg_types": "OOi", "arch": 90, "params": ["a", "b", "stream"],
+                            "grid_lines": ["grid_0 = 1", "grid_1 = 1", "grid_2 = 1"], "launch_args": ["a", "b"],
+                            "comment": "XBLOCK=128"},
+                    metadata={"symbol": "kernel", "config": {"XBLOCK": 128}}, alias_of=k.alias_of,
+                )
+                for k in variant.kernels
+            ]
+    return package
+
+
+def test_each_target_renders_its_own_files(cpu_package):
+    from transpiler.emit import render
+
+    cpu = render(cpu_package)
+    cuda = render(as_cuda(cpu_package))
+    assert "cuda_runtime.py" not in cpu.files and "cudagraphs.py" not in cpu.files
+    assert {"cuda_runtime.py", "cudagraphs.py"} <= set(cuda.files)
+    assert all(path.endswith(".so") for path in cpu.binaries)
+    assert cuda.binaries and all(path.endswith(".cubin") for path in cuda.binaries)
+    for path in cuda.binaries:
+        stem = path[: -len(".cubin")]
+        assert f"{stem}.json" in cuda.files and f"{stem}.py" in cuda.files
+    piece_cpu, piece_cuda = cpu.files["pieces/piece_0.py"].decode(), cuda.files["pieces/piece_0.py"].decode()
+    assert "load_kernel(" in piece_cpu and "load_triton_kernel" not in piece_cpu
+    assert "from ..cuda_runtime import" in piece_cuda and "load_triton_kernel(" in piece_cuda
+    init_cpu, init_cuda = cpu.files["__init__.py"].decode(), cuda.files["__init__.py"].decode()
+    assert "def capture(" not in init_cpu and "GPU = " not in init_cpu
+    assert "def capture(" in init_cuda and 'GPU = {"arch": 90, "cuda": "13.0", "triton": "3.6.0"}' in init_cuda
+    assert cpu.manifest["cpu_features"] and cuda.manifest["cpu_features"] == []

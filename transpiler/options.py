@@ -1,0 +1,38 @@
+"""What the command asks for: the options of one transpile, and the package's name.
+
+Free of torch, so that the command can start compile workers before it imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import TranspileError
+
+
+@dataclass
+class Options:
+    model_path: Path
+    name: str | None = None
+    device: str = "cpu"
+    split_ops: list[str] | None = None
+    ranges: str | None = None
+    sizes: str | None = None
+    dispatch_dim: str | None = None
+    imports: list[str] = field(default_factory=list)
+    cpu_isa: str = "avx2"
+    capture_sizes: str | None = None
+    static_inputs: list[str] | None = None  # --static-inputs (wins over model.py's)
+    weights: str = "embed"  # --weights embed|none
+    jobs: int = 1  # -j: compile on this many processes (this one and jobs - 1 workers)
+    checkpoint_prefix: str = ""  # --checkpoint-prefix: state-dict key = prefix + checkpoint key
+    autotune: bool = False  # --autotune: benchmark Inductor's choices, record them in tuning.json
+    tuning: Path | None = None  # --tuning (or OUT/NAME/tuning.json): a lockfile to replay
+
+
+def package_name(options: Options) -> str:
+    name = options.name or options.model_path.stem
+    if not name.isidentifier():
+        raise TranspileError(f"package name {name!r} is not a Python identifier; pass --name NAME")
+    return name
