@@ -89,6 +89,25 @@ torch.cuda.synchronize()
 called = time.perf_counter()
 extra = {{"import": imported - after_torch, "load": loaded - imported, "first_call": called - loaded, "stages": stages}}
 """,
+    "package, load(weights=checkpoint)": """
+stages = []
+class Stages(logging.Handler):
+    def emit(self, record):
+        stages.append(record.getMessage())
+logging.getLogger("serving_llama_1b").addHandler(Stages())
+logging.getLogger("serving_llama_1b").setLevel(logging.DEBUG)
+import serving_llama_1b
+imported = time.perf_counter()
+model = serving_llama_1b.load(weights={checkpoint!r})
+loaded = time.perf_counter()
+_, cache_dtype, cache_shape = serving_llama_1b.INPUTS[2]
+cache = torch.zeros(cache_shape, dtype=cache_dtype, device="cuda")
+""" + INPUTS + """
+out = model(ids, positions, cache, positions[0])
+torch.cuda.synchronize()
+called = time.perf_counter()
+extra = {{"import": imported - after_torch, "load": loaded - imported, "first_call": called - loaded, "stages": stages}}
+""",
 }
 
 
@@ -110,7 +129,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("scratch", type=Path)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=None, help="transpile -j (if the transpiler has it)")
+    parser.add_argument("--jobs", type=int, default=None, help="transpile -j (default: the transpiler's, the cores)")
+    parser.add_argument("--serial-check", action="store_true", help="transpile again with -j 1 and compare the trees")
     options = parser.parse_args()
     out = options.scratch / "gen"
     env = {**os.environ, **ENV_1B, "PYTHONPATH": f"{out}:{os.environ.get('PYTHONPATH', '')}"}
@@ -119,7 +139,7 @@ def main() -> int:
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
     command = [
         sys.executable, "-m", "transpiler.cli", str(EXAMPLE / "model.py"), "--name", "serving_llama_1b",
-        "--import", "serving_ops", "--device", "cuda", "--ranges", "1-64,65-2048", "--sizes", "1", "-o", str(out),
+        "--import", "serving_ops", "--device", "cuda", "--ranges", "1-64,65-2048", "--sizes", "1,8", "-o", str(out),
     ]
     if options.jobs:
         command += ["-j", str(options.jobs)]
@@ -129,6 +149,19 @@ def main() -> int:
     print(f"transpile: rc {result.returncode}, {transpile_seconds:.1f} s; {result.stdout.strip()[-500:]} {result.stderr[-1500:]}", flush=True)
     if result.returncode != 0:
         return 1
+    if options.serial_check:
+        sys.path.insert(0, str(ROOT))
+        from transpiler.treediff import diff_trees
+
+        serial_out = options.scratch / "gen-j1"
+        serial = [*command[: command.index("-o")], "-o", str(serial_out), "-j", "1"]
+        started = time.perf_counter()
+        result = subprocess.run(serial, cwd=ROOT, env=env, capture_output=True, text=True)
+        print(f"transpile -j 1: rc {result.returncode}, {time.perf_counter() - started:.1f} s; "
+              f"{result.stdout.strip()[-500:]} {result.stderr[-1500:]}", flush=True)
+        if result.returncode == 0:
+            differences = diff_trees(out / "serving_llama_1b", serial_out / "serving_llama_1b")
+            print(f"{'PASS' if not differences else 'FAIL'} -j default and -j 1 give the same sources: {differences[:5]}")
     # The full checkpoint the eager paths load: the package's own weights file.
     checkpoint = out / "serving_llama_1b" / "weights.safetensors"
     rows = {}
@@ -152,11 +185,13 @@ def main() -> int:
         if runs:
             print(f"| {label} | {summary([r['after_torch'] for r in runs])} | {summary([r['whole'] for r in runs])} | "
                   f"{max(r['compiler_modules'] for r in runs)} |")
-    package = rows.get("package") or []
-    if package:
-        print(f"package stages: import {summary([r['import'] for r in package])}, load() {summary([r['load'] for r in package])}, "
+    for label in ("package", "package, load(weights=checkpoint)"):
+        package = rows.get(label) or []
+        if not package:
+            continue
+        print(f"{label} stages: import {summary([r['import'] for r in package])}, load() {summary([r['load'] for r in package])}, "
               f"first call {summary([r['first_call'] for r in package])}")
-        print("load() stages (debug log, first run):", package[0].get("stages"))
+        print(f"{label} load() stages (debug log, first run):", package[0].get("stages"))
     print(f"transpile of the package: {transpile_seconds:.1f} s")
     return 0
 

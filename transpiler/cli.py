@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -200,14 +201,17 @@ def _run(args, console, console_out) -> int:
             print(f"{target} is up to date", file=console_out)
         return 0
 
+    written = time.perf_counter()
     write_package(rendered, target)
+    stages = {**summary.stages, "write": time.perf_counter() - written}
     if not args.quiet:
         message = (
             f"wrote {target}: {summary.pieces} piece calls ({summary.unique_pieces} unique), "
             f"{summary.splitting_calls} splitting-op calls, {summary.variants} variants, "
-            f"{summary.kernels} kernels in {summary.seconds:.1f} s"
+            f"{summary.kernels} kernels in {summary.seconds + stages['write']:.1f} s"
         )
         print(message, file=console_out)
+        print("  time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in stages.items()), file=console_out)
         for note in summary.notes:
             print(f"  note: {note}", file=console_out)
     return 0

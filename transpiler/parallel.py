@@ -51,7 +51,8 @@ def prepare_to_compile(options):
     from .pipeline import compile_task, prepare, prepared_digest
     from .targets import get_target
 
-    prepared = prepare(options)
+    with _weights_left_uninitialized():
+        prepared = prepare(options)
     digest = prepared_digest(prepared)
     target = get_target(options.device)
     # Compiling needs the pieces' graphs only: free this copy of the weights (the model
@@ -62,6 +63,30 @@ def prepare_to_compile(options):
     prepared.captured.weight_tensors = {}
     gc.collect()
     return (lambda task: compile_task(prepared, target, options, *task)), digest
+
+
+@contextlib.contextmanager
+def _weights_left_uninitialized():
+    """torch.nn.init's functions do nothing while MODEL.py builds the model in a worker:
+    compiling needs the graphs, not the weights' values (which this process writes), and
+    initializing a 1B-parameter model in every worker at once costs seconds of the cores
+    they share. A graph that did depend on them would not match the parent's digest, and
+    the parent would then compile that worker's share itself."""
+    import torch
+
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_") and callable(getattr(torch.nn.init, n))]
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(torch.nn.init, name, _leave)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+
+
+def _leave(tensor, *args, **kwargs):
+    return tensor
 
 
 def _empty_tensors(model) -> None:
@@ -126,6 +151,7 @@ class WorkerPool:
         self._finished = False
         self._closed = False
         self.digest: str | None = None  # the parent's, set before the first `compile`
+        self.mismatched = 0  # workers whose graphs differed from this process's, stopped
         # Whether the caller compiles tasks too (tests turn it off so that every task
         # goes through a worker).
         self.caller_compiles = True
@@ -206,10 +232,11 @@ class WorkerPool:
                     continue
                 if kind == "ready":
                     if payload != self.digest:
-                        fail(TranspileError(
-                            "a compile worker captured a different graph than this process (torch.export is not "
-                            "deterministic for this model); run with -j 1"
-                        ))
+                        # Its graphs differ from this process's (graphs that depend on the
+                        # weights' values, or a capture that is not deterministic): it stops,
+                        # and the others, this process included, take its share.
+                        worker.inbox.put(None)
+                        self.mismatched += 1
                         continue
                     worker.ready = True
                 else:

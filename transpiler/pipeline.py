@@ -39,6 +39,7 @@ class Summary:
     kernels: int
     seconds: float
     notes: list[str] = field(default_factory=list)  # what the transpiler decided on its own
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, in order
 
 
 @dataclass
@@ -156,6 +157,7 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
     started = time.perf_counter()
     target = get_target(options.device)
     prepared = prepare(options)
+    stages = {"capture": time.perf_counter() - started}
     captured, dispatch = prepared.captured, prepared.dispatch
     graphs = target.graphs_context(
         prepared.name, captured, dispatch, prepared.dispatch_symbol, prepared.ranges, options.capture_sizes, prepared.state
@@ -165,6 +167,13 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
     variants, notes = _compile_all(prepared, target, options, progress, pool)
     if pool:
         pool.finish()  # workers exit while this process renders
+        if pool.mismatched:
+            notes.append(
+                f"{pool.mismatched} compile worker(s) captured graphs that differ from this process's "
+                "(they depend on the weights' values, which workers leave uninitialized, or export is not "
+                "deterministic here); this process compiled their share"
+            )
+    stages["compile"] = time.perf_counter() - started - sum(stages.values())
 
     stitch = build_stitch(
         captured.graph_module,
@@ -207,6 +216,7 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
         tuning=lockfile_text(prepared.tuning, unique),
     )
     rendered = render(package)
+    stages["render"] = time.perf_counter() - started - sum(stages.values())
     summary = Summary(
         pieces=package.num_piece_calls,
         unique_pieces=len(unique),
@@ -220,6 +230,7 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
             "it does not, but torch.library.Library define + impl needs no such step"
             for op in custom_ops
         ],
+        stages=stages,
     )
     return rendered, summary
 

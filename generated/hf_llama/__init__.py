@@ -18,7 +18,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "hf_llama"
-FINGERPRINT = "f9a9ad7e0c315282ccfb14a7bca6268db4f833674e17e1cc2ad6c8a883462fa3"
+FINGERPRINT = "123e6944ddbfda6a1eb5da539119472ba7df982b703f16787c0e201bc7c75468"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1,)

@@ -22,7 +22,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "serving_llama"
-FINGERPRINT = "666d2913c4e0ac710ad1dc84fa86d454c327fb07f3311e38b9f8630b63a87144"
+FINGERPRINT = "1d9a0ff80bbc9b75866637a36542cfe4fea3ecdaa43c31b47519cc29959dad28"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)
