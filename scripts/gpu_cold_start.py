@@ -165,7 +165,7 @@ def main() -> int:
     # The full checkpoint the eager paths load: the package's own weights file.
     checkpoint = out / "serving_llama_1b" / "weights.safetensors"
     rows = {}
-    for label, body in BODIES.items():
+    for label, body in BODIES.items() if options.runs else ():  # --runs 0: the transpile alone
         code = body.format(checkpoint=str(checkpoint))
         if "compile" in label:
             run_fresh(code, {**env, "TORCHINDUCTOR_CACHE_DIR": str(options.scratch / "compile-cache")})  # warm it

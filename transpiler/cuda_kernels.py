@@ -167,9 +167,10 @@ def _capture_one(name: str, autotuner, num_configs: int | None) -> TritonKernel:
     if len(static.arg_tys) != len(call_args):
         raise TranspileError(f"kernel {name}: {len(static.arg_tys)} argument types for {len(call_args)} arguments")
 
+    # A Triton template (a GEMM chosen by --autotune) takes its grid as extra launcher
+    # arguments (_grid_0.._grid_2, after the kernel's own): def_args ends with them and the
+    # grid expressions name them.
     grid = th.GridExpr.from_meta(result.inductor_meta, result.config)
-    if "extra_launcher_args" in result.inductor_meta:
-        raise TranspileError(f"kernel {name} takes extra launcher arguments, which this target does not support yet")
 
     cache_key = th.triton_hash_to_path_key(static.hash)
     path = _cubin_path(th, device, static.hash, static.name)

@@ -48,11 +48,19 @@ def _portable(error: BaseException) -> BaseException:
 def prepare_to_compile(options):
     """A worker's set-up: prepare the model as the parent did; return the function that
     compiles one task and the digest of what was captured."""
-    from .pipeline import compile_task, prepare, prepared_digest
+    import torch
+
+    from .pipeline import compile_task, compile_threads_per_process, prepare, prepared_digest
     from .targets import get_target
 
+    # Every worker captures at once, alongside this process: each takes its share of the
+    # cores for torch's own threads while it does. Compiling gets all of them back: the
+    # C++ Inductor writes depends on torch's thread count, which must match this process's.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(compile_threads_per_process(options.jobs) or 1)
     with _weights_left_uninitialized():
         prepared = prepare(options)
+    torch.set_num_threads(threads)
     digest = prepared_digest(prepared)
     target = get_target(options.device)
     # Compiling needs the pieces' graphs only: free this copy of the weights (the model

@@ -119,9 +119,16 @@ def new_kv_cache(config: Config, dtype=torch.float32, device="cpu"):
 
 
 def build(config: Config, dtype=torch.float32, seed: int = 0) -> Decoder:
+    """Random weights, written once: the layers are made on the meta device (so nn.Linear's
+    own initialization, which these weights replace anyway, costs nothing), then given memory."""
     torch.manual_seed(seed)
-    decoder = Decoder(config)
-    for parameter in decoder.parameters():
-        # Small weights keep bf16 activations in range at any depth.
-        nn.init.normal_(parameter, std=0.02) if parameter.dim() > 1 else nn.init.ones_(parameter)
-    return decoder.to(dtype).eval()
+    with torch.device("meta"):
+        decoder = Decoder(config).to(dtype)
+    decoder = decoder.to_empty(device="cpu")
+    head_dim = config.hidden // config.heads
+    with torch.no_grad():
+        decoder.inv_freq.copy_(1.0 / (config.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim)))
+        for parameter in decoder.parameters():
+            # Small weights keep bf16 activations in range at any depth.
+            nn.init.normal_(parameter, std=0.02) if parameter.dim() > 1 else nn.init.ones_(parameter)
+    return decoder.eval()

@@ -22,7 +22,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "serving_llama"
-FINGERPRINT = "1d9a0ff80bbc9b75866637a36542cfe4fea3ecdaa43c31b47519cc29959dad28"
+FINGERPRINT = "913b8c4e1236171bab00ca83ec48bc5905b279d2d3c7d74e79da32bd6a2ae27d"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)

@@ -114,6 +114,10 @@ class TritonKernel:
         )
 
 
+# Every kernel the pieces made, so that load() can put them all on the GPU up front.
+KERNELS = []
+
+
 def load_triton_kernel(
     piece: str,
     name: str,
@@ -123,10 +127,20 @@ def load_triton_kernel(
     arg_types: str,
     arch=None,
 ):
-    """A kernel of kernels/<piece>/<name>.cubin; loaded onto the GPU when first launched."""
-    return TritonKernel(
+    """A kernel of kernels/<piece>/<name>.cubin; load_kernels() puts it on the GPU."""
+    kernel = TritonKernel(
         KERNEL_DIR / piece / f"{name}.cubin", symbol, num_warps, shared, arg_types, arch
     )
+    KERNELS.append(kernel)
+    return kernel
+
+
+def load_kernels() -> None:
+    """Load every kernel onto the current GPU now, so that no call pays for it."""
+    device = _get_device()
+    for kernel in KERNELS:
+        if device not in kernel.functions:
+            kernel._load(device)
 
 
 def align_inputs(args: list, indices: tuple) -> None:

@@ -14,6 +14,7 @@ import os
 import platform
 import struct
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -111,60 +112,336 @@ _DTYPES = {
     "I8": torch.int8,
     "U8": torch.uint8,
     "BOOL": torch.bool,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 
+# Weights for a GPU are read through two pinned buffers of this size: the disk fills one
+# while the other is copied to the device.
+STAGING_BYTES = 64 << 20
 
-def read_safetensors(path: Path, names: set) -> dict:
-    """Tensors `names` of a safetensors file, mapped copy-on-write (no parsing library)."""
-    with open(path, "rb") as file:
-        (header_size,) = struct.unpack("<Q", file.read(8))
-        header = json.loads(file.read(header_size))
-        data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+
+class FileTensor:
+    """Where one tensor of a safetensors file lies: read only when loaded."""
+
+    __slots__ = ("file", "name", "dtype", "shape", "start", "end")
+
+    def __init__(
+        self, file: Path, name: str, dtype, shape: tuple, start: int, end: int
+    ):
+        self.file, self.name, self.dtype, self.shape, self.start, self.end = (
+            file,
+            name,
+            dtype,
+            shape,
+            start,
+            end,
+        )
+
+
+def _not_safetensors(path: Path, why: str) -> ValueError:
+    return ValueError(
+        f"weights: {path} is not a safetensors file ({why}); pass .safetensors files or a state_dict"
+    )
+
+
+def read_header(path: Path) -> dict:
+    """name -> FileTensor for every tensor of a safetensors file, from its header alone."""
+    try:
+        with open(path, "rb") as file:
+            prefix = file.read(8)
+            if len(prefix) < 8:
+                raise _not_safetensors(path, "shorter than a header")
+            (header_size,) = struct.unpack("<Q", prefix)
+            size = os.fstat(file.fileno()).st_size
+            if header_size > size - 8:
+                raise _not_safetensors(
+                    path, f"a header of {header_size} bytes in a file of {size}"
+                )
+            header = json.loads(file.read(header_size))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _not_safetensors(path, f"its header is not JSON: {error}") from None
+    except OSError as error:
+        raise FileNotFoundError(
+            f"weights: cannot read {path}: {error.strerror}"
+        ) from None
+    if not isinstance(header, dict):
+        raise _not_safetensors(path, "its header is not a JSON object")
+    header.pop("__metadata__", None)
     tensors = {}
-    for name in names:
-        info = header[name]
-        dtype = _DTYPES[info["dtype"]]
+    for name, info in header.items():
+        try:
+            dtype = _DTYPES[info["dtype"]]
+        except KeyError:
+            raise ValueError(
+                f"weights: {name!r} in {path} has dtype {info.get('dtype')}, which this package cannot read"
+            ) from None
         start, end = info["data_offsets"]
-        count = (end - start) // dtype.itemsize
-        if count:
-            flat = torch.frombuffer(
-                data, dtype=dtype, count=count, offset=8 + header_size + start
+        if 8 + header_size + end > size:
+            raise _not_safetensors(
+                path, f"tensor {name!r} runs past the end of the file"
             )
-        else:
-            flat = torch.empty(0, dtype=dtype)
-        tensors[name] = flat.reshape(info["shape"])
+        tensors[name] = FileTensor(
+            path,
+            name,
+            dtype,
+            tuple(info["shape"]),
+            8 + header_size + start,
+            8 + header_size + end,
+        )
     return tensors
 
 
-def load_weights(keys: tuple, replaceable: frozenset, given) -> tuple:
-    """The weights in the order the stitching function takes them.
+def _map_file(path: Path, entries: list) -> dict:
+    """CPU tensors backed by the file's pages, mapped copy-on-write: nothing is read until used."""
+    with open(path, "rb") as file:
+        data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+    tensors = {}
+    for entry in entries:
+        count = (entry.end - entry.start) // entry.dtype.itemsize
+        flat = (
+            torch.frombuffer(data, dtype=entry.dtype, count=count, offset=entry.start)
+            if count
+            else torch.empty(0, dtype=entry.dtype)
+        )
+        tensors[entry.name] = flat.reshape(entry.shape)
+    return tensors
 
-    `given` (a state_dict) replaces parameters and buffers; constants the model
-    created itself always come from the package's weights file.
-    """
-    from_file = (
-        set(keys) if given is None else {k for k in keys if k not in replaceable}
-    )
-    tensors = read_safetensors(WEIGHTS_FILE, from_file) if from_file else {}
-    if given is not None:
-        reference = read_safetensors(WEIGHTS_FILE, set(keys) - from_file)
-        for key in sorted(set(keys) - from_file):
-            if key not in given:
-                raise KeyError(
-                    f"weights: missing {key!r}; pass the model's full state_dict()"
-                )
-            tensor = given[key]
-            expected = reference[key]
+
+def _read_staged(
+    path: Path, entries: list, device, staging_bytes: int = STAGING_BYTES
+) -> dict:
+    """Tensors of one file on `device`, in one pass in file order: the mapped file is copied
+    (by torch's multi-threaded copy) into two host buffers (pinned for a GPU) that take
+    turns, one filling while the other is copied to the device."""
+    device = torch.device(device)
+    on_gpu = device.type == "cuda"
+    staging_bytes = max(1, min(staging_bytes, sum(e.end - e.start for e in entries)))
+    buffers = [
+        torch.empty(staging_bytes, dtype=torch.uint8, pin_memory=on_gpu)
+        for _ in range(2)
+    ]
+    events = [None, None]  # copies still reading from each buffer
+    current, used = 0, 0
+    tensors = {}
+    with open(path, "rb") as file:
+        data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+    mapped = torch.frombuffer(data, dtype=torch.uint8)
+    for entry in sorted(entries, key=lambda e: e.start):
+        tensor = torch.empty(entry.shape, dtype=entry.dtype, device=device)
+        tensors[entry.name] = tensor
+        target = tensor.view(-1).view(torch.uint8) if tensor.numel() else None
+        done = 0
+        while done < entry.end - entry.start:
             if (
-                tuple(tensor.shape) != tuple(expected.shape)
-                or tensor.dtype != expected.dtype
-            ):
-                raise ValueError(
-                    f"weights: {key!r} is {tensor.dtype} {tuple(tensor.shape)}, "
-                    f"the package expects {expected.dtype} {tuple(expected.shape)}"
+                used == staging_bytes
+            ):  # this buffer is full: its copies are queued; take the other
+                if on_gpu:
+                    events[current] = torch.cuda.Event()
+                    events[current].record()
+                current, used = 1 - current, 0
+                if events[current] is not None:
+                    events[current].synchronize()
+                    events[current] = None
+            count = min(entry.end - entry.start - done, staging_bytes - used)
+            staged = buffers[current][used : used + count]
+            staged.copy_(mapped[entry.start + done : entry.start + done + count])
+            target[done : done + count].copy_(staged, non_blocking=on_gpu)
+            done += count
+            used += count
+    if on_gpu:
+        torch.cuda.current_stream(device).synchronize()
+    return tensors
+
+
+def read_safetensors(path: Path, names, device="cpu") -> dict:
+    """Tensors `names` of a safetensors file on `device`, with no parsing library: mapped
+    (CPU), or read in one pass through pinned buffers (GPU)."""
+    header = read_header(path)
+    entries = [header[name] for name in names]
+    return (
+        _map_file(path, entries)
+        if torch.device(device).type == "cpu"
+        else _read_staged(path, entries, device)
+    )
+
+
+class Checkpoint:
+    """Where load(weights=...) finds tensors: a state_dict, a .safetensors file, or a folder
+    of them in the Hugging Face layout (model.safetensors.index.json's weight_map, or every
+    *.safetensors file in it). Only headers are read here; tensors when loaded."""
+
+    def __init__(self, source):
+        self.tensors = None  # a state_dict
+        self.entries = {}  # tensor name -> FileTensor
+        if isinstance(source, dict):
+            self.tensors = source
+            self.where = "the state_dict"
+            return
+        if not isinstance(source, (str, os.PathLike)):
+            raise TypeError(
+                f"weights: expected a state_dict, a .safetensors file or a folder of them, got {type(source).__name__}"
+            )
+        path = Path(source)
+        if path.is_file():
+            files = [path]
+        elif path.is_dir():
+            files = _folder_files(path)
+        else:
+            raise FileNotFoundError(
+                f"weights: {path} does not exist; pass a .safetensors file or a folder of them"
+            )
+        for file in files:
+            for name, entry in read_header(file).items():
+                self.entries.setdefault(name, entry)
+        self.where = str(path)
+
+    def find(self, keys: list) -> list:
+        """A tensor (state_dict) or a FileTensor for each (checkpoint key, state-dict key):
+        under the checkpoint's name, else the model's own (its state_dict()); one error
+        for what is missing."""
+        found = self.tensors if self.tensors is not None else self.entries
+        missing = [
+            checkpoint_key
+            for checkpoint_key, key in keys
+            if checkpoint_key not in found and key not in found
+        ]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise KeyError(
+                f"weights: missing {missing[0]!r}{more} in {self.where}; pass the model's full state_dict() or checkpoint"
+            )
+        return [
+            (
+                (checkpoint_key, found[checkpoint_key])
+                if checkpoint_key in found
+                else (key, found[key])
+            )
+            for checkpoint_key, key in keys
+        ]
+
+
+def _folder_files(folder: Path) -> list:
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"weights: {folder} holds no .safetensors files")
+        return files
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(
+            f"weights: {index} is not a Hugging Face index (a JSON object with a weight_map)"
+        ) from None
+    missing = [shard for shard in shards if not (folder / shard).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"weights: {index.name} names {missing[0]}, which is not in {folder}"
+        )
+    return [folder / shard for shard in shards]
+
+
+def load_weights(specs: tuple, embedded: bool, given, device: str = "cpu") -> tuple:
+    """The weights in the order the stitching function takes them, on `device`.
+
+    specs: (state-dict key, checkpoint key or None, dtype, shape) per weight; a checkpoint
+    key of None marks a tensor the package always supplies itself (a constant, a
+    non-persistent buffer). `given` (a state_dict, file or folder) supplies the others;
+    without it they come from the package's weights file, if it was embedded. Every
+    tensor's dtype and shape are checked before any is read.
+    """
+    from_checkpoint = [spec for spec in specs if spec[1] is not None]
+    own = [spec[0] for spec in specs if spec[1] is None]
+    if given is None and not embedded and from_checkpoint:
+        raise ValueError(
+            f"{PACKAGE_DIR.name} ships no weights (transpiled with --weights none): pass load(weights=...) "
+            "a state_dict, a .safetensors file or a folder of them"
+        )
+    if given is None:
+        own += [spec[0] for spec in from_checkpoint]
+        from_checkpoint = []
+    tensors = {}
+    wanted = {}  # file -> tensor name in it -> the state-dict keys it supplies
+
+    def want(file, name, key):
+        wanted.setdefault(file, {}).setdefault(name, []).append(key)
+
+    for key in own:
+        want(WEIGHTS_FILE, key, key)
+    if from_checkpoint:
+        found = Checkpoint(given).find([(spec[1], spec[0]) for spec in from_checkpoint])
+        for (key, _, dtype, shape), (checkpoint_key, value) in zip(
+            from_checkpoint, found
+        ):
+            if not isinstance(value, (torch.Tensor, FileTensor)):
+                raise TypeError(
+                    f"weights: {checkpoint_key!r} is a {type(value).__name__}, not a tensor"
                 )
-            tensors[key] = tensor.detach().contiguous()
-    return tuple(tensors[key] for key in keys)
+            if tuple(value.shape) != tuple(shape) or value.dtype != dtype:
+                raise ValueError(
+                    f"weights: {checkpoint_key!r} is {value.dtype} {tuple(value.shape)}, "
+                    f"the package expects {dtype} {tuple(shape)}"
+                )
+            if isinstance(value, FileTensor):
+                want(value.file, checkpoint_key, key)
+            else:
+                tensors[key] = value.detach()
+    for file, names in sorted(wanted.items()):
+        for name, tensor in read_safetensors(file, sorted(names), device).items():
+            for key in names[name]:
+                tensors[key] = tensor
+    return tuple(_placed(tensors[spec[0]], device) for spec in specs)
+
+
+def _placed(tensor, device: str):
+    """On the package's device, contiguous."""
+    if tensor.device.type != torch.device(device).type:
+        tensor = tensor.to(device)
+    return tensor if tensor.is_contiguous() else tensor.contiguous()
+
+
+class Stages:
+    """Logs (debug level) how long each stage of load() took."""
+
+    def __init__(self, logger):
+        self.logger = logger
+        self.started = self.last = time.perf_counter()
+
+    def done(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.logger.debug(
+            "load: %s in %.1f ms (%.1f ms in all)",
+            stage,
+            (now - self.last) * 1e3,
+            (now - self.started) * 1e3,
+        )
+        self.last = now
+
+
+def call_without_dynamo(op_names: tuple) -> None:
+    """Let ops made with torch.library.custom_op run without importing torch._dynamo.
+
+    Their kernels are wrapped in torch._disable_dynamo, which imports torch._dynamo (a
+    second or more) on the first call to build a wrapper that only matters while Dynamo
+    traces. The package never runs under Dynamo, so the wrapper's cache is filled with
+    the kernel itself. Ops registered otherwise, or a torch laid out differently, are
+    left as they are (they still work; their first call imports Dynamo).
+    """
+    try:
+        from torch._library.custom_ops import OPDEFS
+    except ImportError:
+        return
+    for name in op_names:
+        opdef = OPDEFS.get(name)
+        for wrapper in getattr(opdef, "_backend_fns", {}).values():
+            kernel = getattr(wrapper, "__wrapped__", None)
+            if kernel is not None and getattr(kernel, "__dynamo_disable", None) is None:
+                kernel.__dynamo_disable = kernel
 
 
 def own_mutated(tensors: tuple, keys: tuple, mutated: tuple) -> tuple:

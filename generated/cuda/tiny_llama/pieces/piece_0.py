@@ -324,6 +324,112 @@ def range_1_16_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1(
     )
 
 
+# triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0: XBLOCK=8, num_warps=2, num_stages=1; shared=256, regs=32, spills=0
+_range_17_256_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0 = load_triton_kernel(
+    "piece_0",
+    "range_17_256_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0",
+    "triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0",
+    num_warps=2,
+    shared=256,
+    arg_types="OOOOOiiOO",
+    arch=90,
+)
+
+
+def range_17_256_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0(
+    in_ptr0, in_ptr1, in_ptr2, out_ptr0, out_ptr2, xnumel, r0_numel, stream
+):
+    grid_0 = -((xnumel) // -(8))
+    grid_1 = 1
+    grid_2 = 1
+    _range_17_256_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0.launch(
+        grid_0,
+        grid_1,
+        grid_2,
+        stream,
+        in_ptr0,
+        in_ptr1,
+        in_ptr2,
+        out_ptr0,
+        out_ptr2,
+        xnumel,
+        r0_numel,
+        None,
+        None,
+    )
+
+
+# triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2: XBLOCK=256, num_warps=4, num_stages=1; shared=0, regs=32, spills=0
+_range_17_256_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2 = load_triton_kernel(
+    "piece_0",
+    "range_17_256_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2",
+    "triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2",
+    num_warps=4,
+    shared=0,
+    arg_types="OOOOOOiOO",
+    arch=90,
+)
+
+
+def range_17_256_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2(
+    in_ptr0, in_ptr1, in_ptr2, in_ptr3, out_ptr0, out_ptr1, xnumel, stream
+):
+    grid_0 = -((xnumel) // -(256))
+    grid_1 = 1
+    grid_2 = 1
+    _range_17_256_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2.launch(
+        grid_0,
+        grid_1,
+        grid_2,
+        stream,
+        in_ptr0,
+        in_ptr1,
+        in_ptr2,
+        in_ptr3,
+        out_ptr0,
+        out_ptr1,
+        xnumel,
+        None,
+        None,
+    )
+
+
+# triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1: XBLOCK=16, YBLOCK=32, num_warps=4, num_stages=1; shared=0, regs=31, spills=8
+_range_17_256_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1 = (
+    load_triton_kernel(
+        "piece_0",
+        "range_17_256_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1",
+        "triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1",
+        num_warps=4,
+        shared=0,
+        arg_types="OOOOiiOO",
+        arch=90,
+    )
+)
+
+
+def range_17_256_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1(
+    in_ptr0, in_ptr1, out_ptr0, out_ptr1, ynumel, xnumel, stream
+):
+    grid_0 = -((xnumel) // -(16))
+    grid_1 = -((ynumel) // -(32))
+    grid_2 = 1
+    _range_17_256_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1.launch(
+        grid_0,
+        grid_1,
+        grid_2,
+        stream,
+        in_ptr0,
+        in_ptr1,
+        out_ptr0,
+        out_ptr1,
+        ynumel,
+        xnumel,
+        None,
+        None,
+    )
+
+
 def size_1(args):
     align_inputs(args, (0, 1, 2, 3, 4, 5, 6, 7))
     (
@@ -642,5 +748,113 @@ def range_1_16(args):
     )
 
 
-# Variants whose compiled code is the same as an earlier one's.
-range_17_256 = range_1_16
+def range_17_256(args):
+    align_inputs(args, (0, 1, 2, 3, 4, 5, 6, 7))
+    (
+        positions,
+        p_embed_tokens_weight,
+        input_ids,
+        b_rotary_inv_freq,
+        p_layers_0_input_layernorm_weight,
+        p_layers_0_self_attn_q_proj_weight,
+        p_layers_0_self_attn_k_proj_weight,
+        p_layers_0_self_attn_v_proj_weight,
+    ) = args
+    args.clear()
+    arg0_1_size = positions.size()
+    s6 = arg0_1_size[1]
+    assert_size_stride(positions, (1, s6), (s6, 1))
+    assert_size_stride(p_embed_tokens_weight, (128, 64), (64, 1))
+    assert_size_stride(input_ids, (1, s6), (s6, 1))
+    assert_size_stride(b_rotary_inv_freq, (8,), (1,))
+    assert_size_stride(p_layers_0_input_layernorm_weight, (64,), (1,))
+    assert_size_stride(p_layers_0_self_attn_q_proj_weight, (64, 64), (64, 1))
+    assert_size_stride(p_layers_0_self_attn_k_proj_weight, (64, 64), (64, 1))
+    assert_size_stride(p_layers_0_self_attn_v_proj_weight, (64, 64), (64, 1))
+    with torch.cuda._DeviceGuard(0):
+        torch.cuda.set_device(0)
+        buf0 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+        buf2 = empty_strided_cuda((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [embedding, pow_1, mean, add, rsqrt, mul_1, mul_2], Original ATen: [aten.embedding, aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul]
+        stream0 = get_raw_stream(0)
+        range_17_256_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0(
+            input_ids,
+            p_embed_tokens_weight,
+            p_layers_0_input_layernorm_weight,
+            buf0,
+            buf2,
+            s6,
+            64,
+            stream=stream0,
+        )
+        del p_embed_tokens_weight
+        del input_ids
+        del p_layers_0_input_layernorm_weight
+        buf3 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [pow_1, mean, add, rsqrt, mul_1, mul_2, linear], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
+        torch.mm(
+            reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(
+                p_layers_0_self_attn_q_proj_weight, (64, 64), (1, 64), 0
+            ),
+            out=buf3,
+        )
+        del p_layers_0_self_attn_q_proj_weight
+        buf4 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [linear_1], Original ATen: [aten.view, aten.t, aten.mm]
+        torch.mm(
+            reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(
+                p_layers_0_self_attn_k_proj_weight, (64, 64), (1, 64), 0
+            ),
+            out=buf4,
+        )
+        del p_layers_0_self_attn_k_proj_weight
+        buf5 = empty_strided_cuda((s6, 64), (64, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [linear_2], Original ATen: [aten.view, aten.t, aten.mm]
+        torch.mm(
+            reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
+            reinterpret_tensor(
+                p_layers_0_self_attn_v_proj_weight, (64, 64), (1, 64), 0
+            ),
+            out=buf5,
+        )
+        del p_layers_0_self_attn_v_proj_weight
+        buf6 = empty_strided_cuda((1, s6, 16), (16 * s6, 16, 1), torch.float32)
+        buf7 = empty_strided_cuda((1, s6, 16), (16 * s6, 16, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [to, unsqueeze, mul, cat, cos, sin], Original ATen: [aten._to_copy, aten.unsqueeze, aten.mul, aten.cat, aten.cos, aten.sin]
+        stream0 = get_raw_stream(0)
+        range_17_256_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1(
+            positions, b_rotary_inv_freq, buf6, buf7, s6, 16, stream=stream0
+        )
+        del positions
+        del b_rotary_inv_freq
+        buf8 = reinterpret_tensor(buf2, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
+        del buf2  # reuse
+        buf9 = empty_strided_cuda((1, 4, s6, 16), (64 * s6, 16, 64, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [linear, view, transpose, chunk, linear_1, view_1, transpose_1, chunk_1, to, unsqueeze, mul, cat, cos, unsqueeze_1, mul_3, neg, cat_1, sin, unsqueeze_2, mul_4, add_1, mul_5, neg_1, cat_2, mul_6, add_2], Original ATen: [aten._unsafe_view, aten.view, aten.transpose, aten.split, aten._to_copy, aten.unsqueeze, aten.mul, aten.cat, aten.cos, aten.neg, aten.sin, aten.add]
+        triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2_xnumel = (
+            64 * s6
+        )
+        stream0 = get_raw_stream(0)
+        range_17_256_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2(
+            buf3,
+            buf6,
+            buf7,
+            buf4,
+            buf8,
+            buf9,
+            triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2_xnumel,
+            stream=stream0,
+        )
+        del buf3
+        del buf4
+    return (
+        s6,
+        buf0,
+        reinterpret_tensor(buf6, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1), 0),
+        reinterpret_tensor(buf7, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1), 0),
+        reinterpret_tensor(buf5, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0),
+        buf8,
+        buf9,
+    )
