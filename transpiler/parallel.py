@@ -45,12 +45,20 @@ def _portable(error: BaseException) -> BaseException:
         return RuntimeError(f"in a compile worker: {last}")
 
 
+# Contexts a worker enters at set-up and never leaves (its fake process group).
+_held: list = []
+
+
 def prepare_to_compile(options):
     """A worker's set-up: prepare the model as the parent did; return the function that
     compiles one task and the digest of what was captured."""
-    from .pipeline import compile_task, prepare, prepared_digest
+    from .pipeline import compile_task, distributed_context, prepare, prepared_digest
     from .targets import get_target
 
+    # --tensor-parallel: the fake process group the parent prepares and compiles under,
+    # held for the worker's life (it exits with the process).
+    _held.append(distributed_context(options))
+    _held[-1].__enter__()
     with _weights_left_uninitialized():
         prepared = prepare(options)
     digest = prepared_digest(prepared)
