@@ -84,3 +84,41 @@ def test_each_target_renders_its_own_files(cpu_package):
     assert "def capture(" not in init_cpu and "GPU = " not in init_cpu
     assert "def capture(" in init_cuda and 'GPU = {"arch": 90, "cuda": "13.0", "triton": "3.6.0"}' in init_cuda
     assert cpu.manifest["cpu_features"] and cuda.manifest["cpu_features"] == []
+
+
+def test_a_tensor_parallel_package_renders_for_cuda(cpu_package):
+    """__init__.py of a tensor-parallel CUDA package (what scripts/gpu_tp_check.py runs):
+    load() binds the process group, slices the checkpoint and can capture graphs."""
+    from transpiler.emit import render
+    from transpiler.ir import Shard, TensorParallel
+
+    package = as_cuda(cpu_package)
+    package.weights_embedded = False
+    package.tensor_parallel = TensorParallel(
+        world_size=2,
+        group_name="mlp:tp",
+        shards=tuple(
+            Shard(key=w.key, dtype=str(package.weight_tensors[w.key].dtype),
+                  rank_shape=tuple(package.weight_tensors[w.key].shape), dim=0)
+            for w in package.weights if w.user_supplied
+        ),
+        collectives=(("_c10d_functional::all_reduce", 1),),
+    )
+    rendered = render(package)
+    assert "distributed.py" in rendered.files
+    init = rendered.files["__init__.py"].decode()
+    compile(init, "__init__.py", "exec")
+    for line in (
+        "rank_weights=None",
+        "process_group=None",
+        'cuda_graphs="piecewise"',
+        "group, rank = distributed.bind_process_group(process_group)",
+        "shards = distributed.rank_tensors(SHARDS, rank, weights, rank_weights)",
+        "tensors = runtime.load_weights(WEIGHT_SPECS, WEIGHTS_EMBEDDED, shards, DEVICE)",
+        "model = CompiledModel(stitch.forward, tensors, group, rank)",
+        "model.capture(mode=cuda_graphs, **(static_inputs or {}))",
+        "TENSOR_PARALLEL = 2",
+    ):
+        assert line in init, line
+    assert rendered.manifest["tensor_parallel"]["process_group"] == "mlp:tp"
+    assert rendered.manifest["weights"]["embedded"] is False

@@ -59,6 +59,9 @@ def export_model(model_file: ModelFile, device: str = "cpu", opaque_attention: b
             )
 
     def refuse(error):
+        own = _transpile_error_in(error)
+        if own is not None:  # one of the transpiler's checks, raised while the forward ran
+            return own
         return TranspileError(
             f"torch.export could not capture {model_file.path.name}'s forward: {export_error_summary(error)}; "
             "make the forward traceable (no data-dependent Python control flow; use torch.cond or "
@@ -128,6 +131,17 @@ def export_model(model_file: ModelFile, device: str = "cpu", opaque_attention: b
         weight_tensors=tensors,
         symbol_ranges=symbol_ranges,
     )
+
+
+def _transpile_error_in(error: BaseException) -> TranspileError | None:
+    """The TranspileError an export error wraps, if any (torch re-raises some errors as its own)."""
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, TranspileError):
+            return error
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return None
 
 
 def _hint(program: ExportedProgram, symbol) -> int:

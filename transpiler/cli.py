@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
         "--tuning", type=Path, metavar="FILE",
         help="replay the choices of this tuning.json without benchmarking (default: OUT/NAME/tuning.json if present)",
     )
+    parser.add_argument(
+        "--tensor-parallel", metavar="N",
+        help="the package is one rank of the model split across N ranks (MODEL.py sizes its shards by "
+        "torch.distributed.get_world_size(); load() needs a process group of N ranks and a checkpoint)",
+    )
     parser.add_argument("--check", action="store_true", help="compare with the existing OUT/NAME instead of writing")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and compiler logs")
@@ -142,7 +147,7 @@ def _jobs(requested: int | None) -> int:
 
 def _run(args, console, console_out) -> int:
     # Imported here so that `transpile --help` and argument errors answer at once.
-    from .options import Options, package_name
+    from .options import Options, package_name, parse_world_size
     from .parallel import WorkerPool
 
     options = Options(
@@ -163,6 +168,7 @@ def _run(args, console, console_out) -> int:
         jobs=1 if args.autotune and args.jobs is None else _jobs(args.jobs),
         autotune=args.autotune,
         tuning=args.tuning,
+        tensor_parallel=parse_world_size(args.tensor_parallel),
     )
     target = args.out / package_name(options)
     if args.check and not target.is_dir():

@@ -71,6 +71,9 @@ def render(package: Package) -> RenderedPackage:
     python["dispatch.py"] = env.get_template("dispatch.py.jinja").render(**common, **_dispatch_context(package))
     python["runtime.py"] = env.get_template("runtime.py.jinja").render(**common)
     python["pieces/__init__.py"] = env.get_template("pieces/__init__.py.jinja").render(**common)
+    tensor_parallel = _tensor_parallel_context(package)
+    if tensor_parallel:
+        python["distributed.py"] = env.get_template("distributed.py.jinja").render(**common, **tensor_parallel)
     target = get_target(package.device)
     python.update(target.extra_modules(package, env, common))
     for piece in package.pieces:
@@ -117,7 +120,10 @@ def render(package: Package) -> RenderedPackage:
         ).encode()
     )
     init_source = env.get_template("__init__.py.jinja").render(
-        **common, **_init_context(package, fingerprint, features), **target.init_context(package)
+        **common,
+        **_init_context(package, fingerprint, features),
+        **target.init_context(package),
+        tensor_parallel=tensor_parallel,
     )
     files["__init__.py"] = format_python(init_source, "__init__.py").encode()
 
@@ -161,6 +167,7 @@ def render(package: Package) -> RenderedPackage:
             "static_inputs": list(package.state.static_inputs),
             "pad_values": dict(package.state.pad_values),
         },
+        **_tensor_parallel_manifest(package.tensor_parallel),
         "weights": {
             "embedded": package.weights_embedded,
             "file": "weights.safetensors" if shipped else None,
@@ -181,6 +188,51 @@ def render(package: Package) -> RenderedPackage:
 
 def _literal(value) -> str:
     return repr(value)
+
+
+def _tensor_parallel_context(package: Package) -> dict | None:
+    """What distributed.py and __init__.py print about a tensor-parallel package, or None."""
+    parallel = package.tensor_parallel
+    if parallel is None:
+        return None
+    return {
+        "world_size": parallel.world_size,
+        "group_name": parallel.group_name,
+        "calls_collectives": bool(parallel.collectives),
+        "collectives": ", ".join(f"{op} x{count}" for op, count in parallel.collectives) or "none",
+        "collectives_literal": _literal(parallel.collectives),
+        "shards": [
+            {
+                "key": shard.key,
+                "dtype": shard.dtype,
+                "shape_literal": _literal(shard.rank_shape),
+                "dim_literal": _literal(shard.dim),
+            }
+            for shard in parallel.shards
+        ],
+    }
+
+
+def _tensor_parallel_manifest(parallel) -> dict:
+    """The manifest's record of the split: per checkpoint key, the dim, this rank's shape
+    and the full one (nothing for a package of the whole model)."""
+    if parallel is None:
+        return {}
+    return {
+        "tensor_parallel": {
+            "world_size": parallel.world_size,
+            "process_group": parallel.group_name,
+            "collectives": {op: count for op, count in parallel.collectives},
+            "shards": {
+                shard.key: {
+                    "dim": shard.dim,
+                    "rank_shape": list(shard.rank_shape),
+                    "full_shape": list(shard.full_shape(parallel.world_size)),
+                }
+                for shard in parallel.shards
+            },
+        }
+    }
 
 
 def _dispatch_context(package: Package) -> dict:

@@ -144,6 +144,31 @@ class Weight:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """How one checkpoint tensor is split across the tensor-parallel ranks."""
+
+    key: str  # state-dict key
+    dtype: str  # "torch.float32"
+    rank_shape: tuple[int, ...]  # what each rank holds
+    dim: int | None  # split into N equal contiguous blocks along this dim; None: replicated
+
+    def full_shape(self, world_size: int) -> tuple[int, ...]:
+        if self.dim is None:
+            return self.rank_shape
+        return tuple(size * world_size if axis == self.dim else size for axis, size in enumerate(self.rank_shape))
+
+
+@dataclass(frozen=True)
+class TensorParallel:
+    """A package that is one rank of a model split across `world_size` ranks."""
+
+    world_size: int
+    group_name: str  # the name compiled collectives use; load() registers the process group under it
+    shards: tuple[Shard, ...]  # every checkpoint tensor, in the stitching function's order
+    collectives: tuple[tuple[str, int], ...]  # (op, calls per forward), in first-use order
+
+
+@dataclass(frozen=True)
 class State:
     """What the forward writes in place, and what CUDA graphs must use by reference."""
 
@@ -189,6 +214,7 @@ class Package:
     gpu: dict = field(default_factory=dict)  # cuda: arch, cuda and triton versions
     cuda_graphs: object = None  # cuda: cudagraphs.CudaGraphsContext of the emitted cudagraphs.py
     tuning: str | None = None  # tuned transpiles: the text of tuning.json
+    tensor_parallel: TensorParallel | None = None  # --tensor-parallel N
 
     @property
     def exact_variants(self) -> list[Variant]:

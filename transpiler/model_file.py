@@ -59,6 +59,9 @@ def load_model_file(path: str | Path, imports: list[str]) -> ModelFile:
     sys.modules[module_name] = module
     try:
         exec(code, module.__dict__)
+    except TranspileError:  # raised by the transpiler's own checks while the file ran
+        sys.modules.pop(module_name, None)
+        raise
     except Exception as error:
         sys.modules.pop(module_name, None)
         raise TranspileError(

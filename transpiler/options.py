@@ -29,6 +29,7 @@ class Options:
     checkpoint_prefix: str = ""  # --checkpoint-prefix: state-dict key = prefix + checkpoint key
     autotune: bool = False  # --autotune: benchmark Inductor's choices, record them in tuning.json
     tuning: Path | None = None  # --tuning (or OUT/NAME/tuning.json): a lockfile to replay
+    tensor_parallel: int | None = None  # --tensor-parallel N: the package is one rank of N
 
 
 def package_name(options: Options) -> str:
@@ -36,3 +37,16 @@ def package_name(options: Options) -> str:
     if not name.isidentifier():
         raise TranspileError(f"package name {name!r} is not a Python identifier; pass --name NAME")
     return name
+
+
+def parse_world_size(text) -> int | None:
+    """--tensor-parallel N: the number of ranks, a whole number >= 1 (None: not given)."""
+    if text is None:
+        return None
+    try:
+        size = int(text)
+    except (TypeError, ValueError):
+        size = 0
+    if size < 1:
+        raise TranspileError(f"--tensor-parallel {text}: give the number of ranks, a whole number >= 1")
+    return size

@@ -45,14 +45,22 @@ def _portable(error: BaseException) -> BaseException:
         return RuntimeError(f"in a compile worker: {last}")
 
 
+# Contexts a worker enters at set-up and never leaves (its fake process group).
+_held: list = []
+
+
 def prepare_to_compile(options):
     """A worker's set-up: prepare the model as the parent did; return the function that
     compiles one task and the digest of what was captured."""
     import torch
 
-    from .pipeline import compile_task, compile_threads_per_process, prepare, prepared_digest
+    from .pipeline import compile_task, compile_threads_per_process, distributed_context, prepare, prepared_digest
     from .targets import get_target
 
+    # --tensor-parallel: the fake process group the parent prepares and compiles under,
+    # held for the worker's life (it exits with the process).
+    _held.append(distributed_context(options))
+    _held[-1].__enter__()
     # Every worker captures at once, alongside this process: each takes its share of the
     # cores for torch's own threads while it does. Compiling gets all of them back: the
     # C++ Inductor writes depends on torch's thread count, which must match this process's.

@@ -3,6 +3,7 @@ rewrite -> stitch -> render. Each stage is its own module; this one only connect
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -14,11 +15,12 @@ import torch
 
 from . import capture as capture_stage
 from . import opaque_attention
+from . import tensor_parallel as tp
 from .dedupe import group_pieces, shared_names
 from .emit import RenderedPackage, render
 from .errors import TranspileError
 from .inductor import CPU_ISAS, RangeSpecialized, inductor_config
-from .ir import Package, UniquePiece
+from .ir import Package, TensorParallel, UniquePiece
 from .parallel import WorkerPool
 from .model_file import load_model_file
 from .ranges import make_variants, parse_ranges, parse_sizes
@@ -62,15 +64,31 @@ class Prepared:
     module_of_piece: dict[int, str]
     custom_ops: list[str]
     tuning: object = None  # tuning.Tuning of a tuned transpile
+    tensor_parallel: TensorParallel | None = None  # --tensor-parallel N: the split and the collectives
+
+
+def distributed_context(options: Options):
+    """What loading, capturing and compiling the model run under: with --tensor-parallel N,
+    a fake process group of N ranks (this process rank 0), in this process and in every
+    compile worker alike; otherwise nothing."""
+    if options.tensor_parallel is None:
+        return contextlib.nullcontext()
+    return tp.fake_process_group(options.tensor_parallel, tp.group_name_for(package_name(options)))
 
 
 def prepare(options: Options) -> Prepared:
-    """Check the options, load MODEL.py, capture, find state, split and group pieces."""
+    """Check the options, load MODEL.py, capture, find state, split and group pieces.
+    With --tensor-parallel, runs inside distributed_context(options)."""
     if options.weights not in ("embed", "none"):
         raise TranspileError(f"--weights {options.weights}: choose embed or none")
     if options.cpu_isa not in CPU_ISAS:
         raise TranspileError(f"--cpu-isa {options.cpu_isa}: choose one of {', '.join(CPU_ISAS)}")
     get_target(options.device).check(options)
+    if options.tensor_parallel is not None and options.checkpoint_prefix:
+        raise TranspileError(
+            "--checkpoint-prefix with --tensor-parallel: not supported yet (the ranks slice checkpoint tensors "
+            "by their state-dict keys); give the checkpoint the model's own keys"
+        )
     tuning = start_tuning(options.autotune, options.tuning, options.device, options.cpu_isa)
     name = package_name(options)
     model_file = load_model_file(options.model_path, options.imports)
@@ -81,13 +99,18 @@ def prepare(options: Options) -> Prepared:
         if opaque_attention.OP in split_ops:
             opaque_attention.register()
         check_split_ops(split_ops)
+        split_ops = tp.with_wait_ops(split_ops)
     # Attention splits the graph: capture it as one opaque op, so that export never runs
     # sdpa's device meta functions (whose guards can pin the sequence length).
     route_attention = opaque_attention.ATEN_SDPA in split_ops
     if route_attention and opaque_attention.OP not in split_ops:
         split_ops = [*split_ops, opaque_attention.OP]
 
+    marked = tp.marked_dims(model_file.model)
     captured = capture_stage.export_model(model_file, options.device, route_attention)
+    tensor_parallel = None
+    if options.tensor_parallel is not None:
+        tensor_parallel = _tensor_parallel(captured, marked, name, model_file, options)
     state = _state(captured, split_ops, model_file, options)
     dispatch, dispatch_symbol = capture_stage.resolve_dispatch_dim(captured, options.dispatch_dim)
     ranges = parse_ranges(options.ranges, dispatch)
@@ -130,6 +153,7 @@ def prepare(options: Options) -> Prepared:
         module_of_piece=module_of_piece,
         custom_ops=custom_op_splitting_ops(pieces),
         tuning=tuning,
+        tensor_parallel=tensor_parallel,
     )
 
 
@@ -147,7 +171,8 @@ def transpile(
     if pool is None and options.jobs > 1:
         pool = WorkerPool(options, options.jobs - 1)
     try:
-        return _transpile(options, progress, pool)
+        with distributed_context(options):
+            return _transpile(options, progress, pool)
     finally:
         if pool:
             pool.close()
@@ -210,10 +235,13 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
         cuda_graphs=graphs,
         state=prepared.state,
         ships_ops=opaque_attention.used_in(captured.graph_module),
-        weights_embedded=options.weights == "embed",
+        # A tensor-parallel package ships no parameters: rank 0's shards would be wrong for
+        # every other rank; load(weights=...) slices each rank's from the full checkpoint.
+        weights_embedded=options.weights == "embed" and prepared.tensor_parallel is None,
         checkpoint_prefix=options.checkpoint_prefix,
         custom_op_splitting_ops=custom_ops,
         tuning=lockfile_text(prepared.tuning, unique),
+        tensor_parallel=prepared.tensor_parallel,
     )
     rendered = render(package)
     stages["render"] = time.perf_counter() - started - sum(stages.values())
@@ -229,7 +257,8 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
             "(about 1 s on a CPU, 4 s on a GPU machine); the package fills the wrapper's cache at load() so that "
             "it does not, but torch.library.Library define + impl needs no such step"
             for op in custom_ops
-        ],
+        ]
+        + ([tp.describe(prepared.tensor_parallel)] if prepared.tensor_parallel else []),
         stages=stages,
     )
     return rendered, summary
@@ -352,6 +381,18 @@ def custom_op_splitting_ops(pieces) -> list[str]:
                 if name in OPDEFS and name not in names:
                     names.append(name)
     return names
+
+
+def _tensor_parallel(captured, marked, name, model_file, options) -> TensorParallel:
+    """Collectives pointed at the package's group name, and how each weight is split."""
+    import torch.distributed as dist
+
+    group_name = tp.group_name_for(name)
+    collectives = tp.retarget_collectives(captured.graph_module, dist.group.WORLD.group_name, group_name)
+    shards = tp.shards_of(captured.weights, captured.weight_tensors, marked, model_file.path.name)
+    return TensorParallel(
+        world_size=options.tensor_parallel, group_name=group_name, shards=shards, collectives=collectives
+    )
 
 
 def _state(captured, split_ops, model_file, options):

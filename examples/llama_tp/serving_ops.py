@@ -1,0 +1,1 @@
+../serving_llama/serving_ops.py
