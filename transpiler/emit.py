@@ -105,11 +105,13 @@ def render(package: Package) -> RenderedPackage:
             {key: tensor.detach().cpu().contiguous().clone() for key, tensor in shipped.items()}
         )
     features = target.cpu_features(package.cpu_isa)
+    # Each file is hashed once (the weights file of a 1B model takes seconds).
+    file_hashes = {path: _sha256(data) for path, data in sorted(files.items())}
     # The fingerprint covers everything that decides behaviour; __init__.py prints it.
     fingerprint = _sha256(
         json.dumps(
             {
-                "files": {path: _sha256(data) for path, data in sorted(files.items())},
+                "files": file_hashes,
                 "torch": package.torch_version,
                 "model": package.model_sha256,
                 "cpu_features": features,
@@ -126,6 +128,7 @@ def render(package: Package) -> RenderedPackage:
         tensor_parallel=tensor_parallel,
     )
     files["__init__.py"] = format_python(init_source, "__init__.py").encode()
+    file_hashes = {**file_hashes, "__init__.py": _sha256(files["__init__.py"])}
 
     manifest = {
         "format": 1,
@@ -181,7 +184,7 @@ def render(package: Package) -> RenderedPackage:
             },
         },
         # Binaries are built for this machine; their hashes are in binaries.json.
-        "files": {path: _sha256(data) for path, data in sorted(files.items())},
+        "files": dict(sorted(file_hashes.items())),
     }
     return RenderedPackage(files=files, binaries=binaries, manifest=manifest)
 
