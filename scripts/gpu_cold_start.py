@@ -42,72 +42,56 @@ INPUTS = """
 ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]], device="cuda")
 positions = torch.arange(8, device="cuda").unsqueeze(0)
 """
+
+
+def eager_body(compiled: bool) -> str:
+    """Build the model on the GPU from its config, load the state dict, call (compiled or not)."""
+    call = "torch.compile(decoder, dynamic=True)" if compiled else "decoder"
+    return """
+extra = {{}}
+import llama as m
+config, dtype = m.CONFIGS["1b"], torch.bfloat16
+with torch.device("cuda"):
+    decoder = m.Decoder(config).to(dtype).eval()
+from safetensors.torch import load_file
+decoder.load_state_dict(load_file({checkpoint!r}, device="cuda"), strict=False)
+forward = """ + call + """
+cache = m.new_kv_cache(config, dtype, "cuda")
+""" + INPUTS + """
+with torch.no_grad():
+    out = forward(ids, positions, cache, positions[0])
+"""
+
+
+
+def package_body(load_arguments: str) -> str:
+    """The package path: import, load(load_arguments), first call; load()'s stage log kept."""
+    return """
+stages = []
+class Stages(logging.Handler):
+    def emit(self, record):
+        stages.append(record.getMessage())
+logging.getLogger("serving_llama_1b").addHandler(Stages())
+logging.getLogger("serving_llama_1b").setLevel(logging.DEBUG)
+import serving_llama_1b
+imported = time.perf_counter()
+model = serving_llama_1b.load(""" + load_arguments + """)
+loaded = time.perf_counter()
+_, cache_dtype, cache_shape = serving_llama_1b.INPUTS[2]
+cache = torch.zeros(cache_shape, dtype=cache_dtype, device="cuda")
+""" + INPUTS + """
+out = model(ids, positions, cache, positions[0])
+torch.cuda.synchronize()
+called = time.perf_counter()
+extra = {{"import": imported - after_torch, "load": loaded - imported, "first_call": called - loaded, "stages": stages}}
+"""
+
+
 BODIES = {
-    "eager": """
-extra = {{}}
-import llama as m
-config, dtype = m.CONFIGS["1b"], torch.bfloat16
-with torch.device("cuda"):
-    decoder = m.Decoder(config).to(dtype).eval()
-from safetensors.torch import load_file
-decoder.load_state_dict(load_file({checkpoint!r}, device="cuda"), strict=False)
-cache = m.new_kv_cache(config, dtype, "cuda")
-""" + INPUTS + """
-with torch.no_grad():
-    out = decoder(ids, positions, cache, positions[0])
-""",
-    "torch.compile (warm cache)": """
-extra = {{}}
-import llama as m
-config, dtype = m.CONFIGS["1b"], torch.bfloat16
-with torch.device("cuda"):
-    decoder = m.Decoder(config).to(dtype).eval()
-from safetensors.torch import load_file
-decoder.load_state_dict(load_file({checkpoint!r}, device="cuda"), strict=False)
-compiled = torch.compile(decoder, dynamic=True)
-cache = m.new_kv_cache(config, dtype, "cuda")
-""" + INPUTS + """
-with torch.no_grad():
-    out = compiled(ids, positions, cache, positions[0])
-""",
-    "package": """
-stages = []
-class Stages(logging.Handler):
-    def emit(self, record):
-        stages.append(record.getMessage())
-logging.getLogger("serving_llama_1b").addHandler(Stages())
-logging.getLogger("serving_llama_1b").setLevel(logging.DEBUG)
-import serving_llama_1b
-imported = time.perf_counter()
-model = serving_llama_1b.load()
-loaded = time.perf_counter()
-_, cache_dtype, cache_shape = serving_llama_1b.INPUTS[2]
-cache = torch.zeros(cache_shape, dtype=cache_dtype, device="cuda")
-""" + INPUTS + """
-out = model(ids, positions, cache, positions[0])
-torch.cuda.synchronize()
-called = time.perf_counter()
-extra = {{"import": imported - after_torch, "load": loaded - imported, "first_call": called - loaded, "stages": stages}}
-""",
-    "package, load(weights=checkpoint)": """
-stages = []
-class Stages(logging.Handler):
-    def emit(self, record):
-        stages.append(record.getMessage())
-logging.getLogger("serving_llama_1b").addHandler(Stages())
-logging.getLogger("serving_llama_1b").setLevel(logging.DEBUG)
-import serving_llama_1b
-imported = time.perf_counter()
-model = serving_llama_1b.load(weights={checkpoint!r})
-loaded = time.perf_counter()
-_, cache_dtype, cache_shape = serving_llama_1b.INPUTS[2]
-cache = torch.zeros(cache_shape, dtype=cache_dtype, device="cuda")
-""" + INPUTS + """
-out = model(ids, positions, cache, positions[0])
-torch.cuda.synchronize()
-called = time.perf_counter()
-extra = {{"import": imported - after_torch, "load": loaded - imported, "first_call": called - loaded, "stages": stages}}
-""",
+    "eager": eager_body(compiled=False),
+    "torch.compile (warm cache)": eager_body(compiled=True),
+    "package": package_body(""),
+    "package, load(weights=checkpoint)": package_body("weights={checkpoint!r}"),
 }
 
 
