@@ -121,7 +121,7 @@ def render(package: Package) -> RenderedPackage:
             sort_keys=True,
         ).encode()
     )
-    init_source = env.get_template("__init__.py.jinja").render(
+    init_source = env.get_template(target.init_template()).render(
         **common,
         **_init_context(package, fingerprint, features),
         **target.init_context(package),
@@ -313,7 +313,6 @@ def _init_context(package: Package, fingerprint: str, features: tuple) -> dict:
         "weights_embedded": package.weights_embedded,
         "custom_op_splitting_ops": _literal(tuple(package.custom_op_splitting_ops)) if package.custom_op_splitting_ops else "",
         "mutated_weights": bool(state.mutated_weights),
-        "static_inputs_literal": _literal(state.static_inputs),
         "state_lines": state_lines(state),
     }
 

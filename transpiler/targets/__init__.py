@@ -48,6 +48,9 @@ class Target(Protocol):
     def cpu_features(self, cpu_isa: str) -> tuple:
         """CPU flags the kernels need, which load() checks."""
 
+    def init_template(self) -> str:
+        """The template of __init__.py: the shared one, or one extending its blocks."""
+
     def init_context(self, package) -> dict:
         """The target's entries of __init__.py's context."""
 

@@ -61,8 +61,11 @@ class CpuTarget:
     def cpu_features(self, cpu_isa: str) -> tuple[str, ...]:
         return cpu_features(cpu_isa)
 
+    def init_template(self) -> str:
+        return "__init__.py.jinja"
+
     def init_context(self, package) -> dict:
-        return {"cuda": False, "gpu_literal": "{}"}
+        return {}
 
     # --- the pipeline
 

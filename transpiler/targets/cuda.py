@@ -50,8 +50,14 @@ class CudaTarget:
     def cpu_features(self, cpu_isa: str) -> tuple[str, ...]:
         return ()  # the host code is Python and torch alone
 
+    def init_template(self) -> str:
+        return "targets/cuda/__init__.py.jinja"
+
     def init_context(self, package) -> dict:
-        return {"cuda": True, "gpu_literal": repr({k: package.gpu[k] for k in ("arch", "cuda", "triton")})}
+        return {
+            "gpu_literal": repr({k: package.gpu[k] for k in ("arch", "cuda", "triton")}),
+            "static_inputs_literal": repr(package.state.static_inputs),
+        }
 
     # --- the pipeline
 
