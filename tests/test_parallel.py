@@ -123,5 +123,22 @@ def test_workers_compile_the_same_bytes_as_this_process(example_out, tmp_path):
     pool.caller_compiles = False
     rendered, summary = transpile(options, pool=pool)
     assert summary.variants == 3
+    # The workers built the model with torch.nn.init a no-op: the same graphs all the same.
+    assert pool.mismatched == 0 and not any("compile worker" in note for note in summary.notes)
     materialize_to(rendered, tmp_path / "mlp")
     assert diff_trees(example_out("mlp") / "mlp", tmp_path / "mlp") == []
+
+
+def test_workers_leave_weights_uninitialized_only_while_capturing():
+    import torch
+
+    from transpiler.parallel import _weights_left_uninitialized
+
+    original = torch.nn.init.normal_
+    tensor = torch.zeros(4)
+    with _weights_left_uninitialized():
+        assert torch.nn.init.normal_(tensor) is tensor and torch.equal(tensor, torch.zeros(4))
+        torch.nn.Linear(3, 3)  # its reset_parameters calls the no-op kaiming_uniform_
+    assert torch.nn.init.normal_ is original
+    torch.nn.init.normal_(tensor)
+    assert not torch.equal(tensor, torch.zeros(4))
