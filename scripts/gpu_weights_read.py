@@ -35,16 +35,16 @@ path = Path({path!r})
 WAYS = {
     "package (mapped file, two pinned buffers, one pass)": """
 from {name} import runtime
-names = list(runtime.read_header(path))
+entries = list(runtime.read_header(path).values())
 start = time.perf_counter()
-tensors = runtime.read_safetensors(path, names, "cuda")
+tensors = runtime.read_entries(path, entries, "cuda")
 torch.cuda.synchronize()
 """,
     "mapped, then .to(cuda) per tensor": """
 from {name} import runtime
 header = runtime.read_header(path)
 start = time.perf_counter()
-tensors = {{name: t.to("cuda") for name, t in runtime._map_file(path, list(header.values())).items()}}
+tensors = {{name: t.to("cuda") for name, t in runtime.map_file(path, list(header.values())).items()}}
 torch.cuda.synchronize()
 """,
     "safetensors.torch.load_file(device=cuda)": """

@@ -7,7 +7,6 @@ import contextlib
 import gc
 import io
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -139,7 +138,9 @@ def _main(args) -> int:
 
 def _jobs(requested: int | None) -> int:
     if requested is None:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        from .options import available_cores
+
+        return available_cores()
     if requested < 1:
         raise TranspileError(f"-j {requested}: give a number of worker processes, 1 or more")
     return requested

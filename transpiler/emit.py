@@ -116,7 +116,7 @@ def render(package: Package) -> RenderedPackage:
                 "model": package.model_sha256,
                 "cpu_features": features,
                 "gpu": package.gpu,
-        "capture_sizes": list(package.cuda_graphs.capture_sizes) if package.cuda_graphs else [],
+                "capture_sizes": list(package.cuda_graphs.capture_sizes) if package.cuda_graphs else [],
             },
             sort_keys=True,
         ).encode()

@@ -5,6 +5,7 @@ Free of torch, so that the command can start compile workers before it imports t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,3 +51,8 @@ def parse_world_size(text) -> int | None:
     if size < 1:
         raise TranspileError(f"--tensor-parallel {text}: give the number of ranks, a whole number >= 1")
     return size
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -6,8 +6,8 @@ options give the same graphs) runs while this process does the same. Then every 
 takes the next task, (piece, variant), as soon as it is free, this one included; a
 worker returns plain data (sources, kernel file paths, launch metadata). Results are put
 back in task order and deduplicated by the caller, so the package's bytes do not depend
-on the number of workers or on which finished first. A worker checks that it captured
-the very graphs this process did (a digest) before it compiles anything.
+on the number of workers or on which finished first. A worker compiles only if it
+captured the very graphs this process did (a digest); one that did not is stopped.
 
 Workers are spawned, not forked: a forked child of a process that has used CUDA or
 OpenMP cannot use them safely.

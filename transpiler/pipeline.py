@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from .parallel import WorkerPool
 from .model_file import load_model_file
 from .ranges import make_variants, parse_ranges, parse_sizes
 from .mutation import find_mutations, state_of
-from .options import Options, package_name  # noqa: F401  (the command imports them from here too)
+from .options import Options, available_cores, package_name  # noqa: F401  (the command imports them from here too)
 from .split import DEFAULT_SPLIT_OPS, check_split_ops, is_splitting_node, split_graph
 from .stitching import build_stitch
 from .targets import get_target
@@ -300,7 +299,8 @@ def compile_task(prepared: Prepared, target, options: Options, piece_index: int,
     instances = list(prepared.groups.values())[piece_index]
     unique = prepared.unique[piece_index]
     session = open_session(prepared.tuning, unique.module_name, variant, prepared.captured.symbol_ranges, prepared.dispatch_symbol)
-    with inductor_config(target.inductor_patches(options.cpu_isa, tuned=session is not None), compile_threads_per_process(options.jobs)), tuned(session):
+    patches = target.inductor_patches(options.cpu_isa, tuned=session is not None)
+    with inductor_config(patches, compile_threads_per_process(options.jobs)), tuned(session):
         compiled = target.compile_variant(
             instances[0], unique, variant, prepared.dispatch_symbol, prepared.captured, session
         )
@@ -313,8 +313,7 @@ def compile_threads_per_process(jobs: int) -> int | None:
     default, one thread or Triton process per core, in every process would oversubscribe)."""
     if jobs <= 1:
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // jobs)
+    return max(1, available_cores() // jobs)
 
 
 def _compile_variants(prepared: Prepared, target, variants, options: Options, progress, pool=None):

@@ -18,7 +18,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "gpt2"
-FINGERPRINT = "f870c485d218592081f2f72f80bddfe8305ac9c8396c5000baf6cef69685dff5"
+FINGERPRINT = "5d33144a5672b353c91f0e55bf297101631f0bfba658e1cd368860b807ce817e"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 128}
 SIZES = (8,)

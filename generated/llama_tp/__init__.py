@@ -27,7 +27,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "llama_tp"
-FINGERPRINT = "b164ce9f2e52e81d08fc5db0c9d7c2990e2bff218760aeb4ff4149911e8030de"
+FINGERPRINT = "9b198b7de38660a2a11dd28d9dd5503817125218a5948831773780cc37d2d44c"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)

@@ -22,7 +22,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "serving_llama"
-FINGERPRINT = "913b8c4e1236171bab00ca83ec48bc5905b279d2d3c7d74e79da32bd6a2ae27d"
+FINGERPRINT = "6a23d440570e78b08d1fb73c938bfc5aba7d6ebbd7e33337107a9d2bd43902ee"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)

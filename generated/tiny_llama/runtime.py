@@ -119,8 +119,8 @@ _DTYPES = {
     "F8_E5M2": torch.float8_e5m2,
 }
 
-# Weights for a GPU are read through two pinned buffers of this size: the disk fills one
-# while the other is copied to the device.
+# Weights for a GPU are read through two pinned buffers of this size: one is filled from
+# the mapped file while the other is copied to the device.
 STAGING_BYTES = 64 << 20
 
 
@@ -195,7 +195,7 @@ def read_header(path: Path) -> dict:
     return tensors
 
 
-def _map_file(path: Path, entries: list) -> dict:
+def map_file(path: Path, entries: list) -> dict:
     """CPU tensors backed by the file's pages, mapped copy-on-write: nothing is read until used."""
     with open(path, "rb") as file:
         data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
@@ -257,13 +257,11 @@ def _read_staged(
     return tensors
 
 
-def read_safetensors(path: Path, names, device="cpu") -> dict:
-    """Tensors `names` of a safetensors file on `device`, with no parsing library: mapped
+def read_entries(path: Path, entries: list, device="cpu") -> dict:
+    """name -> tensor on `device` for FileTensors of one file (from read_header): mapped
     (CPU), or read in one pass through pinned buffers (GPU)."""
-    header = read_header(path)
-    entries = [header[name] for name in names]
     return (
-        _map_file(path, entries)
+        map_file(path, entries)
         if torch.device(device).type == "cpu"
         else _read_staged(path, entries, device)
     )
@@ -366,13 +364,19 @@ def load_weights(specs: tuple, embedded: bool, given, device: str = "cpu") -> tu
         own += [spec[0] for spec in from_checkpoint]
         from_checkpoint = []
     tensors = {}
-    wanted = {}  # file -> tensor name in it -> the state-dict keys it supplies
+    wanted = (
+        {}
+    )  # file -> tensor name in it -> (its FileTensor, the state-dict keys it supplies)
 
-    def want(file, name, key):
-        wanted.setdefault(file, {}).setdefault(name, []).append(key)
+    def want(entry, key):
+        wanted.setdefault(entry.file, {}).setdefault(entry.name, (entry, []))[1].append(
+            key
+        )
 
-    for key in own:
-        want(WEIGHTS_FILE, key, key)
+    if own:
+        packaged = read_header(WEIGHTS_FILE)
+        for key in own:
+            want(packaged[key], key)
     if from_checkpoint:
         found = Checkpoint(given).find([(spec[1], spec[0]) for spec in from_checkpoint])
         for (key, _, dtype, shape), (checkpoint_key, value) in zip(
@@ -388,12 +392,13 @@ def load_weights(specs: tuple, embedded: bool, given, device: str = "cpu") -> tu
                     f"the package expects {dtype} {tuple(shape)}"
                 )
             if isinstance(value, FileTensor):
-                want(value.file, checkpoint_key, key)
+                want(value, key)
             else:
                 tensors[key] = value.detach()
-    for file, names in sorted(wanted.items()):
-        for name, tensor in read_safetensors(file, sorted(names), device).items():
-            for key in names[name]:
+    for file, by_name in sorted(wanted.items()):
+        entries = [entry for entry, _ in by_name.values()]
+        for name, tensor in read_entries(file, entries, device).items():
+            for key in by_name[name][1]:
                 tensors[key] = tensor
     return tuple(_placed(tensors[spec[0]], device) for spec in specs)
 
