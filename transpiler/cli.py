@@ -20,11 +20,23 @@ EXIT_USAGE = 2
 EXIT_DIFFERS = 1
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transpiler")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        from . import __version__
+
+        return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transpile",
         description="Turn a PyTorch model into a self-contained Python package of readable, precompiled source.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("model", type=Path, metavar="MODEL.py", help="file defining `model` and `example_inputs`")
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="folder to write OUT/NAME/ into")
     parser.add_argument("--name", help="package name (default: MODEL.py's file stem)")

@@ -24,7 +24,6 @@ import torch.fx
 
 from .errors import TranspileError
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 TEMPLATE = "cudagraphs.py.jinja"
 
 # vLLM's default capture sizes: 1, 2, 4, then every multiple of 8 up to this.
@@ -312,17 +311,10 @@ def cudagraphs_context(
 
 
 def template_environment():
-    """The Jinja environment emit.py uses (StrictUndefined, trim/lstrip blocks)."""
-    import jinja2
+    """The Jinja environment emit.py uses."""
+    from .templating import environment
 
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
+    return environment()
 
 
 def render_source(context: CudaGraphsContext, environment=None) -> str:

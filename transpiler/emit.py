@@ -12,15 +12,13 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-import black
-import jinja2
 import safetensors.torch
 
 from .ir import Package
+from .templating import environment, format_python  # noqa: F401  (targets import format_python from here)
 from .targets import get_target
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
-BLACK_MODE = black.Mode(magic_trailing_comma=False)
+
 
 @dataclass
 class RenderedPackage:
@@ -29,22 +27,7 @@ class RenderedPackage:
     manifest: dict
 
 
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-
-
-def format_python(source: str, path: str) -> str:
-    try:
-        return black.format_str(source, mode=BLACK_MODE)
-    except black.parsing.InvalidInput as error:  # a bug in a template or a rewrite
-        raise RuntimeError(f"emitted {path} is not valid Python: {error}") from error
+_environment = environment
 
 
 def _sha256(data: bytes) -> str:
@@ -143,6 +126,7 @@ def render(package: Package) -> RenderedPackage:
         "march": package.march,
         "cpu_features": list(features),
         "gpu": package.gpu,
+        "build_assumptions": target.build_assumptions(),
         "imports": package.imports,
         "split_ops": package.split_ops,
         "dispatch": {

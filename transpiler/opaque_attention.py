@@ -17,7 +17,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .emit import TEMPLATE_DIR
+from .templating import environment, template_dir
 
 OP = "transpile::sdpa"
 ATEN_SDPA = "aten::scaled_dot_product_attention"
@@ -25,10 +25,8 @@ ATEN_SDPA = "aten::scaled_dot_product_attention"
 
 def register() -> None:
     """Define transpile::sdpa in this process (once), from the package template."""
-    from .emit import _environment
-
-    source = _environment().get_template("ops.py.jinja").render(name="transpile")
-    exec(compile(source, str(TEMPLATE_DIR / "ops.py.jinja"), "exec"), {"__name__": "transpile_ops"})
+    source = environment().get_template("ops.py.jinja").render(name="transpile")
+    exec(compile(source, str(template_dir() / "ops.py.jinja"), "exec"), {"__name__": "transpile_ops"})
 
 
 class _RouteAttention(torch.overrides.TorchFunctionMode):

@@ -28,6 +28,10 @@ class Target(Protocol):
     def fingerprint(self) -> dict:
         """What the kernels depend on beyond torch and Python (checked at load)."""
 
+    def build_assumptions(self) -> dict:
+        """What the kernels were generated for in place of the transpiling machine's own
+        properties (CPU: a thread count and cache sizes); recorded in the manifest."""
+
     def graphs_context(self, name, captured, dispatch, dispatch_symbol, ranges, capture_sizes, state):
         """The context of the CUDA-graph wrappers, or None for a target without them."""
 

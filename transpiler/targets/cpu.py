@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from pathlib import Path
 
@@ -22,6 +23,35 @@ CPU_FEATURES = {
 _NATIVE_CANDIDATES = CPU_FEATURES["avx512"] + (
     "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx512vbmi", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
 )
+
+
+# What Inductor's C++ code generation would otherwise read off the transpiling machine: the
+# number of threads (how many loop levels to parallelize, how a GEMM is partitioned) and the
+# per-core cache sizes (GEMM blocking). Fixed here, so that the emitted bytes are the same on
+# every machine; the kernels still run on however many threads the process has
+# (`cpp.dynamic_threads`: OpenMP's count at run time). Recorded in the manifest.
+BUILD_ASSUMPTIONS = {"threads": 8, "l1d_cache_bytes": 32768, "l2_cache_bytes": 524288}
+
+
+@contextlib.contextmanager
+def assumed_cpu_caches():
+    """torch.cpu.get_capabilities() with the cache sizes of BUILD_ASSUMPTIONS."""
+    import torch
+
+    real = torch.cpu.get_capabilities
+
+    def capabilities():
+        return {
+            **real(),
+            "l1d_cache_size": BUILD_ASSUMPTIONS["l1d_cache_bytes"],
+            "l2_cache_size": BUILD_ASSUMPTIONS["l2_cache_bytes"],
+        }
+
+    torch.cpu.get_capabilities = capabilities
+    try:
+        yield
+    finally:
+        torch.cpu.get_capabilities = real
 
 
 def cpu_features(cpu_isa: str) -> tuple[str, ...]:
@@ -85,6 +115,8 @@ class CpuTarget:
                 f"--cpu-isa {cpu_isa} needs torch >= 2.12 (found {torch.__version__}); use --cpu-isa native"
             )
         patches["cpp.simdlen"] = isa["simdlen"]
+        patches["cpp.threads"] = BUILD_ASSUMPTIONS["threads"]
+        patches["cpp.dynamic_threads"] = True
         if tuned:
             patches.update(TUNING_PATCHES, max_autotune_gemm_backends="ATEN,CPP")
         return patches
@@ -99,13 +131,17 @@ class CpuTarget:
     def fingerprint(self) -> dict:
         return {}
 
+    def build_assumptions(self) -> dict:
+        return dict(BUILD_ASSUMPTIONS)
+
     def graphs_context(self, name, captured, dispatch, dispatch_symbol, ranges, capture_sizes, state):
         return None
 
 
 def _compile_cpu(piece, unique: UniquePiece, variant, dispatch_symbol, captured, session=None) -> CompiledVariant:
     hint = session.benchmark_size if session is not None else None
-    output = compile_variant(piece.graph_module, dispatch_symbol, variant, captured.symbol_ranges, hint)
+    with assumed_cpu_caches():
+        output = compile_variant(piece.graph_module, dispatch_symbol, variant, captured.symbol_ranges, hint)
     kernel_files = cpp_kernel_files(output.module_globals)
     prefix = f"{variant.name}_"
     rewritten = rewrite_call(output.source_code, variant.name, unique.input_names, prefix)

@@ -94,6 +94,9 @@ class CudaTarget:
     def fingerprint(self) -> dict:
         return _gpu_fingerprint()
 
+    def build_assumptions(self) -> dict:
+        return {}
+
     def graphs_context(self, name, captured, dispatch, dispatch_symbol, ranges, capture_sizes, state):
         return _cuda_graphs_context(name, captured, dispatch, dispatch_symbol, ranges, capture_sizes, state)
 
