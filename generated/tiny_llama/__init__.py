@@ -18,7 +18,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "tiny_llama"
-FINGERPRINT = "57d14499863de45f397168b6ca76e7284d4ddf4d91f10f76d7852f48b4f87907"
+FINGERPRINT = "01713f7940abb044685ceb91803d2c59dcf691f915ca6419e381d3ec65189df9"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1, 8)
