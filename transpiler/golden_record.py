@@ -89,9 +89,9 @@ def graph_tables(source: str) -> dict:
     """The CUDA-graph tables a recorded cudagraphs.py assigns at module level."""
     tables = {}
     for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id in GRAPH_TABLES:
-                tables[node.targets[0].id] = _value(node.value)
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if isinstance(target, ast.Name) and target.id in GRAPH_TABLES:
+            tables[target.id] = _value(node.value)
     missing = [name for name in GRAPH_TABLES if name not in tables]
     if missing:
         raise TranspileError(f"recorded cudagraphs.py lacks {', '.join(missing)}; regenerate the golden on a GPU")

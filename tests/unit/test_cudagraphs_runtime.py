@@ -4,13 +4,90 @@ state written in place and restored after capture, outputs sliced back."""
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from transpiler.runtime import cudagraphs_runtime as cg
 from transpiler.runtime.cudagraphs_runtime import GraphModel, InputSpec
+
+# --- CPU stand-ins for torch.cuda's graph machinery -----------------------------
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, ops):
+        super().__init__()
+        self.ops = ops
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        self.ops.append((func, args, kwargs, result))
+        return result
+
+
+class FakeGraphs:
+    """CPU stand-ins for torch.cuda's graph machinery: a capture records the aten ops it
+    runs; a replay re-runs them on the same tensors and writes into the same outputs, as a
+    CUDA graph re-launches its kernels on fixed addresses."""
+
+    def __init__(self):
+        self.graphs = []
+        self.pools = []
+        fakes = self
+
+        class CUDAGraph:
+            def __init__(self):
+                self.ops = []
+                self.replays = 0
+                fakes.graphs.append(self)
+
+            def replay(self):
+                self.replays += 1
+                for func, args, kwargs, recorded in self.ops:
+                    result = func(*args, **kwargs)
+                    for old, new in zip(tree_flatten(recorded)[0], tree_flatten(result)[0]):
+                        if isinstance(old, torch.Tensor) and old is not new:
+                            old.copy_(new)
+
+        class graph:
+            def __init__(self, cuda_graph, pool=None):
+                self.recorder = _Recorder(cuda_graph.ops)
+
+            def __enter__(self):
+                self.recorder.__enter__()
+
+            def __exit__(self, *exc):
+                self.recorder.__exit__(*exc)
+                return False
+
+        def graph_pool_handle():
+            fakes.pools.append(object())
+            return fakes.pools[-1]
+
+        self.CUDAGraph, self.graph, self.graph_pool_handle = CUDAGraph, graph, graph_pool_handle
+
+    @property
+    def replays(self) -> int:
+        return sum(g.replays for g in self.graphs)
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch):
+    """transpiler.runtime.cudagraphs_runtime with its graph machinery faked on the CPU."""
+    fakes = FakeGraphs()
+    monkeypatch.setattr(cg, "CUDAGraph", fakes.CUDAGraph)
+    monkeypatch.setattr(cg, "graph", fakes.graph)
+    monkeypatch.setattr(cg, "graph_pool_handle", fakes.graph_pool_handle)
+    monkeypatch.setattr(cg, "synchronize", lambda: None)
+    return fakes
+
+
+# --- a hand-made model ------------------------------------------------------------
 
 ROWS = 9  # cache rows: 8 slots and a scratch row that padded tokens write
 
@@ -52,24 +129,24 @@ def forward(weights, x, slots, cache, select=select):
 
 
 def make_model(**overrides):
-    fields = dict(
-        name="fake_pkg",
-        inputs=(
+    fields = {
+        "name": "fake_pkg",
+        "inputs": (
             InputSpec("x", torch.float32, (None, 4), 0),
             InputSpec("slots", torch.int64, (None,), 0, False, ROWS - 1),
             InputSpec("cache", torch.float32, (ROWS, 4), None, True),
         ),
-        dispatch_input=0,
-        dispatch_dim=0,
-        output_dispatch_dims=(0, None),
-        capture_sizes=(1, 2, 4, 8),
-        mutated_inputs=("cache",),
-        mutated_weights=(),
-        pad_by_default=True,
-        forward=forward,
-        select=select,
-        variant=Variant,
-    )
+        "dispatch_input": 0,
+        "dispatch_dim": 0,
+        "output_dispatch_dims": (0, None),
+        "capture_sizes": (1, 2, 4, 8),
+        "mutated_inputs": ("cache",),
+        "mutated_weights": (),
+        "pad_by_default": True,
+        "forward": forward,
+        "select": select,
+        "variant": Variant,
+    }
     fields.update(overrides)
     return GraphModel(**fields)
 
@@ -151,7 +228,7 @@ def test_replays_match_the_plain_forward_and_write_the_callers_cache(fake_graphs
         expected = forward(w, x, slots, expected_cache)
         CALLS.clear()
         replays = fake_graphs.replays
-        out, rest = runner(x, slots, cache)
+        out, _rest = runner(x, slots, cache)
         assert fake_graphs.replays > replays and CALLS == []  # graphs replayed, no piece ran
         torch.testing.assert_close(out, expected[0], rtol=0, atol=1e-6)
         assert out.shape == (size, 4)

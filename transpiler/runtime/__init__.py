@@ -15,13 +15,21 @@ from __future__ import annotations
 from importlib import resources
 
 # The modules a package may ship, in the order they are listed.
-MODULES = ("runtime.py", "ops.py", "cuda_runtime.py", "cudagraphs_runtime.py", "distributed_runtime.py")
+MODULES = (
+    "runtime.py",
+    "ops.py",
+    "cuda_runtime.py",
+    "cudagraphs_runtime.py",
+    "distributed_runtime.py",
+)
 
 
 def runtime_files(*names: str) -> dict[str, str]:
     """path in the package -> source, for the named modules (copied verbatim)."""
     unknown = [name for name in names if name not in MODULES]
     if unknown:
-        raise ValueError(f"not a runtime module: {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+        raise ValueError(
+            f"not a runtime module: {', '.join(unknown)}; choose from {', '.join(MODULES)}"
+        )
     folder = resources.files(__name__)
     return {name: folder.joinpath(name).read_text(encoding="utf-8") for name in names}

@@ -48,14 +48,14 @@ class TritonKernel:
     """One prebuilt Triton kernel: its cubin, loaded once per device on first launch."""
 
     __slots__ = (
-        "path",
-        "symbol",
-        "num_warps",
-        "shared",
-        "arg_types",
         "arch",
+        "arg_types",
         "functions",
         "modules",
+        "num_warps",
+        "path",
+        "shared",
+        "symbol",
     )
 
     def __init__(

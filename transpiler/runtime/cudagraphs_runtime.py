@@ -51,8 +51,9 @@ import gc
 import logging
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
@@ -72,11 +73,11 @@ class InputSpec(NamedTuple):
     # None at the dispatch dim, which takes the capture size.
     shape: tuple
     # The dim padded up to the capture size; None: the input is copied whole.
-    dispatch_dim: Optional[int]
+    dispatch_dim: int | None
     # Used by reference (state such as a KV cache): bound at capture, never copied.
     static: bool = False
     # The value of padded positions; None: zeros (floating) or the last valid element.
-    pad_value: Optional[float] = None
+    pad_value: float | None = None
 
 
 class GraphModel(NamedTuple):
@@ -125,7 +126,7 @@ class CudaGraphRunner:
     overwrites them. Call .clone() on an output to keep it longer.
     """
 
-    model: Optional[GraphModel] = None  # set by runner_class()
+    model: GraphModel | None = None  # set by runner_class()
 
     def __init__(
         self,
@@ -147,7 +148,7 @@ class CudaGraphRunner:
             raise ValueError(f"{model.name}: mode {mode!r} is not one of {MODES}")
         if capture_sizes is None:
             capture_sizes = model.capture_sizes
-        sizes = sorted(set(int(size) for size in capture_sizes))
+        sizes = sorted({int(size) for size in capture_sizes})
         if sizes and sizes[0] < 1:
             raise ValueError(
                 f"{model.name}: capture sizes must be positive, got {sizes[0]}"
@@ -249,7 +250,7 @@ class CudaGraphRunner:
             )
         return graphs
 
-    def capture_size_for(self, size: int) -> Optional[int]:
+    def capture_size_for(self, size: int) -> int | None:
         """The capture size whose graphs serve a runtime size, or None: the plain forward."""
         if not self._graphs:
             return None

@@ -59,7 +59,7 @@ def sdpa_fake(
 
 def _defined() -> bool:
     try:
-        torch.ops.transpile.sdpa.default
+        torch.ops.transpile.sdpa.default  # noqa: B018 (the lookup raises while it is undefined)
     except (AttributeError, RuntimeError):
         return False
     return True

@@ -127,7 +127,7 @@ STAGING_BYTES = 64 << 20
 class FileTensor:
     """Where one tensor of a safetensors file lies: read only when loaded."""
 
-    __slots__ = ("file", "name", "dtype", "shape", "start", "end")
+    __slots__ = ("dtype", "end", "file", "name", "shape", "start")
 
     def __init__(
         self, file: Path, name: str, dtype, shape: tuple, start: int, end: int
