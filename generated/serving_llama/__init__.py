@@ -22,7 +22,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "serving_llama"
-FINGERPRINT = "8cb5e8caba53b8f49d10a3fdf6dea2423a72dfddf38ce761737cf806e672587d"
+FINGERPRINT = "d8d816d7c3366955e71cf7e7c7f4603287472d3d83e46328151e84cf99cce38f"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)
