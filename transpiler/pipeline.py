@@ -18,6 +18,7 @@ from . import tensor_parallel as tp
 from .dedupe import group_pieces, shared_names
 from .emit import RenderedPackage, render
 from .errors import TranspileError
+from .exports import build_exports
 from .inductor import CPU_ISAS, RangeSpecialized, inductor_config
 from .ir import Package, TensorParallel, UniquePiece
 from .parallel import WorkerPool
@@ -64,6 +65,7 @@ class Prepared:
     custom_ops: list[str]
     tuning: object = None  # tuning.Tuning of a tuned transpile
     tensor_parallel: TensorParallel | None = None  # --tensor-parallel N: the split and the collectives
+    exports: object = None  # exports.Exports: what __init__.py re-exports
 
 
 def distributed_context(options: Options):
@@ -105,6 +107,7 @@ def prepare(options: Options) -> Prepared:
     if route_attention and opaque_attention.OP not in split_ops:
         split_ops = [*split_ops, opaque_attention.OP]
 
+    exports = build_exports(model_file.exports, list(options.imports))  # refused before any compile
     marked = tp.marked_dims(model_file.model)
     captured = capture_stage.export_model(model_file, options.device, route_attention)
     tensor_parallel = None
@@ -153,6 +156,7 @@ def prepare(options: Options) -> Prepared:
         custom_ops=custom_op_splitting_ops(pieces),
         tuning=tuning,
         tensor_parallel=tensor_parallel,
+        exports=exports,
     )
 
 
@@ -220,6 +224,7 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
         torch_version=torch.__version__.split("+")[0],
         python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
         imports=list(options.imports),
+        exports=prepared.exports,
         split_ops=list(prepared.split_ops),
         dispatch=dispatch,
         variants=variants,
