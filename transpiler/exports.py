@@ -18,6 +18,7 @@ its own modules and the --import modules.
 from __future__ import annotations
 
 import functools
+import importlib
 import keyword
 from dataclasses import dataclass
 
@@ -68,7 +69,16 @@ def _function_path(function, where: str, allowed_modules: set[str]) -> tuple[str
             f"exports[{where!r}] is a function of module {module}, which the package does not import; "
             f"define it in a module passed with --import (the package imports only torch and those)"
         )
-    return module, f"{module}.{qualname}"
+    # The shortest path that finds this very function again (torch's builtins have a
+    # qualname of their C class, torch._VariableFunctionsClass.full, and a name, full).
+    imported = importlib.import_module(module)
+    for path in dict.fromkeys([function.__name__, qualname]):
+        target = imported
+        for part in path.split("."):
+            target = getattr(target, part, None)
+        if target is function:
+            return module, f"{module}.{path}"
+    raise TranspileError(f"exports[{where!r}]: {module}.{qualname} does not name this function; export it by its module-level name")
 
 
 def build_exports(exports: dict | None, imports: list[str]) -> Exports:
