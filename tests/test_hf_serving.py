@@ -30,7 +30,7 @@ CONFIGS = {
     "qwen3": dict(TINY),
     "mistral": dict(TINY, sliding_window=8),
     "phi3": dict(TINY, pad_token_id=0, sliding_window=8),
-    "gemma2": dict(TINY, sliding_window=8, attn_logit_softcapping=2.0, final_logit_softcapping=30.0,
+    "gemma2": dict(TINY, sliding_window=8, attn_logit_softcapping=1.0, final_logit_softcapping=0.5, initializer_range=0.3,
                    query_pre_attn_scalar=8),
     "gemma3_text": dict(TINY, sliding_window=8, layer_types=["sliding_attention", "full_attention"],
                         query_pre_attn_scalar=8),
