@@ -110,22 +110,17 @@ def test_batched_paged_forward_equals_generate(model_type):
 
 
 def test_transpiled_hf_package_loads_its_checkpoint_and_equals_generate(shared_dir, tmp_path):
-    """Gemma2 (sliding window and soft-capping) through a package transpiled with
-    --weights none, loading the model's own checkpoint folder."""
+    """Gemma2 (sliding window, soft-capping, tied embeddings) through a package made by
+    `transpile --hf FOLDER --weights none`, loading the model's own checkpoint folder."""
     folder = shared_dir / "hf-gemma2"
     if not (folder / "config.json").exists():
         folder.mkdir(exist_ok=True)
         config = _config("gemma2")
         built = hf_serving.build_model(config, seed=4)
         built.decoder.save_pretrained(folder)  # config.json and model.safetensors, the checkpoint's own keys
-    model_file = tmp_path / "model.py"
-    model_file.write_text(
-        "from transpiler.hf_serving import serving_model_file\n"
-        f"globals().update(serving_model_file({str(folder)!r}))\n"
-    )
+    # transpile --hf FOLDER (implies --import serving_ops and --checkpoint-prefix decoder.)
     out = transpile_once(shared_dir, "hf_gemma2", [
-        str(model_file), "--name", "hf_gemma2", "--import", "serving_ops", "--ranges", "1-16,17-128",
-        "--weights", "none", "--checkpoint-prefix", "decoder.",
+        "--hf", str(folder), "--name", "hf_gemma2", "--ranges", "1-16,17-128", "--weights", "none",
     ])
     eager = hf_serving.build_model(hf_serving.load_config(folder), weights=folder)
     with imported_package(out, "hf_gemma2", EXAMPLE_PATHS) as package:
@@ -133,6 +128,16 @@ def test_transpiled_hf_package_loads_its_checkpoint_and_equals_generate(shared_d
         prompts = _prompts(128)
         finished = _serve(package_model, package.new_kv_cache(32), package.BLOCK_SIZE, prompts)
         _check_against_generate(finished, _reference(eager), prompts)
+
+
+def test_hf_command_refuses_an_unsupported_folder_in_one_line(tmp_path, capsys):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    assert run_cli(["--hf", str(tmp_path), "-o", str(tmp_path / "out"), "--name", "gpt"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("transpile: error: model_type 'gpt2' is not supported by --hf") and "\n" not in error
+    assert not (tmp_path / "out").exists()
+    assert run_cli([str(tmp_path / "model.py"), "--hf", str(tmp_path), "-o", str(tmp_path / "out")]) == 2
+    assert "pass MODEL.py or --hf FOLDER (one of them)" in capsys.readouterr().err
 
 
 def test_unsupported_architectures_and_features_are_refused(tmp_path):

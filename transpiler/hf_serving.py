@@ -210,3 +210,24 @@ def serving_model_file(folder: str | Path, dtype=torch.float32, max_tokens: int 
         "pad_values": {"slot_mapping": -1},
         "exports": {"BLOCK_SIZE": block, "new_kv_cache": functools.partial(ops.new_kv_cache, **shape)},
     }
+
+
+def load_hf_model_file(folder: str | Path, imports: list[str]):
+    """`transpile --hf FOLDER`: the ModelFile of the folder's decoder in serving form."""
+    import hashlib
+
+    from .model_file import ModelFile, import_modules
+
+    folder = Path(folder)
+    import_modules(imports)
+    namespace = serving_model_file(folder)
+    return ModelFile(
+        path=folder / "config.json",
+        sha256=hashlib.sha256((folder / "config.json").read_bytes()).hexdigest(),
+        model=namespace["model"],
+        example_inputs=namespace["example_inputs"],
+        dynamic_shapes=namespace["dynamic_shapes"],
+        split_ops=namespace["split_ops"],
+        pad_values=namespace["pad_values"],
+        exports=namespace["exports"],
+    )

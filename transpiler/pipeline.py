@@ -92,7 +92,12 @@ def prepare(options: Options) -> Prepared:
         )
     tuning = start_tuning(options.autotune, options.tuning, options.device, options.cpu_isa)
     name = package_name(options)
-    model_file = load_model_file(options.model_path, options.imports)
+    if options.hf:
+        from .hf_serving import load_hf_model_file
+
+        model_file = load_hf_model_file(options.model_path, options.imports)
+    else:
+        model_file = load_model_file(options.model_path, options.imports)
     split_ops = options.split_ops if options.split_ops is not None else model_file.split_ops
     if split_ops is None:
         split_ops = list(DEFAULT_SPLIT_OPS)
