@@ -112,6 +112,8 @@ def check_paged_inputs(q, k, v, kv_cache, slot_mapping, block_table, seq_lens, q
         fail(f"seq_lens has shape {tuple(seq_lens.shape)} for {sequences} block-table rows; pass one length per sequence")
     if query_start_loc.shape != (sequences + 1,):
         fail(f"query_start_loc has shape {tuple(query_start_loc.shape)} for {sequences} sequences; pass sequences + 1 offsets")
+    if _metadata_consistent(slot_mapping, block_table, seq_lens, query_start_loc, num_blocks, block_size):
+        return  # the common case: one host sync; the loop below only finds what is wrong, to say it
     starts, lens, table, slots = (t.tolist() for t in (query_start_loc, seq_lens, block_table, slot_mapping))
     if starts[0] != 0 or any(b < a for a, b in zip(starts, starts[1:])) or starts[-1] > tokens:
         fail(f"query_start_loc {starts} must start at 0, never decrease, and end at most at {tokens} tokens")
@@ -140,6 +142,29 @@ def check_paged_inputs(q, k, v, kv_cache, slot_mapping, block_table, seq_lens, q
     padded = [t for t in range(starts[-1], tokens) if slots[t] != -1]
     if padded:
         fail(f"token {padded[0]} is padding (past query_start_loc[-1] = {starts[-1]}) but its slot is {slots[padded[0]]}, not -1")
+    fail("the metadata disagree with each other in a way no rule above names; rebuild them with one block table")
+
+
+def _metadata_consistent(slot_mapping, block_table, seq_lens, query_start_loc, num_blocks, block_size) -> bool:
+    """Every rule of check_paged_inputs on the metadata, as tensor ops and one sync."""
+    tokens = slot_mapping.shape[0]
+    sequences, max_blocks = block_table.shape
+    q_lens = query_start_loc[1:] - query_start_loc[:-1]
+    total = query_start_loc[-1]
+    ok = (query_start_loc[0] == 0) & (q_lens >= 0).all() & (total <= tokens)
+    ok &= (seq_lens >= q_lens).all() & (seq_lens <= max_blocks * block_size).all()
+    used = torch.arange(max_blocks, device=block_table.device)[None, :] < (seq_lens[:, None] + block_size - 1) // block_size
+    ok &= ((block_table >= 0) & (block_table < num_blocks) | ~used).all()
+    token = torch.arange(tokens, device=slot_mapping.device)
+    real = token < total
+    sequence = torch.searchsorted(query_start_loc[1:].contiguous(), token, right=True).clamp(max=sequences - 1)
+    position = (seq_lens[sequence] - q_lens[sequence] + token - query_start_loc[sequence]).clamp(0, max_blocks * block_size - 1)
+    block = block_table[sequence, position // block_size]
+    expected = torch.where(real, block * block_size + position % block_size, -1)
+    ok &= (slot_mapping == expected).all()
+    written = torch.where(real, slot_mapping, -2 - token).sort().values  # padding: distinct negatives
+    ok &= (written[1:] != written[:-1]).all()
+    return bool(ok)
 
 
 def write_kv(k, v, kv_cache, slot_mapping, layer):
