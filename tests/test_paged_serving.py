@@ -193,3 +193,12 @@ def test_package_refuses_bad_metadata_before_any_write(serving):
         with pytest.raises(ValueError, match="block_table row 0 points to block 9, outside the cache's 8 blocks"):
             model(*args, torch.tensor([[9] + [-1] * 7]), torch.tensor([2]), torch.tensor([0, 2]))
         assert torch.equal(cache, before)
+
+
+def test_engine_refuses_a_request_longer_than_a_sequences_blocks(serving):
+    out, reference = serving
+    engine = _module("engine")
+    runner = engine.Engine(reference.model, engine_cache(reference.model.config, 16), 16, max_blocks_per_seq=2)
+    with pytest.raises(ValueError, match="request long: 30 \\+ 3 tokens need 3 blocks, more than a sequence's 2"):
+        runner.add(engine.Request("long", list(range(30)), 3))
+    assert not runner.has_work()

@@ -1,15 +1,18 @@
-"""`serving::attention`: attention over a KV cache that it writes in place.
+"""The serving ops, registered the production way (torch.library define + impl, as vLLM's
+direct_register_custom_op does), so calling them imports nothing beyond torch: an op made
+with torch.library.custom_op would import torch._dynamo on its first call.
 
-Registered the production way (torch.library define + impl, as vLLM's
-direct_register_custom_op does), so calling it imports nothing beyond torch: an op
-made with torch.library.custom_op would import torch._dynamo on its first call.
+`serving::paged_attention` (the serving example's): a flattened batch of sequences over a
+paged KV cache, vLLM's layout (below). An exact reference implementation for every device
+(CompositeExplicitAutograd), which checks the metadata before writing anything; on CUDA
+the Triton kernels of paged_triton.py, which skip the host-side checks unless
+SERVING_OPS_CHECK=1 (the checks read the metadata back, which CUDA graphs cannot).
 
-The cache holds one sequence: slot i keeps the keys and values of the token at
-position i, and the last slot is scratch. The model computes, once per forward, the
-slots to write (padding, slot -1, mapped to the scratch slot, which no token reads) and
-the mask of cache slots each token may attend to; each layer's call only writes and
-attends. Everything has fixed shapes and nothing syncs with the host, so the op can be
-captured in a CUDA graph.
+`serving::attention` (the tensor-parallel example's, examples/llama_tp): attention over a
+cache that holds one sequence: slot i keeps the keys and values of the token at position
+i, and the last slot is scratch. The model computes, once per forward, the slots to write
+(padding, slot -1, mapped to the scratch slot, which no token reads) and the mask of cache
+slots each token may attend to; each layer's call only writes and attends.
 """
 
 import os
