@@ -22,7 +22,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "serving_llama"
-FINGERPRINT = "6a23d440570e78b08d1fb73c938bfc5aba7d6ebbd7e33337107a9d2bd43902ee"
+FINGERPRINT = "d8d816d7c3366955e71cf7e7c7f4603287472d3d83e46328151e84cf99cce38f"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)
