@@ -96,9 +96,11 @@ def load_model_file(path: str | Path, imports: list[str]) -> ModelFile:
     pad_values = module.__dict__.get("pad_values")
     if pad_values is not None and (
         not isinstance(pad_values, dict)
-        or not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in pad_values.items())
+        or not all(isinstance(k, str) and _is_pad_value(v) for k, v in pad_values.items())
     ):
-        raise TranspileError(f'{path}: `pad_values` must map input names to numbers, such as {{"slot_mapping": -1}}')
+        raise TranspileError(
+            f'{path}: `pad_values` must map input names to numbers or "last", such as {{"slot_mapping": -1}}'
+        )
     exports = module.__dict__.get("exports")
     if exports is not None and not isinstance(exports, dict):
         raise TranspileError(f'{path}: `exports` must be a dict of names the package re-exports, such as {{"BLOCK_SIZE": 16}}')
@@ -113,3 +115,10 @@ def load_model_file(path: str | Path, imports: list[str]) -> ModelFile:
         pad_values=dict(pad_values) if pad_values is not None else None,
         exports=dict(exports) if exports is not None else None,
     )
+
+
+def _is_pad_value(value) -> bool:
+    """A number, or "last" (CUDA-graph padding repeats the last valid entry)."""
+    if value == "last":
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

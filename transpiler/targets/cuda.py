@@ -146,14 +146,20 @@ def _cuda_graphs_context(name, captured, dispatch, dispatch_symbol, ranges, capt
     from .. import cudagraphs
 
     sizes = cudagraphs.parse_capture_sizes(capture_sizes_text, ranges[0].lo, ranges[-1].hi)
+    padded = cudagraphs.input_padded_dims(
+        captured.graph_module, dispatch_symbol, captured.user_inputs, captured.symbol_ranges
+    )
+    static = set(state.static_inputs) if state is not None else set()
+    # Counts of their own (sequences) that non-static inputs are padded along.
+    counts = {p.symbol for name, p in zip(captured.user_inputs, padded) if p and not p.dispatch and name not in static}
     return cudagraphs.cudagraphs_context(
         name,
         sizes,
         capture_stage.input_specs(captured),
         dispatch.input_index,
         dispatch.dim,
-        cudagraphs.output_dispatch_dims(captured.graph_module, dispatch_symbol),
-        cudagraphs.input_dispatch_dims(captured.graph_module, dispatch_symbol, captured.user_inputs),
+        cudagraphs.output_dispatch_dims(captured.graph_module, dispatch_symbol, counts),
+        padded,
         state,
         [w.key for w in captured.weights],
     )
