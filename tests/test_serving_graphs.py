@@ -20,9 +20,9 @@ import sys
 
 import pytest
 import torch
+from conftest import EXAMPLE_PATHS, EXAMPLES, ROOT, imported_package, load_model_module
 from torch.utils._pytree import tree_flatten
 
-from conftest import EXAMPLE_PATHS, EXAMPLES, ROOT, imported_package, load_model_module
 from transpiler import pipeline
 from transpiler.cudagraphs import PaddedDim, cudagraphs_context, render_source
 from transpiler.errors import TranspileError

@@ -297,7 +297,8 @@ class CudaGraphRunner:
             return model.forward(self.weights, *inputs)
         size_graphs = self._graphs[capture_size]
         if not _fits(model.inputs, inputs, size_graphs.input_buffers):
-            return model.forward(self.weights, *inputs)  # more sequences than the buffers hold
+            # More sequences than the buffers hold: the plain forward.
+            return model.forward(self.weights, *inputs)
         _copy_into_buffers(model.inputs, inputs, size_graphs.input_buffers)
         outputs = size_graphs.replay()
         if size == capture_size:
