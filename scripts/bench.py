@@ -860,7 +860,8 @@ def steady_table(section: dict) -> tuple[list[str], list[list[str]]]:
     several), a column per variant, then the package's ratio to each other variant."""
     thread_counts = section.get("threads", [None])
     variants = section.get("variants", ["eager", "compile", "package"])
-    others = [v for v in variants if v != "package"]
+    # Ratios to torch.compile first, then eager (the report's order before packages of other builds).
+    others = [v for v in ("compile", "eager") if v in variants] + [v for v in variants if v not in ("package", "compile", "eager")]
     several = len(thread_counts) > 1
     header = ["size", *(["threads"] if several else [])]
     header += [VARIANT_TITLES.get(v, v) for v in variants]
