@@ -35,7 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness import REPO, format_summary, import_file, import_package, markdown_table, transpile_command
+from harness import REPO, import_file, import_package, markdown_table, transpile_command
+from harness import format_us as cell
 
 ROOT = REPO
 
@@ -67,11 +68,6 @@ def packages_of(config: str, first: bool) -> list[tuple[str, int, bool]]:
     if first:
         packages.append((package_name(config, 2, True), 2, True))
     return packages + [(package_name(config, 1), 1, False)]
-
-
-def cell(samples: list[float]) -> str:
-    """'123 us (110-140)': median and range, whole microseconds."""
-    return format_summary(samples, unit=" us", digits=0)
 
 
 def say(*parts) -> None:

@@ -91,6 +91,11 @@ def format_summary(
     return f"{median} ({low}{dash}{high})"
 
 
+def format_us(samples: list[float]) -> str:
+    """'123 us (110-140)': microsecond timings' median and range, whole microseconds."""
+    return format_summary(samples, unit=" us", digits=0)
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """numerator / denominator, or None when either is missing or the denominator is 0."""
     if numerator is None or denominator is None or denominator == 0:

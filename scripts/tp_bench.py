@@ -24,7 +24,6 @@ from pathlib import Path
 from harness import (
     REPO,
     format_ratio,
-    format_summary,
     import_file,
     import_package,
     markdown_table,
@@ -32,17 +31,13 @@ from harness import (
     summarize,
     transpile_command,
 )
+from harness import format_us as cell
 
 ROOT = REPO
 MODEL = ROOT / "examples" / "llama_tp" / "model.py"
 SPLIT_COLLECTIVES = "serving::attention,_c10d_functional::all_reduce,_c10d_functional::all_gather_into_tensor"
 VARIANTS = {"inside": [], "split": ["--split-ops", SPLIT_COLLECTIVES]}
 SIZES = (1, 16, 64)
-
-
-def cell(samples: list[float]) -> str:
-    """'123 us (110-140)': median and range, whole microseconds."""
-    return format_summary(samples, unit=" us", digits=0)
 
 
 def timed(run, before=None) -> float:

@@ -10,7 +10,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import harness  # noqa: E402
-import tp_bench  # noqa: E402
 
 
 def test_summary_is_median_min_max():
@@ -20,7 +19,7 @@ def test_summary_is_median_min_max():
 
 
 def test_cell_ratio_and_table():
-    assert tp_bench.cell([10.4, 12.6, 11.0]) == "11 us (10-13)"
+    assert harness.format_us([10.4, 12.6, 11.0]) == "11 us (10-13)"
     split, inside = harness.summarize([20.0, 22.0])["median"], harness.summarize([10.0])["median"]
     assert harness.format_ratio(harness.ratio(split, inside)) == "2.10x"
     table = harness.markdown_table(["size", "time"], [[1, "3 us (2-4)"]])
