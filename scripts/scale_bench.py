@@ -6,7 +6,7 @@ as markdown tables (medians with min-max over --rounds, ratios against the issue
 
     python scripts/scale_bench.py [--configs 1b,8b,1b:2,1b:32] [--weights none,embed] [--jobs 1,2]
                                   [--rounds 1] [--cache warm|cold] [--dtype bfloat16] [--out FILE]
-    python scripts/scale_bench.py --configs tiny --jobs 1 --weights none --cache-dir DIR   # a smoke run
+    python scripts/scale_bench.py --configs tiny --jobs 1 --weights none --cache-dir DIR [--no-warm-up]   # a smoke run
 
 A configuration is a name (tiny, 1b, 8b) or NAME:LAYERS (the width of NAME at another
 depth: 1b:2, 1b:32). Each transpile runs in a fresh process (`python -c`, so that the
@@ -342,6 +342,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", choices=("warm", "cold"), default="warm")
     parser.add_argument("--cache-dir", type=Path,
                         help="with --cache warm: this Inductor cache folder (kept; default: a fresh one in the work folder)")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="with --cache-dir: the folder is warm already, skip the untimed transpiles")
     parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bfloat16")
     parser.add_argument("--max-embed-gb", type=float, default=4.0,
                         help="skip --weights embed where the weights are larger (default 4)")
@@ -355,6 +357,8 @@ def main(argv=None) -> int:
         jobs = [int(j) for j in options.jobs.split(",")]
     except ValueError:
         parser.error(f"--jobs {options.jobs}: give whole numbers such as 1,2")
+    if options.no_warm_up and not options.cache_dir:
+        parser.error("--no-warm-up needs --cache-dir (a cache folder warmed by an earlier run)")
     if options.rounds < 1:
         parser.error("--rounds must be at least 1")
     scales = {s.label: s for s in options.configs}
@@ -366,7 +370,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     try:
         shared_cache = options.cache_dir or work / "inductor-cache"
-        if options.cache == "warm":
+        if options.cache == "warm" and not options.no_warm_up:
             for scale in scales.values():
                 print(f"warming the Inductor cache: {scale.label}", file=sys.stderr, flush=True)
                 try:
