@@ -394,6 +394,7 @@ def mode_stitch(params):
     import torch
     import torch.fx
 
+    from transpiler import opaque_attention
     from transpiler.capture import export_model
     from transpiler.model_file import load_model_file
     from transpiler.split import split_graph
@@ -408,7 +409,12 @@ def mode_stitch(params):
     args = make_inputs(torch, read_inputs(params)["sizes"][str(size)])
 
     model_file = load_model_file(params["model"], params.get("imports", []))
-    captured = export_model(model_file)
+    # Captured as the pipeline captures it: attention as transpile::sdpa when the package
+    # splits at it (its stitch.py calls that op, which the stubs below must stand in for).
+    route_attention = opaque_attention.OP in params["split_ops"]
+    if route_attention:
+        opaque_attention.register()
+    captured = export_model(model_file, "cpu", route_attention)
     pieces = split_graph(captured.graph_module, params["split_ops"])
     compiled = [piece for piece in pieces if not piece.is_split]
     with open(stitch.__file__) as file:

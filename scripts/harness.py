@@ -219,7 +219,6 @@ def import_package(parent: Path | str, name: str, paths=()):
         if folder in sys.path:
             sys.path.remove(folder)
         sys.path.insert(0, folder)
-    importlib.invalidate_caches()
     return importlib.import_module(name)
 
 
