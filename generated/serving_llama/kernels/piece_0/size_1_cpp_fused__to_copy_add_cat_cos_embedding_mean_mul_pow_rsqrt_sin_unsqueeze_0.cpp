@@ -4,15 +4,12 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
                        const float* in_ptr1,
                        const int64_t* in_ptr2,
                        const float* in_ptr3,
-                       const int64_t* in_ptr4,
-                       const float* in_ptr5,
+                       const float* in_ptr4,
                        float* out_ptr0,
                        float* out_ptr1,
                        float* out_ptr2,
                        float* out_ptr3,
-                       int64_t* out_ptr4,
-                       bool* out_ptr5,
-                       float* out_ptr6)
+                       float* out_ptr4)
 {
     std::atomic<int> inductor_cpu_integer_div_error{0};
     inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;
@@ -92,61 +89,9 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
             out_ptr3[static_cast<int64_t>(0L)] = static_cast<float>(tmp_acc0);
         }
     }
-    {
-        {
-            {
-                auto tmp0 = in_ptr4[static_cast<int64_t>(0L)];
-                auto tmp1 = static_cast<int64_t>(0);
-                auto tmp2 = tmp0 < tmp1;
-                auto tmp3 = static_cast<int64_t>(128);
-                auto tmp4 = tmp2 ? tmp3 : tmp0;
-                out_ptr4[static_cast<int64_t>(0L)] = tmp4;
-            }
-        }
-    }
     #pragma omp parallel
     {
         int tid = omp_get_thread_num();
-        {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(129L); x0+=static_cast<int64_t>(8L))
-            {
-                {
-                    if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(128L)))
-                    {
-                        auto tmp0 = in_ptr0[static_cast<int64_t>(0L)];
-                        auto tmp1 = x0;
-                        auto tmp2 = c10::convert<int64_t>(tmp1);
-                        auto tmp3 = at::vec::VectorizedN<int64_t,2>::arange(tmp2, 1);
-                        auto tmp4 = at::vec::VectorizedN<int64_t,2>(tmp0);
-                        auto tmp5 = at::vec::VecMask<int64_t,2>(tmp3 <= tmp4);
-                        auto tmp6 = static_cast<int64_t>(128);
-                        auto tmp7 = at::vec::VectorizedN<int64_t,2>(tmp6);
-                        auto tmp8 = at::vec::VecMask<int64_t,2>(tmp3 != tmp7);
-                        auto tmp9 = tmp5.template cast<int32_t,1>();
-                        auto tmp10 = tmp8.template cast<int32_t,1>();
-                        auto tmp11 = tmp9 & tmp10;
-                        tmp11.store(out_ptr5 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                    }
-                    if(C10_UNLIKELY(x0 >= static_cast<int64_t>(128L) && x0 < static_cast<int64_t>(129L)))
-                    {
-                        auto tmp0 = in_ptr0[static_cast<int64_t>(0L)];
-                        auto tmp1 = x0;
-                        auto tmp2 = c10::convert<int64_t>(tmp1);
-                        auto tmp3 = at::vec::VectorizedN<int64_t,2>::arange(tmp2, 1);
-                        auto tmp4 = at::vec::VectorizedN<int64_t,2>(tmp0);
-                        auto tmp5 = at::vec::VecMask<int64_t,2>(tmp3 <= tmp4);
-                        auto tmp6 = static_cast<int64_t>(128);
-                        auto tmp7 = at::vec::VectorizedN<int64_t,2>(tmp6);
-                        auto tmp8 = at::vec::VecMask<int64_t,2>(tmp3 != tmp7);
-                        auto tmp9 = tmp5.template cast<int32_t,1>();
-                        auto tmp10 = tmp8.template cast<int32_t,1>();
-                        auto tmp11 = tmp9 & tmp10;
-                        tmp11.store(out_ptr5 + static_cast<int64_t>(x0), static_cast<int64_t>(1L));
-                    }
-                }
-            }
-        }
         {
             #pragma omp for
             for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(64L); x0+=static_cast<int64_t>(8L))
@@ -156,7 +101,7 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
                     {
                         auto tmp0 = at::vec::Vectorized<float>::loadu(out_ptr2 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
                         auto tmp1 = out_ptr3[static_cast<int64_t>(0L)];
-                        auto tmp9 = at::vec::Vectorized<float>::loadu(in_ptr5 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                        auto tmp9 = at::vec::Vectorized<float>::loadu(in_ptr4 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
                         auto tmp2 = static_cast<float>(64.0);
                         auto tmp3 = tmp1 / tmp2;
                         auto tmp4 = static_cast<float>(1e-06);
@@ -165,7 +110,7 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
                         auto tmp7 = at::vec::Vectorized<float>(tmp6);
                         auto tmp8 = tmp0 * tmp7;
                         auto tmp10 = tmp8 * tmp9;
-                        tmp10.store(out_ptr6 + static_cast<int64_t>(x0));
+                        tmp10.store(out_ptr4 + static_cast<int64_t>(x0));
                     }
                 }
             }
@@ -215,9 +160,9 @@ static PyObject* kernel_py(PyObject* self, PyObject* args) {
     try {
         if(!PyTuple_CheckExact(args)) [[unlikely]]
             throw std::runtime_error("tuple args required");
-        if(PyTuple_GET_SIZE(args) != 13) [[unlikely]]
-            throw std::runtime_error("requires 13 args");
-        kernel(parse_arg<int64_t*>(args, 0), parse_arg<float*>(args, 1), parse_arg<int64_t*>(args, 2), parse_arg<float*>(args, 3), parse_arg<int64_t*>(args, 4), parse_arg<float*>(args, 5), parse_arg<float*>(args, 6), parse_arg<float*>(args, 7), parse_arg<float*>(args, 8), parse_arg<float*>(args, 9), parse_arg<int64_t*>(args, 10), parse_arg<bool*>(args, 11), parse_arg<float*>(args, 12)); Py_RETURN_NONE;
+        if(PyTuple_GET_SIZE(args) != 10) [[unlikely]]
+            throw std::runtime_error("requires 10 args");
+        kernel(parse_arg<int64_t*>(args, 0), parse_arg<float*>(args, 1), parse_arg<int64_t*>(args, 2), parse_arg<float*>(args, 3), parse_arg<float*>(args, 4), parse_arg<float*>(args, 5), parse_arg<float*>(args, 6), parse_arg<float*>(args, 7), parse_arg<float*>(args, 8), parse_arg<float*>(args, 9)); Py_RETURN_NONE;
     } catch(std::exception const& e) {
         PyErr_SetString(PyExc_RuntimeError, e.what());
         return nullptr;

@@ -5,14 +5,11 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
                        const int64_t* in_ptr2,
                        const float* in_ptr3,
                        const float* in_ptr4,
-                       const int64_t* in_ptr5,
                        float* out_ptr0,
                        float* out_ptr1,
                        float* out_ptr2,
                        float* out_ptr3,
                        float* out_ptr4,
-                       int64_t* out_ptr5,
-                       bool* out_ptr6,
                        const int64_t ks0)
 {
     std::atomic<int> inductor_cpu_integer_div_error{0};
@@ -91,80 +88,6 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
                 }
             }
         }
-        {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(8L))
-            {
-                {
-                    if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L))))))
-                    {
-                        auto tmp0 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr5 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                        auto tmp1 = static_cast<int64_t>(0);
-                        auto tmp2 = at::vec::VectorizedN<int64_t,2>(tmp1);
-                        auto tmp3 = at::vec::VecMask<int64_t,2>(tmp0 < tmp2);
-                        auto tmp4 = static_cast<int64_t>(128);
-                        auto tmp5 = at::vec::VectorizedN<int64_t,2>(tmp4);
-                        auto tmp6 = decltype(tmp5)::blendv(tmp0, tmp5, tmp3.template cast<int64_t,2>());
-                        tmp6.store(out_ptr5 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                    }
-                    if(C10_UNLIKELY(x0 >= static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))) && x0 < static_cast<int64_t>(ks0)))
-                    {
-                        for (int64_t x0_tail = static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L))));x0_tail < static_cast<int64_t>(ks0); x0_tail++)
-                        {
-                            auto tmp0 = in_ptr5[static_cast<int64_t>(x0_tail)];
-                            auto tmp1 = static_cast<int64_t>(0);
-                            auto tmp2 = tmp0 < tmp1;
-                            auto tmp3 = static_cast<int64_t>(128);
-                            auto tmp4 = tmp2 ? tmp3 : tmp0;
-                            out_ptr5[static_cast<int64_t>(x0_tail)] = tmp4;
-                        }
-                    }
-                }
-            }
-        }
-        {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
-            {
-                for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(129L); x1+=static_cast<int64_t>(8L))
-                {
-                    {
-                        if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(128L)))
-                        {
-                            auto tmp0 = in_ptr0[static_cast<int64_t>(x0)];
-                            auto tmp1 = x1;
-                            auto tmp2 = c10::convert<int64_t>(tmp1);
-                            auto tmp3 = at::vec::VectorizedN<int64_t,2>::arange(tmp2, 1);
-                            auto tmp4 = at::vec::VectorizedN<int64_t,2>(tmp0);
-                            auto tmp5 = at::vec::VecMask<int64_t,2>(tmp3 <= tmp4);
-                            auto tmp6 = static_cast<int64_t>(128);
-                            auto tmp7 = at::vec::VectorizedN<int64_t,2>(tmp6);
-                            auto tmp8 = at::vec::VecMask<int64_t,2>(tmp3 != tmp7);
-                            auto tmp9 = tmp5.template cast<int32_t,1>();
-                            auto tmp10 = tmp8.template cast<int32_t,1>();
-                            auto tmp11 = tmp9 & tmp10;
-                            tmp11.store(out_ptr6 + static_cast<int64_t>(x1 + 129L*x0), static_cast<int64_t>(8));
-                        }
-                        if(C10_UNLIKELY(x1 >= static_cast<int64_t>(128L) && x1 < static_cast<int64_t>(129L)))
-                        {
-                            auto tmp0 = in_ptr0[static_cast<int64_t>(x0)];
-                            auto tmp1 = x1;
-                            auto tmp2 = c10::convert<int64_t>(tmp1);
-                            auto tmp3 = at::vec::VectorizedN<int64_t,2>::arange(tmp2, 1);
-                            auto tmp4 = at::vec::VectorizedN<int64_t,2>(tmp0);
-                            auto tmp5 = at::vec::VecMask<int64_t,2>(tmp3 <= tmp4);
-                            auto tmp6 = static_cast<int64_t>(128);
-                            auto tmp7 = at::vec::VectorizedN<int64_t,2>(tmp6);
-                            auto tmp8 = at::vec::VecMask<int64_t,2>(tmp3 != tmp7);
-                            auto tmp9 = tmp5.template cast<int32_t,1>();
-                            auto tmp10 = tmp8.template cast<int32_t,1>();
-                            auto tmp11 = tmp9 & tmp10;
-                            tmp11.store(out_ptr6 + static_cast<int64_t>(x1 + 129L*x0), static_cast<int64_t>(1L));
-                        }
-                    }
-                }
-            }
-        }
     }
     inductor_cpu_integer_div_error_flag = nullptr;
     inductor_cpu_throw_if_integer_div_error(inductor_cpu_integer_div_error);
@@ -210,9 +133,9 @@ static PyObject* kernel_py(PyObject* self, PyObject* args) {
     try {
         if(!PyTuple_CheckExact(args)) [[unlikely]]
             throw std::runtime_error("tuple args required");
-        if(PyTuple_GET_SIZE(args) != 14) [[unlikely]]
-            throw std::runtime_error("requires 14 args");
-        kernel(parse_arg<int64_t*>(args, 0), parse_arg<float*>(args, 1), parse_arg<int64_t*>(args, 2), parse_arg<float*>(args, 3), parse_arg<float*>(args, 4), parse_arg<int64_t*>(args, 5), parse_arg<float*>(args, 6), parse_arg<float*>(args, 7), parse_arg<float*>(args, 8), parse_arg<float*>(args, 9), parse_arg<float*>(args, 10), parse_arg<int64_t*>(args, 11), parse_arg<bool*>(args, 12), parse_arg<int64_t>(args, 13)); Py_RETURN_NONE;
+        if(PyTuple_GET_SIZE(args) != 11) [[unlikely]]
+            throw std::runtime_error("requires 11 args");
+        kernel(parse_arg<int64_t*>(args, 0), parse_arg<float*>(args, 1), parse_arg<int64_t*>(args, 2), parse_arg<float*>(args, 3), parse_arg<float*>(args, 4), parse_arg<float*>(args, 5), parse_arg<float*>(args, 6), parse_arg<float*>(args, 7), parse_arg<float*>(args, 8), parse_arg<float*>(args, 9), parse_arg<int64_t>(args, 10)); Py_RETURN_NONE;
     } catch(std::exception const& e) {
         PyErr_SetString(PyExc_RuntimeError, e.what());
         return nullptr;
