@@ -51,12 +51,15 @@ def cases(decode_sizes=(1, 2, 8, 32, 64), prefill_sizes=(128, 512, 2048), cached
     return listed
 
 
-def batch(case: Case, config, device="cpu", block_size: int = BLOCK_SIZE, seed: int = 0):
+def batch(case: Case, config, device="cpu", block_size: int = BLOCK_SIZE, seed: int = 0,
+          blocks_per_sequence: int | None = None):
     """The forward's inputs but the cache: (input_ids, positions, slot_mapping, block_table,
-    seq_lens, query_start_loc), int64 on `device`."""
+    seq_lens, query_start_loc), int64 on `device`. Sequence s owns blocks
+    s * blocks_per_sequence onwards (default: the blocks its length needs); give a later
+    step's count to a prompt's prefill so that both use the same blocks."""
     import torch
 
-    per_sequence = -(-(case.cached + case.new) // block_size)
+    per_sequence = blocks_per_sequence or -(-(case.cached + case.new) // block_size)
     if per_sequence > config.max_blocks_per_seq:
         raise ValueError(
             f"{case.label}: a sequence of {case.cached + case.new} tokens needs {per_sequence} blocks, "
