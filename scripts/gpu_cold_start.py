@@ -21,7 +21,13 @@ import time
 from pathlib import Path
 
 import harness
-from harness import REPO, SERVING_1B_ENV, SERVING_EXAMPLE, format_summary, transpile_command
+from harness import (
+    REPO,
+    SERVING_1B_ENV,
+    SERVING_EXAMPLE,
+    format_summary,
+    transpile_command,
+)
 
 ROOT = REPO
 EXAMPLE = SERVING_EXAMPLE

@@ -20,7 +20,13 @@ import time
 from pathlib import Path
 
 import serving_batches
-from harness import REPO, SERVING_1B_ENV, SERVING_EXAMPLE, import_package, transpile_command
+from harness import (
+    REPO,
+    SERVING_1B_ENV,
+    SERVING_EXAMPLE,
+    import_package,
+    transpile_command,
+)
 
 ROOT = REPO
 EXAMPLE = SERVING_EXAMPLE
