@@ -193,3 +193,46 @@ def test_mixed_batches_replay_like_eager(graphed_package, monkeypatch, mode):
 def _fake_capture(run, pool, collect_garbage):
     outputs = run()
     return RerunGraph(run, outputs), outputs
+
+
+def test_the_cuda_package_of_the_serving_example_renders(serving_graphs, monkeypatch):
+    """The serving example's package as the CUDA target renders it (kernels stand in for
+    cubins, as tests/test_targets.py does): __init__.py binds the cache by reference and
+    takes a cache of any block count; cudagraphs.py holds the per-sequence rows."""
+    import copy
+
+    import test_targets
+
+    from transpiler.emit import render
+
+    # as_cuda's graph context would be the mlp's; this package takes the serving one.
+    monkeypatch.setattr(test_targets, "cudagraphs_context", lambda *args, **kwargs: serving_graphs)
+
+    kept = {}
+    real_render = pipeline.render
+
+    def keep(package):
+        kept["package"] = copy.deepcopy(package)
+        return real_render(package)
+
+    pipeline.render = keep
+    try:
+        args = EXAMPLES["serving_llama"]
+        pipeline.transpile(pipeline.Options(
+            model_path=ROOT / args[0], name="serving_llama", imports=["serving_ops"], ranges="1-16,17-128", sizes="1"
+        ))
+    finally:
+        pipeline.render = real_render
+    package = test_targets.as_cuda(kept["package"])
+    rendered = render(package)
+    init = rendered.files["__init__.py"].decode()
+    compile(init, "__init__.py", "exec")
+    assert "STATIC_INPUTS = ('kv_cache',)" in init or 'STATIC_INPUTS = ("kv_cache",)' in init
+    assert "(2, 2, None, 16, 2, 16)" in init  # the cache's block count: any
+    graphs = rendered.files["cudagraphs.py"].decode()
+    compile(graphs, "cudagraphs.py", "exec")
+    assert 'InputSpec("block_table", torch.int64, (None, 8), 0, False, 0, 0, 128)' in graphs
+    assert 'InputSpec("kv_cache", torch.float32, (2, 2, None, 16, 2, 16), None, True, None)' in graphs
+    assert rendered.manifest["state"]["pad_values"] == {
+        "block_table": 0, "query_start_loc": "last", "seq_lens": 0, "slot_mapping": -1,
+    }
