@@ -12,7 +12,7 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
-import serving_batches  # noqa: E402
+import serving_batches
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_a_batch_is_vllms_layout():
         vocab, max_tokens, max_seqs, max_blocks_per_seq = 100, 64, 8, 4
 
     case = serving_batches.Case("decode 3x1", 3, 1, 20)  # 3 sequences of 21 tokens: 2 blocks each
-    input_ids, positions, slots, table, lens, starts = serving_batches.batch(case, Config)
+    _, positions, slots, table, lens, starts = serving_batches.batch(case, Config)
     assert positions.tolist() == [20, 20, 20]
     assert table.tolist() == [[0, 1, -1, -1], [2, 3, -1, -1], [4, 5, -1, -1]]
     assert slots.tolist() == [1 * 16 + 4, 3 * 16 + 4, 5 * 16 + 4]
