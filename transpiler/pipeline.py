@@ -108,7 +108,6 @@ def prepare(options: Options) -> Prepared:
 
     marked = tp.marked_dims(model_file.model)
     captured = capture_stage.export_model(model_file, options.device, route_attention, keep_ops=split_ops)
-    required_ops = foreign_ops.required_ops(captured.graph_module)
     tensor_parallel = None
     if options.tensor_parallel is not None:
         tensor_parallel = _tensor_parallel(captured, marked, name, model_file, options)
@@ -118,6 +117,7 @@ def prepare(options: Options) -> Prepared:
     sizes = parse_sizes(options.sizes, dispatch)
     variants = make_variants(ranges, sizes)
 
+    required_ops = foreign_ops.required_ops(captured.graph_module)
     pieces = split_graph(captured.graph_module, split_ops)
     groups = group_pieces(pieces)
     unique: list[UniquePiece] = []
