@@ -33,7 +33,7 @@ def package(tmp_path_factory):
     out = tmp_path_factory.mktemp("foreign")
     result = subprocess.run(
         [sys.executable, "-m", "transpiler.cli", str(FOLDER / "model.py"), "-o", str(out), "--name", "thirdparty",
-         "--ranges", "1-16,17-64", "-j", "1"],
+         "--ranges", "1-64", "-j", "1"],
         capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=out,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -64,7 +64,7 @@ model = thirdparty.load()
 assert "opaque_ops" in sys.modules and "traceable_ops" in sys.modules, "load() did not import the op modules"
 spec = importlib.util.spec_from_file_location("eager_model", folder + "/model.py")
 eager = importlib.util.module_from_spec(spec); spec.loader.exec_module(eager)
-for size in (1, 16, 17, 40, 64):
+for size in (1, 17, 33, 64):
     x = torch.randn(size, 16, generator=torch.Generator().manual_seed(size)) * 4
     with torch.no_grad():
         expected = eager.model(x)
