@@ -33,7 +33,7 @@ def package(tmp_path_factory):
     out = tmp_path_factory.mktemp("foreign")
     result = subprocess.run(
         [sys.executable, "-m", "transpiler.cli", str(FOLDER / "model.py"), "-o", str(out), "--name", "thirdparty",
-         "--ranges", "1-64", "-j", "1"],
+         "--ranges", "1-64", "-j", "1", "--wheel", str(out / "dist")],
         capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=out,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -115,3 +115,20 @@ def test_transformers_grouped_mm_fallback_is_kept_and_its_module_recorded():
     (required,) = foreign_ops.required_ops(program.graph_module)
     assert required.module == "transformers.integrations.moe"
     assert required.requirement == f"transformers=={__import__('transformers').__version__}"
+
+
+def test_the_wheel_built_by_the_command_names_what_the_ops_need(package):
+    """`transpile --wheel`: the op modules beside MODEL.py are no distribution, so the wheel
+    requires torch alone; the package inside lists them in REQUIRED_OPS."""
+    import zipfile
+
+    out, summary = package
+    (wheel,) = (out / "dist").glob("thirdparty-*.whl")
+    assert f"wrote {wheel}" in summary
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = archive.read(next(n for n in archive.namelist() if n.endswith("METADATA"))).decode()
+        init = archive.read("thirdparty/__init__.py").decode()
+    assert [line for line in metadata.splitlines() if line.startswith("Requires-Dist")] == [
+        f"Requires-Dist: torch=={torch.__version__.split('+')[0]}"
+    ]
+    assert '("opaquelib::soft_clamp", "opaque_ops", None)' in init
