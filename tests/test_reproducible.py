@@ -120,3 +120,33 @@ def test_modes_do_not_follow_the_umask(two_builds):
         assert stat.S_IMODE(root.stat().st_mode) == 0o755
         for path in root.rglob("*"):
             assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
+
+
+# A machine with other caches (a 2-core Intel Xeon: 48 KiB L1d, 1.25 MiB L2), as Inductor's
+# C++ GEMM template reads them through torch.cpu.get_capabilities().
+_OTHER_CPU = """
+import sys, torch
+real = torch.cpu.get_capabilities
+torch.cpu.get_capabilities = lambda: {**real(), "l1d_cache_size": 49152, "l2_cache_size": 1310720}
+from transpiler.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_cpu_with_other_cache_sizes_emits_the_same_tuned_gemms(example_out):
+    """The tuned example (its batched matmuls use the C++ GEMM template, whose blocking
+    depends on the cache sizes) transpiled as on a CPU with other caches equals the fixture's
+    transpile on this one: the kernels are generated for BUILD_ASSUMPTIONS' caches."""
+    import json
+
+    from conftest import EXAMPLES
+
+    out = example_out("grouped_mlp")
+    cpp = "".join(p.read_text() for p in (out / "grouped_mlp").rglob("*.cpp"))
+    assert "L2_cache_size = 524288" in cpp  # the GEMM template is there, with the assumed L2
+    args = [str(ROOT / a) if a.startswith("examples/") else a for a in EXAMPLES["grouped_mlp"]]
+    args += ["--tuning", str(ROOT / "generated" / "grouped_mlp" / "tuning.json"), "-o", str(out), "--check", "-j", "1"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", _OTHER_CPU, *args], capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert json.loads((out / "grouped_mlp" / "manifest.json").read_text())["build_assumptions"]["l2_cache_bytes"] == 524288
