@@ -195,7 +195,7 @@ def distribution_of(module: str) -> str | None:
     names = importlib.metadata.packages_distributions().get(top)
     if not names:
         return None
-    name = sorted(names)[0]
+    name = min(names)
     return f"{name}=={importlib.metadata.version(name)}"
 
 
