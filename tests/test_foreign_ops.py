@@ -132,3 +132,33 @@ def test_the_wheel_built_by_the_command_names_what_the_ops_need(package):
         f"Requires-Dist: torch=={torch.__version__.split('+')[0]}"
     ]
     assert '("opaquelib::soft_clamp", "opaque_ops", None)' in init
+
+
+_OP_IN_MODEL_FILE = '''
+import torch
+lib = torch.library.Library("inmodel", "DEF")
+lib.define("twice(Tensor x) -> Tensor")
+lib.impl("twice", lambda x: x * 2, "CompositeExplicitAutograd")
+lib._register_fake("twice", lambda x: torch.empty_like(x))
+
+
+class M(torch.nn.Module):
+    def forward(self, x):
+        return torch.ops.inmodel.twice(x) + 1
+
+
+model = M()
+example_inputs = (torch.randn(4, 8),)
+dynamic_shapes = ({0: torch.export.Dim("n", min=1, max=8)},)
+'''
+
+
+def test_an_op_registered_by_the_model_file_itself_is_refused_in_one_line(tmp_path, capsys):
+    from conftest import run_cli
+
+    (tmp_path / "model.py").write_text(_OP_IN_MODEL_FILE)
+    assert run_cli([str(tmp_path / "model.py"), "-o", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "op inmodel::twice is registered by MODEL.py itself" in error and "move its registration into a module" in error
+    assert not (tmp_path / "out").exists()

@@ -148,3 +148,17 @@ def test_bad_wheel_requests_are_refused_in_one_line(tmp_path, capsys):
     assert "--wheel with --check" in capsys.readouterr().err
     with pytest.raises(Exception, match="is not an emitted package"):
         build_wheel(tmp_path, tmp_path / "dist")
+
+
+def test_a_package_without_its_binaries_gives_no_wheel(example_out, tmp_path):
+    import shutil
+
+    from transpiler.errors import TranspileError
+
+    copy = tmp_path / "mlp"
+    shutil.copytree(example_out("mlp") / "mlp", copy)
+    binary = sorted(copy.rglob("*.so"))[0]
+    binary.unlink()
+    with pytest.raises(TranspileError, match=f"binary {binary.relative_to(copy)} is missing; transpile again"):
+        build_wheel(copy, tmp_path / "dist")
+    assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())
