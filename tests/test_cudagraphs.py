@@ -1,4 +1,5 @@
-"""CUDA-graph runner (templates/cudagraphs.py.jinja) and its transpiler side
+"""CUDA-graph runner (transpiler/runtime/cudagraphs_runtime.py, bound to a model by the
+rendered templates/cudagraphs.py.jinja) and its transpiler side
 (transpiler/cudagraphs.py), tested on the CPU.
 
 The emitted module is rendered into a tiny hand-made package (a stitch.forward and a
@@ -36,6 +37,7 @@ from transpiler.cudagraphs import (
     validate_capture_sizes,
 )
 from transpiler.errors import TranspileError
+from transpiler.runtime import runtime_files
 
 REAL_GC_COLLECT = gc.collect
 REAL_EMPTY_CACHE = torch.cuda.empty_cache
@@ -145,7 +147,8 @@ OUTPUT_DIMS = (0, 1, None)
 
 @pytest.fixture
 def package(tmp_path):
-    """The fake package with the rendered cudagraphs.py, imported under a fresh name."""
+    """The fake package with the rendered cudagraphs.py and the runtime beside it, imported
+    under a fresh name."""
     name = f"cg_fake_{uuid.uuid4().hex[:8]}"
     folder = tmp_path / name
     folder.mkdir()
@@ -163,13 +166,14 @@ def package(tmp_path):
         "dispatch.py": DISPATCH_PY,
         "stitch.py": STITCH_PY,
         "cudagraphs.py": black.format_str(render_source(context), mode=black.Mode(magic_trailing_comma=False)),
+        **runtime_files("cudagraphs_runtime.py"),
     }
     for file_name, source in files.items():
         (folder / file_name).write_text(source)
     sys.path.insert(0, str(tmp_path))
     try:
         module = importlib.import_module(name)
-        for submodule in ("pieces", "dispatch", "stitch", "cudagraphs"):
+        for submodule in ("pieces", "dispatch", "stitch", "cudagraphs_runtime", "cudagraphs"):
             importlib.import_module(f"{name}.{submodule}")
         yield module
     finally:
@@ -264,7 +268,7 @@ class FakeMachinery:
 @pytest.fixture
 def fake(package, monkeypatch):
     machinery = FakeMachinery(package)
-    module = package.cudagraphs
+    module = package.cudagraphs_runtime  # the machinery is looked up there
     monkeypatch.setattr(module, "CUDAGraph", machinery.CUDAGraph)
     monkeypatch.setattr(module, "graph", machinery.graph)
     monkeypatch.setattr(module, "graph_pool_handle", machinery.graph_pool_handle)
@@ -315,10 +319,12 @@ def test_emitted_module_constants_and_imports(package):
     )
     assert (module.DISPATCH_INPUT, module.DISPATCH_DIM) == (0, 0)
     assert module.OUTPUT_DISPATCH_DIMS == OUTPUT_DIMS
-    assert module.logger.name == package.__name__
-    source = open(module.__file__).read()
-    for forbidden in ("_dynamo", "_inductor", "triton"):
-        assert forbidden not in source
+    assert module.MODEL.name == package.__name__ and module.MODEL.forward is package.stitch.forward
+    assert issubclass(module.CudaGraphRunner, package.cudagraphs_runtime.CudaGraphRunner)
+    for path in (module.__file__, package.cudagraphs_runtime.__file__):
+        source = open(path).read()
+        for forbidden in ("_dynamo", "_inductor", "triton"):
+            assert forbidden not in source
 
 
 def test_calls_before_capture_run_the_plain_forward(package, fake):
@@ -662,7 +668,7 @@ def test_context_prints_plain_literals():
     ]
     source = black.format_str(render_source(context), mode=black.Mode(magic_trailing_comma=False))
     compile(source, "cudagraphs.py", "exec")
-    assert 'logger = logging.getLogger("tiny")' in source
+    assert 'name="tiny",' in source and "CudaGraphRunner = runner_class(MODEL)" in source
 
 
 def test_context_accepts_ir_specs_and_static_inputs():

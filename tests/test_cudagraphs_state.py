@@ -19,6 +19,7 @@ import torch
 from test_cudagraphs import FakeMachinery
 from transpiler.cudagraphs import cudagraphs_context, render_source
 from transpiler.errors import TranspileError
+from transpiler.runtime import runtime_files
 from transpiler.ir import State
 
 ROWS = 9  # 8 slots and a scratch row
@@ -114,12 +115,13 @@ def _make_package(tmp_path, state):
         "dispatch.py": DISPATCH_PY,
         "stitch.py": STITCH_PY,
         "cudagraphs.py": black.format_str(render_source(context), mode=black.Mode(magic_trailing_comma=False)),
+        **runtime_files("cudagraphs_runtime.py"),
     }
     for file_name, source in files.items():
         (folder / file_name).write_text(source)
     sys.path.insert(0, str(tmp_path))
     module = importlib.import_module(name)
-    for submodule in ("pieces", "dispatch", "stitch", "cudagraphs"):
+    for submodule in ("pieces", "dispatch", "stitch", "cudagraphs_runtime", "cudagraphs"):
         importlib.import_module(f"{name}.{submodule}")
     return name, module
 
@@ -137,7 +139,7 @@ def package(tmp_path):
 def fake(package, monkeypatch):
     machinery = FakeMachinery(package)
     machinery.package.pieces.CALLS = []
-    module = package.cudagraphs
+    module = package.cudagraphs_runtime  # the machinery is looked up there
     monkeypatch.setattr(module, "CUDAGraph", machinery.CUDAGraph)
     monkeypatch.setattr(module, "graph", machinery.graph)
     monkeypatch.setattr(module, "graph_pool_handle", machinery.graph_pool_handle)
@@ -223,7 +225,7 @@ def test_state_without_pad_values_replays_only_exact_sizes(tmp_path, monkeypatch
             ("graph_pool_handle", machinery.graph_pool_handle),
             ("synchronize", lambda: None),
         ]:
-            monkeypatch.setattr(module.cudagraphs, attribute, value)
+            monkeypatch.setattr(module.cudagraphs_runtime, attribute, value)
         assert module.cudagraphs.PAD_BY_DEFAULT is False
         cache = torch.zeros(ROWS, 4)
         runner = module.cudagraphs.CudaGraphRunner(_weights(), static_inputs={"cache": cache})

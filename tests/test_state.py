@@ -12,6 +12,17 @@ from conftest import EXAMPLE_PATHS, EXAMPLES, ROOT, imported_package, load_model
 SERVING_STEPS = [7, 1, 1, 16, 17, 1, 64, 1, 3]
 
 
+def _one_sequence(start: int, tokens: int, max_blocks: int):
+    """Metadata for one sequence whose blocks are 0, 1, 2...: slot i holds position i."""
+    positions = torch.arange(start, start + tokens)
+    return positions, (
+        positions.clone(),
+        torch.arange(max_blocks).unsqueeze(0),
+        torch.tensor([start + tokens]),
+        torch.tensor([0, tokens]),
+    )
+
+
 def _decode_loop(package, reference, steps, cache_factory, seed=0):
     """Run the package and eager over the same steps on their own caches; compare after each."""
     compiled = package.load()
@@ -21,12 +32,11 @@ def _decode_loop(package, reference, steps, cache_factory, seed=0):
     position = 0
     errors = []
     for tokens in steps:
-        input_ids = torch.randint(0, config.vocab, (1, tokens), generator=generator)
-        positions = torch.arange(position, position + tokens).unsqueeze(0)
-        slot_mapping = positions[0].clone()
+        input_ids = torch.randint(0, config.vocab, (tokens,), generator=generator)
+        positions, metadata = _one_sequence(position, tokens, config.max_blocks_per_seq)
         with torch.no_grad():
-            expected = reference.model(input_ids, positions, eager_cache, slot_mapping)
-        actual = compiled(input_ids, positions, package_cache, slot_mapping)
+            expected = reference.model(input_ids, positions, eager_cache, *metadata)
+        actual = compiled(input_ids, positions, package_cache, *metadata)
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4, msg=lambda m: f"{tokens} tokens at {position}: {m}")
         torch.testing.assert_close(package_cache, eager_cache, rtol=0, atol=1e-5, msg=lambda m: f"cache after {tokens} tokens: {m}")
         errors.append((actual - expected).abs().max().item())
@@ -54,11 +64,13 @@ def _reference_module(model_file):
 def test_serving_decode_loop_matches_eager(serving):
     out, model_file = serving
     reference = _reference_module(model_file)
+    config = reference.CONFIG
     with imported_package(out, "serving_llama", EXAMPLE_PATHS) as package:
         assert package.MUTATED_INPUTS == ("kv_cache",)
-        cache, errors = _decode_loop(package, reference, SERVING_STEPS, lambda: reference.new_kv_cache(reference.CONFIG))
-        assert cache.abs().sum() > 0  # the loop really wrote the cache
-        assert len(errors) == len(SERVING_STEPS)
+        for steps in (SERVING_STEPS, [config.max_tokens]):  # the top of the last range on a fresh cache
+            cache, errors = _decode_loop(package, reference, steps, lambda: reference.new_kv_cache(config, config.max_blocks_per_seq))
+            assert cache.abs().sum() > 0  # the loop really wrote the cache
+            assert len(errors) == len(steps)
 
 
 def test_two_caches_are_updated_each_alone(serving):
@@ -68,18 +80,18 @@ def test_two_caches_are_updated_each_alone(serving):
     config = reference.CONFIG
     with imported_package(out, "serving_llama", EXAMPLE_PATHS) as package:
         compiled = package.load()
-        caches = [reference.new_kv_cache(config) for _ in range(2)]
-        eager_caches = [reference.new_kv_cache(config) for _ in range(2)]
+        caches = [reference.new_kv_cache(config, 8) for _ in range(2)]
+        eager_caches = [reference.new_kv_cache(config, 8) for _ in range(2)]
         generator = torch.Generator().manual_seed(5)
         positions_of = [0, 0]
         for sequence, tokens in [(0, 5), (1, 9), (0, 1), (1, 1), (0, 2)]:
             untouched = caches[1 - sequence].clone()
             start = positions_of[sequence]
-            input_ids = torch.randint(0, config.vocab, (1, tokens), generator=generator)
-            positions = torch.arange(start, start + tokens).unsqueeze(0)
+            input_ids = torch.randint(0, config.vocab, (tokens,), generator=generator)
+            positions, metadata = _one_sequence(start, tokens, config.max_blocks_per_seq)
             with torch.no_grad():
-                expected = reference.model(input_ids, positions, eager_caches[sequence], positions[0].clone())
-            actual = compiled(input_ids, positions, caches[sequence], positions[0].clone())
+                expected = reference.model(input_ids, positions, eager_caches[sequence], *metadata)
+            actual = compiled(input_ids, positions, caches[sequence], *metadata)
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(caches[sequence], eager_caches[sequence], rtol=0, atol=1e-5)
             assert torch.equal(caches[1 - sequence], untouched), "the other sequence's cache changed"
@@ -89,12 +101,14 @@ def test_two_caches_are_updated_each_alone(serving):
 def test_non_contiguous_cache_is_refused(serving):
     out, model_file = serving
     reference = _reference_module(model_file)
+    config = reference.CONFIG
     with imported_package(out, "serving_llama", EXAMPLE_PATHS) as package:
         compiled = package.load()
-        cache = reference.new_kv_cache(reference.CONFIG)
-        strided = cache.transpose(3, 4).contiguous().transpose(3, 4)  # same shape, other strides
+        cache = reference.new_kv_cache(config, 8)
+        strided = cache.transpose(4, 5).contiguous().transpose(4, 5)  # same shape, other strides
+        positions, metadata = _one_sequence(0, 2, config.max_blocks_per_seq)
         with pytest.raises(ValueError, match="kv_cache: the forward writes it in place, so it must be contiguous"):
-            compiled(torch.tensor([[1, 2]]), torch.tensor([[0, 1]]), strided, torch.tensor([0, 1]))
+            compiled(torch.tensor([1, 2]), positions, strided, *metadata)
 
 
 def test_index_copy_cache_input_matches_eager(example_out):
@@ -145,9 +159,9 @@ def test_manifest_records_state(example_out):
     assert manifest["state"] == {
         "mutated_inputs": ["kv_cache"],
         "mutated_weights": [],
-        "writers": {"kv_cache": ["serving::attention"]},
+        "writers": {"kv_cache": ["serving::paged_attention"]},
         "static_inputs": ["kv_cache"],
         "pad_values": {"slot_mapping": -1},
     }
     init = (example_out("serving_llama") / "serving_llama" / "__init__.py").read_text()
-    assert "input kv_cache: written by serving::attention" in init
+    assert "input kv_cache: written by serving::paged_attention" in init

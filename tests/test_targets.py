@@ -71,7 +71,7 @@ def test_each_target_renders_its_own_files(cpu_package):
     cpu = render(cpu_package)
     cuda = render(as_cuda(cpu_package))
     assert "cuda_runtime.py" not in cpu.files and "cudagraphs.py" not in cpu.files
-    assert {"cuda_runtime.py", "cudagraphs.py"} <= set(cuda.files)
+    assert {"cuda_runtime.py", "cudagraphs.py", "cudagraphs_runtime.py"} <= set(cuda.files)
     assert all(path.endswith(".so") for path in cpu.binaries)
     assert cuda.binaries and all(path.endswith(".cubin") for path in cuda.binaries)
     for path in cuda.binaries:
@@ -105,7 +105,7 @@ def test_a_tensor_parallel_package_renders_for_cuda(cpu_package):
         collectives=(("_c10d_functional::all_reduce", 1),),
     )
     rendered = render(package)
-    assert "distributed.py" in rendered.files
+    assert {"distributed.py", "distributed_runtime.py"} <= set(rendered.files)
     init = rendered.files["__init__.py"].decode()
     compile(init, "__init__.py", "exec")
     for line in (

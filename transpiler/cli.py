@@ -37,7 +37,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Turn a PyTorch model into a self-contained Python package of readable, precompiled source.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument("model", type=Path, metavar="MODEL.py", help="file defining `model` and `example_inputs`")
+    parser.add_argument("model", type=Path, nargs="?", metavar="MODEL.py", help="file defining `model` and `example_inputs`")
+    parser.add_argument(
+        "--hf", type=Path, metavar="FOLDER",
+        help="instead of MODEL.py: a Hugging Face decoder's folder (config.json, safetensors if any) in serving form "
+        "(paged KV cache, flattened batch; transpiler/hf_serving.py); implies --import serving_ops and --checkpoint-prefix decoder.",
+    )
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="folder to write OUT/NAME/ into")
     parser.add_argument("--name", help="package name (default: MODEL.py's file stem)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="target device (default: cpu); cuda needs the GPU the package will run on")
@@ -167,8 +172,14 @@ def _run(args, console, console_out) -> int:
     from .options import Options, package_name, parse_world_size
     from .parallel import WorkerPool
 
+    if (args.model is None) == (args.hf is None):
+        raise TranspileError("pass MODEL.py or --hf FOLDER (one of them)")
+    if args.hf is not None:
+        args.imports = args.imports if "serving_ops" in args.imports else [*args.imports, "serving_ops"]
+        args.checkpoint_prefix = args.checkpoint_prefix or "decoder."
     options = Options(
-        model_path=args.model,
+        model_path=args.hf if args.hf is not None else args.model,
+        hf=args.hf is not None,
         name=args.name,
         device=args.device,
         split_ops=[op.strip() for op in args.split_ops.split(",") if op.strip()] if args.split_ops else None,

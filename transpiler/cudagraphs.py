@@ -1,9 +1,10 @@
 """CUDA graphs for the CUDA target: capture sizes, output dispatch dims, and the context
-of the emitted `cudagraphs.py` (templates/cudagraphs.py.jinja).
+of the emitted `cudagraphs.py` (templates/cudagraphs.py.jinja), the data module that binds
+the package's runner (transpiler/runtime/cudagraphs_runtime.py, copied verbatim) to the model.
 
-The emitted module replays the compiled forward from CUDA graphs captured once per
-capture size (vLLM's CUDAPiecewiseBackend semantics). Everything it needs to know about
-the model is computed here, from plain values, and printed by the template:
+The runner replays the compiled forward from CUDA graphs captured once per capture size
+(vLLM's CUDAPiecewiseBackend semantics). Everything it needs to know about the model is
+computed here, from plain values, and printed by the template:
 
 - the capture sizes (vLLM's defaults, or a validated `--capture-sizes` list);
 - per user input, the dim padded up to the capture size (the dim whose size is the

@@ -15,6 +15,7 @@ from pathlib import Path
 import safetensors.torch
 
 from .ir import Package
+from .runtime import runtime_files
 from .templating import environment, format_python  # noqa: F401  (targets import format_python from here)
 from .targets import get_target
 
@@ -49,14 +50,13 @@ def render(package: Package) -> RenderedPackage:
     python["stitch.py"] = env.get_template("stitch.py.jinja").render(
         **common, stitch=package.stitch, imports=package.imports, ships_ops=package.ships_ops
     )
-    if package.ships_ops:
-        python["ops.py"] = env.get_template("ops.py.jinja").render(**common)
     python["dispatch.py"] = env.get_template("dispatch.py.jinja").render(**common, **_dispatch_context(package))
-    python["runtime.py"] = env.get_template("runtime.py.jinja").render(**common)
+    python.update(runtime_files("runtime.py", *(["ops.py"] if package.ships_ops else [])))
     python["pieces/__init__.py"] = env.get_template("pieces/__init__.py.jinja").render(**common)
     tensor_parallel = _tensor_parallel_context(package)
     if tensor_parallel:
         python["distributed.py"] = env.get_template("distributed.py.jinja").render(**common, **tensor_parallel)
+        python.update(runtime_files("distributed_runtime.py"))
     target = get_target(package.device)
     python.update(target.extra_modules(package, env, common))
     for piece in package.pieces:
@@ -304,6 +304,8 @@ def _init_context(package: Package, fingerprint: str, features: tuple) -> dict:
         "mutated_weights": bool(state.mutated_weights),
         "required_ops": [_literal((r.op, r.module, r.requirement)) for r in package.required_ops],
         "state_lines": state_lines(state),
+        "export_modules": package.exports.modules if package.exports else (),
+        "export_lines": package.exports.lines if package.exports else (),
     }
 
 

@@ -25,6 +25,7 @@ class ModelFile:
     split_ops: list[str] | None
     static_inputs: list[str] | None = None  # inputs CUDA graphs use by reference (persistent state)
     pad_values: dict | None = None  # input name -> the value padded positions take under CUDA graphs
+    exports: dict | None = None  # names the package re-exports (transpiler/exports.py)
 
 
 def import_modules(names: list[str]) -> None:
@@ -98,6 +99,9 @@ def load_model_file(path: str | Path, imports: list[str]) -> ModelFile:
         or not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in pad_values.items())
     ):
         raise TranspileError(f'{path}: `pad_values` must map input names to numbers, such as {{"slot_mapping": -1}}')
+    exports = module.__dict__.get("exports")
+    if exports is not None and not isinstance(exports, dict):
+        raise TranspileError(f'{path}: `exports` must be a dict of names the package re-exports, such as {{"BLOCK_SIZE": 16}}')
     return ModelFile(
         path=path,
         sha256=hashlib.sha256(source).hexdigest(),
@@ -107,4 +111,5 @@ def load_model_file(path: str | Path, imports: list[str]) -> ModelFile:
         split_ops=list(split_ops) if split_ops is not None else None,
         static_inputs=list(static_inputs) if static_inputs is not None else None,
         pad_values=dict(pad_values) if pad_values is not None else None,
+        exports=dict(exports) if exports is not None else None,
     )

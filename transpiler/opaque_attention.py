@@ -6,8 +6,8 @@ the generated guard min(64*s, 256*s) == 64*s"). While the model is exported, cal
 torch.nn.functional.scaled_dot_product_attention go to an op whose fake implementation
 only states the output's shape; the stitching function calls it as a splitting op.
 
-The op's definition is the package's own ops.py (templates/ops.py.jinja), executed here
-once, so transpiler and package run the same code.
+The op's definition is the package's own ops.py (transpiler/runtime/ops.py, copied into
+each package that uses it), imported here, so transpiler and package run the same code.
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .templating import environment, template_dir
 
 OP = "transpile::sdpa"
 ATEN_SDPA = "aten::scaled_dot_product_attention"
 
 
 def register() -> None:
-    """Define transpile::sdpa in this process (once), from the package template."""
-    source = environment().get_template("ops.py.jinja").render(name="transpile")
-    exec(compile(source, str(template_dir() / "ops.py.jinja"), "exec"), {"__name__": "transpile_ops"})
+    """Define transpile::sdpa in this process (importing the module defines it, once)."""
+    from .runtime import ops  # noqa: F401
 
 
 class _RouteAttention(torch.overrides.TorchFunctionMode):

@@ -14,7 +14,8 @@ from .errors import TranspileError
 
 @dataclass
 class Options:
-    model_path: Path
+    model_path: Path  # MODEL.py, or with hf the Hugging Face folder
+    hf: bool = False  # --hf FOLDER: the model is hf_serving's serving form of the folder's decoder
     name: str | None = None
     device: str = "cpu"
     split_ops: list[str] | None = None

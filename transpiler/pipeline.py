@@ -18,6 +18,7 @@ from . import tensor_parallel as tp
 from .dedupe import group_pieces, shared_names
 from .emit import RenderedPackage, render
 from .errors import TranspileError
+from .exports import build_exports
 from .inductor import CPU_ISAS, RangeSpecialized, inductor_config
 from .ir import Package, TensorParallel, UniquePiece
 from .parallel import WorkerPool
@@ -65,6 +66,7 @@ class Prepared:
     tuning: object = None  # tuning.Tuning of a tuned transpile
     tensor_parallel: TensorParallel | None = None  # --tensor-parallel N: the split and the collectives
     required_ops: list = field(default_factory=list)  # foreign_ops.RequiredOp: ops the package imports a module for
+    exports: object = None  # exports.Exports: what __init__.py re-exports
 
 
 def distributed_context(options: Options):
@@ -91,7 +93,12 @@ def prepare(options: Options) -> Prepared:
         )
     tuning = start_tuning(options.autotune, options.tuning, options.device, options.cpu_isa)
     name = package_name(options)
-    model_file = load_model_file(options.model_path, options.imports)
+    if options.hf:
+        from .hf_serving import load_hf_model_file
+
+        model_file = load_hf_model_file(options.model_path, options.imports)
+    else:
+        model_file = load_model_file(options.model_path, options.imports)
     split_ops = options.split_ops if options.split_ops is not None else model_file.split_ops
     if split_ops is None:
         split_ops = list(DEFAULT_SPLIT_OPS)
@@ -106,6 +113,7 @@ def prepare(options: Options) -> Prepared:
     if route_attention and opaque_attention.OP not in split_ops:
         split_ops = [*split_ops, opaque_attention.OP]
 
+    exports = build_exports(model_file.exports, list(options.imports))  # refused before any compile
     marked = tp.marked_dims(model_file.model)
     captured = capture_stage.export_model(model_file, options.device, route_attention, keep_ops=split_ops)
     tensor_parallel = None
@@ -156,6 +164,7 @@ def prepare(options: Options) -> Prepared:
         required_ops=required_ops,
         tuning=tuning,
         tensor_parallel=tensor_parallel,
+        exports=exports,
     )
 
 
@@ -223,6 +232,7 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
         torch_version=torch.__version__.split("+")[0],
         python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
         imports=list(options.imports),
+        exports=prepared.exports,
         split_ops=list(prepared.split_ops),
         dispatch=dispatch,
         variants=variants,

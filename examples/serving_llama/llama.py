@@ -1,4 +1,4 @@
-"""The Llama-style decoder of the serving example: layers, configurations, the cache.
+"""The Llama-style decoder of the serving example: layers, configurations, the paged cache.
 
 model.py builds the module-level `model` the transpiler reads from these; benchmarks
 import this module alone to build a model without model.py's example instance.
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import serving_ops  # noqa: E402,F401  (registers serving::attention)
+import serving_ops  # noqa: E402  (registers serving::paged_attention)
 
 
 @dataclass(frozen=True)
@@ -23,15 +23,24 @@ class Config:
     heads: int = 4
     kv_heads: int = 2
     ffn: int = 128
-    max_tokens: int = 64  # the most tokens one call takes
-    cache_slots: int = 128  # positions the cache holds (one more slot is scratch)
+    max_tokens: int = 128  # the most tokens one call takes (all sequences together)
+    max_seqs: int = 128  # the most sequences one call takes
+    max_blocks_per_seq: int = 8  # block-table width: a sequence holds up to 8 x BLOCK_SIZE positions
+    num_blocks: int = 256  # blocks of a default cache (new_kv_cache(config))
     rope_theta: float = 10000.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
 
 
 CONFIGS = {
     "tiny": Config(),
     # Llama-architecture, 1.1B parameters (TinyLlama's shape).
-    "1b": Config(vocab=32000, hidden=2048, layers=16, heads=32, kv_heads=8, ffn=8192, max_tokens=2048, cache_slots=4096),
+    "1b": Config(
+        vocab=32000, hidden=2048, layers=16, heads=32, kv_heads=8, ffn=8192,
+        max_tokens=2048, max_seqs=256, max_blocks_per_seq=256, num_blocks=4096,
+    ),
 }
 
 
@@ -63,12 +72,12 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden, config.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.heads * self.head_dim, config.hidden, bias=False)
 
-    def forward(self, x, cos, sin, kv_cache, slots, visible):
+    def forward(self, x, cos, sin, kv_cache, metadata):
         tokens = x.shape[0]
         q = rotate(self.q_proj(x).view(tokens, self.heads, self.head_dim), cos, sin)
         k = rotate(self.k_proj(x).view(tokens, self.kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).view(tokens, self.kv_heads, self.head_dim)
-        out = torch.ops.serving.attention(q, k, v, kv_cache, slots, visible, self.layer)
+        out = torch.ops.serving.paged_attention(q, k, v, kv_cache, *metadata, self.layer, self.head_dim**-0.5)
         return self.o_proj(out.reshape(tokens, self.heads * self.head_dim))
 
 
@@ -82,8 +91,8 @@ class Block(nn.Module):
         self.up = nn.Linear(config.hidden, config.ffn, bias=False)
         self.down = nn.Linear(config.ffn, config.hidden, bias=False)
 
-    def forward(self, x, cos, sin, kv_cache, slots, visible):
-        x = x + self.attn(self.input_norm(x), cos, sin, kv_cache, slots, visible)
+    def forward(self, x, cos, sin, kv_cache, metadata):
+        x = x + self.attn(self.input_norm(x), cos, sin, kv_cache, metadata)
         h = self.post_norm(x)
         return x + self.down(nn.functional.silu(self.gate(h)) * self.up(h))
 
@@ -100,22 +109,26 @@ class Decoder(nn.Module):
         inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, input_ids, positions, kv_cache, slot_mapping):
-        x = self.embed(input_ids[0])  # one sequence: [T, hidden]
-        flat_positions = positions[0]
-        angles = flat_positions.float()[:, None] * self.inv_freq[None, :]
+    def forward(self, input_ids, positions, kv_cache, slot_mapping, block_table, seq_lens, query_start_loc):
+        """A flattened batch: input_ids, positions, slot_mapping [T]; block_table [S, max_blocks],
+        seq_lens [S], query_start_loc [S + 1] (serving_ops.paged_attention says what they
+        mean); kv_cache [layers, 2, blocks, BLOCK_SIZE, kv_heads, head_dim]. Returns logits [T, vocab]."""
+        x = self.embed(input_ids)  # [T, hidden]
+        angles = positions.float()[:, None] * self.inv_freq[None, :]
         angles = torch.cat((angles, angles), dim=-1)[:, None, :]  # [T, 1, head_dim]
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        slots, visible = serving_ops.cache_slots_and_mask(slot_mapping, flat_positions, kv_cache.shape[2])
+        metadata = (slot_mapping, block_table, seq_lens, query_start_loc)
         for layer in self.layers:
-            x = layer(x, cos, sin, kv_cache, slots, visible)
-        return self.lm_head(self.norm(x)).unsqueeze(0)
+            x = layer(x, cos, sin, kv_cache, metadata)
+        return self.lm_head(self.norm(x))
 
 
-def new_kv_cache(config: Config, dtype=torch.float32, device="cpu"):
-    """An empty cache: [layers, 2 (keys, values), slots + 1 scratch, kv_heads, head_dim]."""
-    head_dim = config.hidden // config.heads
-    return torch.zeros(config.layers, 2, config.cache_slots + 1, config.kv_heads, head_dim, dtype=dtype, device=device)
+def new_kv_cache(config: Config, num_blocks: int | None = None, dtype=torch.float32, device="cpu"):
+    """An empty paged cache: [layers, 2 (keys, values), num_blocks, BLOCK_SIZE, kv_heads, head_dim]."""
+    return serving_ops.new_kv_cache(
+        config.num_blocks if num_blocks is None else num_blocks, dtype, device,
+        layers=config.layers, kv_heads=config.kv_heads, head_dim=config.head_dim,
+    )
 
 
 def build(config: Config, dtype=torch.float32, seed: int = 0) -> Decoder:

@@ -18,7 +18,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "grouped_mlp"
-FINGERPRINT = "ec85096962de5237bd063b934d936e61a5a2b0fd031a7cce00540390c57379a4"
+FINGERPRINT = "bc5822b5fa2fe859bf097bb4e91febd498532414855250b40aa0a02a34708897"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "x", "dim": 0, "min": 1, "max": 128}
 SIZES = (1,)

@@ -27,7 +27,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "llama_tp"
-FINGERPRINT = "9b198b7de38660a2a11dd28d9dd5503817125218a5948831773780cc37d2d44c"
+FINGERPRINT = "60f7cda5d31b57f065ba059c727f63b17a452b84fdb060209837bb300d06c77e"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)

@@ -1,4 +1,4 @@
-"""Size dispatch of serving_llama: the compiled variant to run for a size of input_ids dim 1.
+"""Size dispatch of serving_llama: the compiled variant to run for a size of input_ids dim 0.
 
 Exact sizes (static shapes) are looked up first, then the ranges (symbolic shapes)
 by bisection. A `Variant` row holds every piece's function for one size or range.
@@ -21,17 +21,17 @@ SIZE_1 = Variant(piece_0.size_1, piece_1.size_1, piece_2.size_1)
 
 RANGE_1_16 = Variant(piece_0.range_1_16, piece_1.range_1_16, piece_2.range_1_16)
 
-RANGE_17_64 = Variant(piece_0.range_17_64, piece_1.range_17_64, piece_2.range_17_64)
+RANGE_17_128 = Variant(piece_0.range_17_128, piece_1.range_17_128, piece_2.range_17_128)
 
 # Exact sizes, compiled with static shapes: they win over ranges.
 EXACT = {1: SIZE_1}
 
 # Ranges, compiled with shapes symbolic within them: lows sorted for bisection.
 RANGE_LOWS = (1, 17)
-RANGE_HIGHS = (16, 64)
-RANGE_VARIANTS = (RANGE_1_16, RANGE_17_64)
+RANGE_HIGHS = (16, 128)
+RANGE_VARIANTS = (RANGE_1_16, RANGE_17_128)
 
-SUPPORTED = "size 1, 1-16, 17-64"
+SUPPORTED = "size 1, 1-16, 17-128"
 
 
 def select(size: int) -> Variant:
@@ -42,6 +42,6 @@ def select(size: int) -> Variant:
     if index >= 0 and size <= RANGE_HIGHS[index]:
         return RANGE_VARIANTS[index]
     raise ValueError(
-        f"serving_llama: input_ids dim 1 is {size}, outside the compiled sizes "
+        f"serving_llama: input_ids dim 0 is {size}, outside the compiled sizes "
         f"({SUPPORTED}); transpile again with --ranges/--sizes that cover it"
     )

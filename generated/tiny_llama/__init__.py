@@ -18,7 +18,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "tiny_llama"
-FINGERPRINT = "57d14499863de45f397168b6ca76e7284d4ddf4d91f10f76d7852f48b4f87907"
+FINGERPRINT = "e49093c67e285adb61bf6d635322c69b24f967d8ab36acf579e3bf24645ba475"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1, 8)

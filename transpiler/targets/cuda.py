@@ -21,9 +21,10 @@ class CudaTarget:
 
     def extra_modules(self, package, env, common: dict) -> dict[str, str]:
         from ..cudagraphs import render_source
+        from ..runtime import runtime_files
 
         return {
-            "cuda_runtime.py": env.get_template("cuda_runtime.py.jinja").render(**common),
+            **runtime_files("cuda_runtime.py", "cudagraphs_runtime.py"),
             "cudagraphs.py": render_source(package.cuda_graphs, env),
         }
 

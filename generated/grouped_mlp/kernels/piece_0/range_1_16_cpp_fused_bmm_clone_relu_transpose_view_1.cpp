@@ -308,7 +308,7 @@ void kernel_threaded_mm(const float* X, const float* W, float* Y, const int64_t 
 {
 
 
-    constexpr int64_t num_threads = 2;
+    constexpr int64_t num_threads = 8;
     constexpr int64_t N = 64;
     constexpr int64_t K = 64;
     constexpr int64_t Mr = 4;
@@ -348,7 +348,7 @@ void kernel_threaded_mm(const float* X, const float* W, float* Y, const int64_t 
 
     // make sure all partitions are assigned
     TORCH_CHECK(
-        Mt_blocks * Nt_blocks * Kt_blocks * 2 >= Mr_blocks * Nr_blocks * Kr_blocks,
+        Mt_blocks * Nt_blocks * Kt_blocks * 8 >= Mr_blocks * Nr_blocks * Kr_blocks,
         "Not all partitions are assigned."
     );
     std::unique_ptr<std::unique_ptr<float[]>[]> local_buf_ptrs;
@@ -365,7 +365,7 @@ void kernel_threaded_mm(const float* X, const float* W, float* Y, const int64_t 
     {
 
         #pragma omp for schedule(static, 1)
-        for (int64_t tid = 0; tid < 2; tid++) {
+        for (int64_t tid = 0; tid < 8; tid++) {
 
             const int64_t k_group_id = tid / num_Kt_blocks;
             const int64_t k_slice_id = tid % num_Kt_blocks;
@@ -468,7 +468,7 @@ void kernel_threaded_mm(const float* X, const float* W, float* Y, const int64_t 
             }
         if (num_Kt_blocks > 1) {
             #pragma omp for schedule(static, 1)
-            for (int64_t tid = 0; tid < 2; tid++) {
+            for (int64_t tid = 0; tid < 8; tid++) {
 
                 const int64_t k_group_id = tid / num_Kt_blocks;
                 const int64_t k_slice_id = tid % num_Kt_blocks;
@@ -548,7 +548,7 @@ extern "C"
 void kernel(const float* X, const float* W, float* Y, const int64_t ks82)
 {
     const int64_t B = static_cast<int64_t>(4L);
-    constexpr int64_t num_threads = 2;
+    constexpr int64_t num_threads = 8;
     int64_t B_single_thread_block = (B / num_threads) * num_threads;
     #pragma omp parallel for
     for (int64_t b_start = 0; b_start < B_single_thread_block; ++b_start) {
