@@ -172,3 +172,15 @@ def test_machine_mismatch_names_what_differs():
     with pytest.raises(runtime.MachineMismatch, match="CPU features this machine lacks: no_such_flag"):
         runtime.check_machine(found, python, platform.machine(), ("no_such_flag",))
     runtime.check_machine(found, python, platform.machine(), ())
+
+
+def test_import_op_modules_imports_each_module_and_refuses_in_one_line():
+    runtime.import_op_modules((("aten::add", "json", None),))  # imported, and the op is there
+    with pytest.raises(ImportError) as missing:
+        runtime.import_op_modules((("vendor::fused", "no_such_vendor_module", "vendor-ops==1.2"),))
+    message = str(missing.value)
+    assert "\n" not in message
+    assert message.startswith("the model calls op vendor::fused, which module no_such_vendor_module registers")
+    assert message.endswith("pip install 'vendor-ops==1.2'")
+    with pytest.raises(ImportError, match="vendor::fused, which module json no longer registers: put the folder holding json on sys.path"):
+        runtime.import_op_modules((("vendor::fused", "json", None),))

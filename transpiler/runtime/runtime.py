@@ -454,7 +454,11 @@ def import_op_modules(required: tuple) -> None:
     op, module, the distribution to install or None), so the first call finds them; one
     line naming the op, the module and what to install when one cannot be imported."""
     for op, module, requirement in required:
-        install = f"pip install '{requirement}'" if requirement else f"put the folder holding {module} on sys.path"
+        install = (
+            f"pip install '{requirement}'"
+            if requirement
+            else f"put the folder holding {module} on sys.path"
+        )
         try:
             importlib.import_module(module)
         except ImportError as error:
@@ -463,7 +467,9 @@ def import_op_modules(required: tuple) -> None:
             ) from None
         namespace, _, name = op.partition("::")
         if not hasattr(getattr(torch.ops, namespace), name):
-            raise ImportError(f"the model calls op {op}, which module {module} no longer registers: {install}")
+            raise ImportError(
+                f"the model calls op {op}, which module {module} no longer registers: {install}"
+            )
     call_without_dynamo(tuple(op for op, _, _ in required))
 
 
