@@ -184,3 +184,29 @@ def test_import_op_modules_imports_each_module_and_refuses_in_one_line():
     assert message.endswith("pip install 'vendor-ops==1.2'")
     with pytest.raises(ImportError, match="vendor::fused, which module json no longer registers: put the folder holding json on sys.path"):
         runtime.import_op_modules((("vendor::fused", "json", None),))
+
+
+def test_import_op_modules_imports_the_import_modules_first(tmp_path, monkeypatch):
+    """An op that a module named by --import registers through a helper module (the one
+    recorded, as where its fake was registered) is found: the --import modules are imported
+    before any op is checked."""
+    import sys
+
+    (tmp_path / "op_helper_for_test.py").write_text("")  # imports, registers nothing
+    (tmp_path / "op_registering_for_test.py").write_text(
+        "import torch\n"
+        "library = torch.library.Library('helpertest', 'DEF')\n"
+        "library.define('op(Tensor x) -> Tensor')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    required = (("helpertest::op", "op_helper_for_test", None),)
+    try:
+        with pytest.raises(ImportError, match="which module op_helper_for_test no longer registers"):
+            runtime.import_op_modules(required)
+        with pytest.raises(ImportError, match=r"module no_such_import_module \(--import\) cannot be imported"):
+            runtime.import_op_modules(required, ("no_such_import_module",))
+        runtime.import_op_modules(required, ("op_registering_for_test",))
+        assert hasattr(torch.ops.helpertest, "op")
+    finally:
+        for name in ("op_helper_for_test", "op_registering_for_test"):
+            sys.modules.pop(name, None)
