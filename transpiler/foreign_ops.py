@@ -238,16 +238,21 @@ def import_cost(module: str, paths: list[str]) -> str:
     return f"{seconds}, {dynamo} torch._dynamo modules" if dynamo else f"{seconds}, no torch._dynamo"
 
 
-def notes(captured, required: list[RequiredOp], paths: list[str]) -> list[str]:
+def notes(captured, required: list[RequiredOp], paths: list[str], imports=()) -> list[str]:
     """The summary's lines: each op traced through, and each op the package imports a module
-    for, with what that import costs load()."""
+    for, with what that import costs load() (not measured for a module named by --import,
+    which the package imported already)."""
     lines = [
         f"op {name} (torch.library.custom_op) is captured as its body: Inductor compiles it, the package imports nothing for it"
         for name in captured.inlined_ops
     ]
     costs: dict[str, str] = {}
     for required_op in required:
-        cost = costs.setdefault(required_op.module, import_cost(required_op.module, paths))
+        if required_op.module in imports:
+            costs[required_op.module] = "named by --import"
+        elif required_op.module not in costs:
+            costs[required_op.module] = import_cost(required_op.module, paths)
+        cost = costs[required_op.module]
         why = captured.untraceable_ops.get(required_op.op)
         kept = f"its body cannot be traced: {why}" if why else "not made with torch.library.custom_op"
         lines.append(

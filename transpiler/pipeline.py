@@ -272,7 +272,9 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
             for op in custom_ops
         ]
         + ([tp.describe(prepared.tensor_parallel)] if prepared.tensor_parallel else [])
-        + foreign_ops.notes(captured, prepared.required_ops, [str(prepared.model_file.path.resolve().parent)]),
+        + foreign_ops.notes(
+            captured, prepared.required_ops, [str(prepared.model_file.path.resolve().parent)], options.imports
+        ),
         stages=stages,
     )
     return rendered, summary
