@@ -54,12 +54,11 @@ from harness import (
 MODEL = Path(__file__).resolve().parent / "bench_models" / "scale_decoder.py"
 # llama.Config fields; the 1b and 8b shapes are Llama's (TinyLlama 1.1B, Llama 3 8B).
 CONFIGS = {
-    "tiny": {"vocab": 256, "hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "ffn": 128, "max_tokens": 64,
-             "cache_slots": 128},
+    "tiny": {"vocab": 256, "hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "ffn": 128, "max_tokens": 64},
     "1b": {"vocab": 32000, "hidden": 2048, "layers": 16, "heads": 32, "kv_heads": 8, "ffn": 8192, "max_tokens": 2048,
-           "cache_slots": 2048},
+           "max_seqs": 256, "max_blocks_per_seq": 256},
     "8b": {"vocab": 128256, "hidden": 4096, "layers": 32, "heads": 32, "kv_heads": 8, "ffn": 14336,
-           "max_tokens": 2048, "cache_slots": 2048},
+           "max_tokens": 2048, "max_seqs": 256, "max_blocks_per_seq": 256},
 }
 # Four variants at every size: two ranges of the token count and two exact sizes.
 RANGES = {"tiny": "1-16,17-64", "1b": "1-64,65-2048", "8b": "1-64,65-2048"}

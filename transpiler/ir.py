@@ -215,6 +215,7 @@ class Package:
     cuda_graphs: object = None  # cuda: cudagraphs.CudaGraphsContext of the emitted cudagraphs.py
     tuning: str | None = None  # tuned transpiles: the text of tuning.json
     tensor_parallel: TensorParallel | None = None  # --tensor-parallel N
+    required_ops: list = field(default_factory=list)  # foreign_ops.RequiredOp: modules load() imports
     exports: object = None  # exports.Exports: names MODEL.py asks __init__.py to re-export
 
     @property

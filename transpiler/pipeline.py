@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import capture as capture_stage
-from . import opaque_attention
+from . import foreign_ops, opaque_attention
 from . import tensor_parallel as tp
 from .dedupe import group_pieces, shared_names
 from .emit import RenderedPackage, render
@@ -65,6 +65,7 @@ class Prepared:
     custom_ops: list[str]
     tuning: object = None  # tuning.Tuning of a tuned transpile
     tensor_parallel: TensorParallel | None = None  # --tensor-parallel N: the split and the collectives
+    required_ops: list = field(default_factory=list)  # foreign_ops.RequiredOp: ops the package imports a module for
     exports: object = None  # exports.Exports: what __init__.py re-exports
 
 
@@ -114,7 +115,7 @@ def prepare(options: Options) -> Prepared:
 
     exports = build_exports(model_file.exports, list(options.imports))  # refused before any compile
     marked = tp.marked_dims(model_file.model)
-    captured = capture_stage.export_model(model_file, options.device, route_attention)
+    captured = capture_stage.export_model(model_file, options.device, route_attention, keep_ops=split_ops)
     tensor_parallel = None
     if options.tensor_parallel is not None:
         tensor_parallel = _tensor_parallel(captured, marked, name, model_file, options)
@@ -124,6 +125,7 @@ def prepare(options: Options) -> Prepared:
     sizes = parse_sizes(options.sizes, dispatch)
     variants = make_variants(ranges, sizes)
 
+    required_ops = foreign_ops.required_ops(captured.graph_module)
     pieces = split_graph(captured.graph_module, split_ops)
     groups = group_pieces(pieces)
     unique: list[UniquePiece] = []
@@ -159,6 +161,7 @@ def prepare(options: Options) -> Prepared:
         unique=unique,
         module_of_piece=module_of_piece,
         custom_ops=custom_op_splitting_ops(pieces),
+        required_ops=required_ops,
         tuning=tuning,
         tensor_parallel=tensor_parallel,
         exports=exports,
@@ -251,6 +254,7 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
         custom_op_splitting_ops=custom_ops,
         tuning=lockfile_text(prepared.tuning, unique),
         tensor_parallel=prepared.tensor_parallel,
+        required_ops=prepared.required_ops,
     )
     rendered = render(package)
     stages["render"] = time.perf_counter() - started - sum(stages.values())
@@ -267,7 +271,10 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
             "it does not, but torch.library.Library define + impl needs no such step"
             for op in custom_ops
         ]
-        + ([tp.describe(prepared.tensor_parallel)] if prepared.tensor_parallel else []),
+        + ([tp.describe(prepared.tensor_parallel)] if prepared.tensor_parallel else [])
+        + foreign_ops.notes(
+            captured, prepared.required_ops, [str(prepared.model_file.path.resolve().parent)], options.imports
+        ),
         stages=stages,
     )
     return rendered, summary

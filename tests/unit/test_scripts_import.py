@@ -24,7 +24,7 @@ def test_script_imports(name):
 
 
 def test_every_python_script_is_listed():
-    # gpu_diag_export runs torch.export on import (a diagnosis); gpu_paged_attention_check
-    # imports Triton, which a CPU machine lacks.
+    # gpu_diag_export runs torch.export on import (a diagnosis, not a benchmark);
+    # gpu_paged_attention_check imports the Triton kernels, and Triton is on GPU machines only.
     listed = set(MODULES) | {"gpu_diag_export", "gpu_paged_attention_check"}
     assert {path.stem for path in SCRIPTS.glob("*.py")} == listed
