@@ -72,7 +72,7 @@ if [ "$DRY_RUN" = 0 ]; then
   stage 3 bench_1b 300 python3 scripts/gpu_bench.py "$WORK" --rounds 1 --repeats 10 --jobs 16 --variant-timeout 120 \
     --variants "eager,torch.compile,package,package + piecewise graphs,package + full graphs"
 else
-  echo "SKIP 1 paged_attention: imports Triton (GPU only)" | tee -a "$SUMMARY"
+  stage 1 paged_attention 60 python3 scripts/gpu_paged_attention_check.py --dry-run
   stage 2 serving_graphs 150 python3 scripts/gpu_state_check.py "$WORK" --dry-run
   stage 3 bench_1b 300 python3 scripts/gpu_bench.py "$WORK" --dry-run
 fi
