@@ -9,14 +9,14 @@
 # Stages, in order, each under its own time budget (`timeout`; a stage that runs out is
 # reported and the next one starts), logs in $OUT/NN-stage.log and a summary in
 # $OUT/summary.txt:
-#   1. paged_attention  (60 s): scripts/gpu_paged_attention_check.py --no-time: the Triton
+#   1. paged_attention  (90 s): scripts/gpu_paged_attention_check.py --no-time: the Triton
 #      kernels against the reference op, bf16 and fp32, and a CUDA graph replayed on new metadata.
 #   2. serving_graphs  (150 s): scripts/gpu_state_check.py --no-timings: a --device cuda
 #      transpile of the serving example at its tiny fp32 config, then the engine loop's mixed
 #      batches (prefill chunks beside decodes, 1-6 sequences, padded and unpadded sizes)
 #      through the package plain, with piecewise and with full CUDA graphs beside eager on
 #      its own cache: logits and cache within 1e-4 of eager's scale at every step.
-#   3. bench_1b        (300 s): scripts/gpu_bench.py, the 1.1B bf16 config: eager,
+#   3. bench_1b        (270 s): scripts/gpu_bench.py, the 1.1B bf16 config: eager,
 #      torch.compile, and the package plain, piecewise and full; decode N (one sequence),
 #      decode Nx1 (N sequences) and prefill cases; floor = weights + KV read per step over
 #      the measured copy bandwidth. reduce-overhead and max-autotune are left out (200+ s).
@@ -67,9 +67,9 @@ stage() {
 }
 
 if [ "$DRY_RUN" = 0 ]; then
-  stage 1 paged_attention 60 python3 scripts/gpu_paged_attention_check.py --no-time
+  stage 1 paged_attention 90 python3 scripts/gpu_paged_attention_check.py --no-time
   stage 2 serving_graphs 150 python3 scripts/gpu_state_check.py "$WORK" --no-timings
-  stage 3 bench_1b 300 python3 scripts/gpu_bench.py "$WORK" --rounds 1 --repeats 10 --jobs 16 --variant-timeout 120 \
+  stage 3 bench_1b 270 python3 scripts/gpu_bench.py "$WORK" --rounds 1 --repeats 10 --jobs 16 --variant-timeout 120 \
     --variants "eager,torch.compile,package,package + piecewise graphs,package + full graphs"
 else
   stage 1 paged_attention 60 python3 scripts/gpu_paged_attention_check.py --dry-run
