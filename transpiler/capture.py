@@ -10,7 +10,7 @@ import torch.fx
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
-from . import mutation, runtime_asserts
+from . import fake_weights, mutation, runtime_asserts
 from . import opaque_attention as opaque_attention_stage
 from .errors import TranspileError
 from .ir import DispatchDim, TensorSpec, Weight
@@ -49,7 +49,7 @@ def export_error_summary(error: BaseException, limit: int = 8) -> str:
 
 def export_model(model_file: ModelFile, device: str = "cpu", opaque_attention: bool = False) -> Capture:
     """opaque_attention: capture F.scaled_dot_product_attention as transpile::sdpa."""
-    model = model_file.model.eval().to(device)
+    model = fake_weights.model_to(model_file.model.eval(), device)
     example_inputs = tuple(t.to(device) for t in model_file.example_inputs)
 
     def export(**options):
@@ -102,6 +102,8 @@ def export_model(model_file: ModelFile, device: str = "cpu", opaque_attention: b
             tensors[spec.target] = value.detach()
         else:
             raise TranspileError(f"unsupported graph input kind {spec.kind.name}; the model must not take custom objects")
+    # The package ships these (fake_weights.py: only parameters may be fakes).
+    fake_weights.real_tensors_only({w.key: tensors[w.key] for w in weights if not w.user_supplied}, model_file.path.name)
     if any(spec.kind.name != "USER_OUTPUT" for spec in signature.output_specs):
         # torch.export's training IR keeps in-place ops in the graph; a functionalized
         # signature (mutations as extra outputs) would mean an export mode we do not read.

@@ -108,9 +108,12 @@ def _leave(tensor, *args, **kwargs):
 def _empty_tensors(model) -> None:
     import torch
 
+    from .fake_weights import is_fake
+
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
-            tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+            if not is_fake(tensor):  # fakes (--weights none) hold nothing
+                tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
 
 
 def _worker_main(number: int, options, inbox, results, setup) -> None:

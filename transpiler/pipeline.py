@@ -97,7 +97,9 @@ def prepare(options: Options) -> Prepared:
 
         model_file = load_hf_model_file(options.model_path, options.imports)
     else:
-        model_file = load_model_file(options.model_path, options.imports)
+        # A package that ships no parameters is built from a model without their values.
+        fake_parameters = options.weights == "none" or options.tensor_parallel is not None
+        model_file = load_model_file(options.model_path, options.imports, fake_parameters=fake_parameters)
     split_ops = options.split_ops if options.split_ops is not None else model_file.split_ops
     if split_ops is None:
         split_ops = list(DEFAULT_SPLIT_OPS)
