@@ -89,8 +89,8 @@ def parameters_as_fakes():
         original(module, name, parameter)
 
     original_apply = torch.nn.Module._apply
-    # Fakes moved by `.to(dtype)`, `.to_empty(device=...)` and the like: old id -> new, for
-    # one top-level call (a parameter shared by two modules stays shared).
+    # Fakes converted in place by `.to(dtype)` and the like: old id -> new, for one
+    # top-level call (a parameter shared by two modules stays shared).
     moved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     depth = [0]
 
@@ -104,12 +104,18 @@ def parameters_as_fakes():
         try:
             result = original_apply(module, fn, recurse)
             for key, parameter in fakes.items():
-                if id(parameter) not in moved:
-                    with torch.no_grad():
-                        applied = fn(parameter)
-                    new = fake_parameter(parameter, applied.device, applied.dtype) if is_fake(applied) else applied
+                if id(parameter) in moved:
+                    module._parameters[key] = moved[id(parameter)][1]
+                    continue
+                with torch.no_grad():
+                    applied = fn(parameter)
+                new = fake_parameter(parameter, applied.device, applied.dtype) if is_fake(applied) else applied
+                module._parameters[key] = new
+                # As Module._apply does with real tensors: a conversion on one device changes
+                # the parameter in place (a shared one stays shared); one across devices
+                # (meta -> cpu: to_empty) gives each module a new parameter.
+                if applied.device.type == parameter.device.type and not torch.__future__.get_overwrite_module_params_on_conversion():
                     moved[id(parameter)] = (parameter, new)
-                module._parameters[key] = moved[id(parameter)][1]
         except BaseException:
             for key, parameter in fakes.items():
                 if module._parameters.get(key) is None:
