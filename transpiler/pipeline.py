@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 import torch
 
 from . import capture as capture_stage
-from . import opaque_attention
+from . import opaque_attention, piece_transfer
 from . import tensor_parallel as tp
 from .dedupe import group_pieces, shared_names
 from .emit import RenderedPackage, render
 from .errors import TranspileError
 from .exports import build_exports
-from .inductor import CPU_ISAS, RangeSpecialized, inductor_config
+from .inductor import CPU_ISAS, RangeSpecialized
 from .ir import Package, TensorParallel, UniquePiece
 from .parallel import WorkerPool
 from .model_file import load_model_file
@@ -29,7 +29,7 @@ from .options import Options, available_cores, package_name  # noqa: F401  (the 
 from .split import DEFAULT_SPLIT_OPS, check_split_ops, is_splitting_node, split_graph
 from .stitching import build_stitch
 from .targets import get_target
-from .tuning import lockfile_text, open_session, start_tuning, tuned
+from .tuning import lockfile_text, start_tuning
 
 
 @dataclass
@@ -66,6 +66,7 @@ class Prepared:
     tuning: object = None  # tuning.Tuning of a tuned transpile
     tensor_parallel: TensorParallel | None = None  # --tensor-parallel N: the split and the collectives
     exports: object = None  # exports.Exports: what __init__.py re-exports
+    plan: object = None  # piece_transfer.CompilePlan: the unique pieces every process compiles
 
 
 def distributed_context(options: Options):
@@ -197,16 +198,17 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
     graphs = target.graphs_context(
         prepared.name, captured, dispatch, prepared.dispatch_symbol, prepared.ranges, options.capture_sizes, prepared.state
     )
+    # Captured once: the pieces, packed, are what this process and every worker compile.
+    prepared.plan = piece_transfer.plan_of(prepared, options)
     if pool:
-        pool.digest = prepared_digest(prepared)
+        pool.share(prepared.plan)
     variants, notes = _compile_all(prepared, target, options, progress, pool)
     if pool:
         pool.finish()  # workers exit while this process renders
         if pool.mismatched:
             notes.append(
-                f"{pool.mismatched} compile worker(s) captured graphs that differ from this process's "
-                "(they depend on the weights' values, which workers leave uninitialized, or export is not "
-                "deterministic here); this process compiled their share"
+                f"{pool.mismatched} compile worker(s) could not rebuild the pieces (an op they call is "
+                "registered by MODEL.py itself, not by an --import module); this process compiled their share"
             )
     stages["compile"] = time.perf_counter() - started - sum(stages.values())
 
@@ -307,17 +309,8 @@ def _compile_all(prepared: Prepared, target, options: Options, progress, pool=No
 
 
 def compile_task(prepared: Prepared, target, options: Options, piece_index: int, variant):
-    """One piece for one variant (in this process or a pool worker)."""
-    instances = list(prepared.groups.values())[piece_index]
-    unique = prepared.unique[piece_index]
-    session = open_session(prepared.tuning, unique.module_name, variant, prepared.captured.symbol_ranges, prepared.dispatch_symbol)
-    patches = target.inductor_patches(options.cpu_isa, tuned=session is not None)
-    with inductor_config(patches, compile_threads_per_process(options.jobs)), tuned(session):
-        compiled = target.compile_variant(
-            instances[0], unique, variant, prepared.dispatch_symbol, prepared.captured, session
-        )
-    compiled.tuning = session.finish() if session is not None else None
-    return compiled
+    """One piece for one variant (in this process; pool workers compile the same plan)."""
+    return piece_transfer.compile_planned(prepared.plan, target, options, piece_index, variant)
 
 
 def compile_threads_per_process(jobs: int) -> int | None:
