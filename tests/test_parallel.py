@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import shutil
 
+import pool_fakes
 import pytest
 
-import pool_fakes
 from transpiler.errors import TranspileError
 from transpiler.parallel import WorkerPool
 
@@ -112,6 +112,7 @@ def test_workers_compile_the_same_bytes_as_this_process(example_out, tmp_path):
     """The mlp example through two workers (this process compiling nothing) equals its
     transpile with -j 1, file for file."""
     from conftest import EXAMPLES, ROOT
+
     from transpiler.options import Options
     from transpiler.pipeline import transpile
     from transpiler.treediff import diff_trees
@@ -153,6 +154,7 @@ def test_workers_get_the_pieces_and_never_run_the_model_file(tmp_path):
     """serving_llama (a custom op in its compiled pieces, from --import) through two workers
     alone equals its -j 1 transpile, and only this process ran MODEL.py."""
     from conftest import ROOT
+
     from transpiler.options import Options
     from transpiler.pipeline import transpile
     from transpiler.treediff import diff_trees
@@ -171,7 +173,7 @@ def test_workers_get_the_pieces_and_never_run_the_model_file(tmp_path):
     materialize_to(rendered_here, tmp_path / "j1" / "serving")
     pool = WorkerPool(options(3), 2)
     pool.caller_compiles = False
-    rendered, summary = transpile(options(3), pool=pool)
+    rendered, _ = transpile(options(3), pool=pool)
     materialize_to(rendered, tmp_path / "j3" / "serving")
     assert pool.mismatched == 0
     assert diff_trees(tmp_path / "j1" / "serving", tmp_path / "j3" / "serving") == []

@@ -56,7 +56,6 @@ def prepare_to_compile(options):
     """A worker's set-up, while this process captures: import torch and Inductor. It never
     loads MODEL.py: the pieces come from this process (`WorkerPool.share`, a
     piece_transfer.CompilePlan). Returns the function that compiles one task of a plan."""
-    import torch  # noqa: F401
     import torch._inductor.compile_fx  # noqa: F401  (what the first compile would import)
 
     from .piece_transfer import compile_planned

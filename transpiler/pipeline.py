@@ -46,8 +46,7 @@ class Summary:
 
 @dataclass
 class Prepared:
-    """Everything before compiling: the captured, split and grouped model. Pool workers
-    (parallel.py) prepare the same from the same options, deterministically."""
+    """Everything before compiling: the captured, split and grouped model."""
 
     name: str
     model_file: object
@@ -352,25 +351,6 @@ def _compile_variants(prepared: Prepared, target, variants, options: Options, pr
                 if kernel.alias_of == kernel.name:
                     kernel.alias_of = None
             piece.variants.append(compiled)
-
-
-def prepared_digest(prepared: Prepared) -> str:
-    """What a compile worker must have captured exactly as this process did: each unique
-    piece's code, input names and input metadata, the variants and the symbols' ranges."""
-    import hashlib
-
-    parts = [str(prepared.dispatch_symbol), repr(prepared.variants)]
-    parts += [f"{symbol}: {bounds}" for symbol, bounds in sorted(prepared.captured.symbol_ranges.items(), key=str)]
-    for piece, instances in zip(prepared.unique, prepared.groups.values()):
-        graph = instances[0].graph_module
-        parts += [piece.module_name, repr(piece.input_names), graph.code]
-        for node in graph.graph.find_nodes(op="placeholder"):
-            value = node.meta.get("val")
-            if isinstance(value, torch.Tensor):
-                parts.append(f"{node.name} {value.dtype} {value.device} {tuple(value.shape)} {value.stride()}")
-            else:
-                parts.append(f"{node.name} {value!r}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def custom_op_splitting_ops(pieces) -> list[str]:

@@ -86,8 +86,7 @@ class SafetensorsStream:
 
     def write_to(self, path: Path) -> None:
         with open(path, "wb") as file:
-            for chunk in self.chunks():
-                file.write(chunk)
+            file.writelines(self.chunks())
 
     def to_bytes(self) -> bytes:
         """The whole file in memory (tests; small files)."""
