@@ -61,7 +61,7 @@ def profile(spec: str) -> dict:
     times["export"] = exported["seconds"]
     times["checks"] = time.perf_counter() - begun - exported["seconds"]
     begun = time.perf_counter()
-    pieces = split_graph(captured.graph_module, ["serving::attention", opaque_attention.OP])
+    pieces = split_graph(captured.graph_module, [*model_file.split_ops, opaque_attention.OP])
     times["split"] = time.perf_counter() - begun
     begun = time.perf_counter()
     groups = group_pieces(pieces)

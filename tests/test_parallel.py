@@ -167,7 +167,7 @@ def test_workers_get_the_pieces_and_never_run_the_model_file(tmp_path):
     model.write_text(model.read_text() + f"\nopen({str(marker)!r}, 'a').write(f'{{__import__(\"os\").getpid()}}\\n')\n")
 
     def options(jobs):
-        return Options(model_path=model, name="serving", imports=["serving_ops"], ranges="1-16,17-64", sizes="1", weights="none", jobs=jobs)
+        return Options(model_path=model, name="serving", imports=["serving_ops"], ranges="1-16,17-128", sizes="1", weights="none", jobs=jobs)
 
     rendered_here, _ = transpile(options(1))
     materialize_to(rendered_here, tmp_path / "j1" / "serving")
