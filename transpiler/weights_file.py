@@ -116,6 +116,11 @@ def file_sha256(data) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def as_bytes(data) -> bytes:
+    """A rendered file's content in memory (tests; a stream is built whole)."""
+    return data.to_bytes() if isinstance(data, SafetensorsStream) else data
+
+
 def write_file(path: Path, data) -> None:
     """Write a rendered file: bytes, or a stream written tensor by tensor."""
     if isinstance(data, SafetensorsStream):
