@@ -12,18 +12,17 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors.torch
-
 from .ir import Package
 from .runtime import runtime_files
 from .templating import environment, format_python  # noqa: F401  (targets import format_python from here)
 from .targets import get_target
+from .weights_file import SafetensorsStream, file_sha256
 
 
 
 @dataclass
 class RenderedPackage:
-    files: dict[str, bytes]  # relative path -> content (deterministic)
+    files: dict[str, bytes | SafetensorsStream]  # relative path -> content (deterministic); weights streamed
     binaries: dict[str, str | bytes]  # relative path -> built binary: a path to copy, or its bytes
     manifest: dict
 
@@ -84,12 +83,11 @@ def render(package: Package) -> RenderedPackage:
     shipped_keys = {w.key for w in package.weights if package.weights_embedded or not w.user_supplied}
     shipped = {key: t for key, t in sorted(package.weight_tensors.items()) if key in shipped_keys}
     if shipped:
-        files["weights.safetensors"] = safetensors.torch.save(
-            {key: tensor.detach().cpu().contiguous().clone() for key, tensor in shipped.items()}
-        )
+        # Streamed from the tensors themselves when written and hashed: no second copy.
+        files["weights.safetensors"] = SafetensorsStream(shipped)
     features = target.cpu_features(package.cpu_isa)
     # Each file is hashed once (the weights file of a 1B model takes seconds).
-    file_hashes = {path: _sha256(data) for path, data in sorted(files.items())}
+    file_hashes = {path: file_sha256(data) for path, data in sorted(files.items())}
     # The fingerprint covers everything that decides behaviour; __init__.py prints it.
     fingerprint = _sha256(
         json.dumps(

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 import torch
 
 from . import capture as capture_stage
-from . import foreign_ops, opaque_attention
+from . import foreign_ops, opaque_attention, piece_transfer
 from . import tensor_parallel as tp
 from .dedupe import group_pieces, shared_names
 from .emit import RenderedPackage, render
 from .errors import TranspileError
 from .exports import build_exports
-from .inductor import CPU_ISAS, RangeSpecialized, inductor_config
+from .inductor import CPU_ISAS, RangeSpecialized
 from .ir import Package, TensorParallel, UniquePiece
 from .parallel import WorkerPool
 from .model_file import load_model_file
@@ -29,7 +29,7 @@ from .options import Options, available_cores, package_name  # noqa: F401  (the 
 from .split import DEFAULT_SPLIT_OPS, check_split_ops, is_splitting_node, split_graph
 from .stitching import build_stitch
 from .targets import get_target
-from .tuning import lockfile_text, open_session, start_tuning, tuned
+from .tuning import lockfile_text, start_tuning
 
 
 @dataclass
@@ -46,8 +46,7 @@ class Summary:
 
 @dataclass
 class Prepared:
-    """Everything before compiling: the captured, split and grouped model. Pool workers
-    (parallel.py) prepare the same from the same options, deterministically."""
+    """Everything before compiling: the captured, split and grouped model."""
 
     name: str
     model_file: object
@@ -67,6 +66,7 @@ class Prepared:
     tensor_parallel: TensorParallel | None = None  # --tensor-parallel N: the split and the collectives
     required_ops: list = field(default_factory=list)  # foreign_ops.RequiredOp: ops the package imports a module for
     exports: object = None  # exports.Exports: what __init__.py re-exports
+    plan: object = None  # piece_transfer.CompilePlan: the unique pieces every process compiles
 
 
 def distributed_context(options: Options):
@@ -98,7 +98,9 @@ def prepare(options: Options) -> Prepared:
 
         model_file = load_hf_model_file(options.model_path, options.imports)
     else:
-        model_file = load_model_file(options.model_path, options.imports)
+        # A package that ships no parameters is built from a model without their values.
+        fake_parameters = options.weights == "none" or options.tensor_parallel is not None
+        model_file = load_model_file(options.model_path, options.imports, fake_parameters=fake_parameters)
     split_ops = options.split_ops if options.split_ops is not None else model_file.split_ops
     if split_ops is None:
         split_ops = list(DEFAULT_SPLIT_OPS)
@@ -198,16 +200,17 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
     graphs = target.graphs_context(
         prepared.name, captured, dispatch, prepared.dispatch_symbol, prepared.ranges, options.capture_sizes, prepared.state
     )
+    # Captured once: the pieces, packed, are what this process and every worker compile.
+    prepared.plan = piece_transfer.plan_of(prepared, options)
     if pool:
-        pool.digest = prepared_digest(prepared)
+        pool.share(prepared.plan)
     variants, notes = _compile_all(prepared, target, options, progress, pool)
     if pool:
         pool.finish()  # workers exit while this process renders
         if pool.mismatched:
             notes.append(
-                f"{pool.mismatched} compile worker(s) captured graphs that differ from this process's "
-                "(they depend on the weights' values, which workers leave uninitialized, or export is not "
-                "deterministic here); this process compiled their share"
+                f"{pool.mismatched} compile worker(s) could not rebuild the pieces (an op they call is "
+                "registered by MODEL.py itself, not by an --import module); this process compiled their share"
             )
     stages["compile"] = time.perf_counter() - started - sum(stages.values())
 
@@ -312,17 +315,8 @@ def _compile_all(prepared: Prepared, target, options: Options, progress, pool=No
 
 
 def compile_task(prepared: Prepared, target, options: Options, piece_index: int, variant):
-    """One piece for one variant (in this process or a pool worker)."""
-    instances = list(prepared.groups.values())[piece_index]
-    unique = prepared.unique[piece_index]
-    session = open_session(prepared.tuning, unique.module_name, variant, prepared.captured.symbol_ranges, prepared.dispatch_symbol)
-    patches = target.inductor_patches(options.cpu_isa, tuned=session is not None)
-    with inductor_config(patches, compile_threads_per_process(options.jobs)), tuned(session):
-        compiled = target.compile_variant(
-            instances[0], unique, variant, prepared.dispatch_symbol, prepared.captured, session
-        )
-    compiled.tuning = session.finish() if session is not None else None
-    return compiled
+    """One piece for one variant (in this process; pool workers compile the same plan)."""
+    return piece_transfer.compile_planned(prepared.plan, target, options, piece_index, variant)
 
 
 def compile_threads_per_process(jobs: int) -> int | None:
@@ -364,25 +358,6 @@ def _compile_variants(prepared: Prepared, target, variants, options: Options, pr
                 if kernel.alias_of == kernel.name:
                     kernel.alias_of = None
             piece.variants.append(compiled)
-
-
-def prepared_digest(prepared: Prepared) -> str:
-    """What a compile worker must have captured exactly as this process did: each unique
-    piece's code, input names and input metadata, the variants and the symbols' ranges."""
-    import hashlib
-
-    parts = [str(prepared.dispatch_symbol), repr(prepared.variants)]
-    parts += [f"{symbol}: {bounds}" for symbol, bounds in sorted(prepared.captured.symbol_ranges.items(), key=str)]
-    for piece, instances in zip(prepared.unique, prepared.groups.values()):
-        graph = instances[0].graph_module
-        parts += [piece.module_name, repr(piece.input_names), graph.code]
-        for node in graph.graph.find_nodes(op="placeholder"):
-            value = node.meta.get("val")
-            if isinstance(value, torch.Tensor):
-                parts.append(f"{node.name} {value.dtype} {value.device} {tuple(value.shape)} {value.stride()}")
-            else:
-                parts.append(f"{node.name} {value!r}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def custom_op_splitting_ops(pieces) -> list[str]:
