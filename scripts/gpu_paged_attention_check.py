@@ -116,7 +116,7 @@ def checks():
 def graph_check():
     """Capture one call on a padded batch; replay it on new metadata of the same shapes."""
     chunks_a = [(10, 1), (40, 1), (0, 3)]
-    chunks_b = [(70, 1), (3, 1), (20, 2)]  # same T (5 + 3 padding), same S
+    chunks_b = [(70, 1), (3, 1), (20, 3)]  # same T (5 + 3 padding), same S
     heads, kv_heads, dim, dtype = 32, 8, 128, torch.bfloat16
     q, k, v, cache, metadata = make_batch(chunks_a, heads, kv_heads, dim, dtype, 64, 8, pad_tokens=3, seed=1)
     static = [t.clone() for t in (q, k, v, *metadata)]
