@@ -25,7 +25,7 @@ class ModelFile:
     split_ops: list[str] | None
     static_inputs: list[str] | None = None  # inputs CUDA graphs use by reference (persistent state)
     pad_values: dict | None = None  # input name -> the value padded positions take under CUDA graphs
-    exports: dict | None = None  # names the package re-exports (transpiler/exports.py)
+    exports: dict[str, object] | None = None  # names the package re-exports (transpiler/exports.py)
 
 
 def import_modules(names: list[str]) -> None:

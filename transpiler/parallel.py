@@ -52,33 +52,35 @@ _held: list = []
 def prepare_to_compile(options):
     """A worker's set-up: prepare the model as the parent did; return the function that
     compiles one task and the digest of what was captured."""
+    import dataclasses
+
     import torch
 
-    from .pipeline import compile_task, compile_threads_per_process, distributed_context, prepare, prepared_digest
+    from .compiling import compile_task, compile_threads_per_process, split_digest
+    from .prepare import distributed_context, prepare
     from .targets import get_target
 
     # --tensor-parallel: the fake process group the parent prepares and compiles under,
     # held for the worker's life (it exits with the process).
     _held.append(distributed_context(options))
     _held[-1].__enter__()
+    target = get_target(options.device)
     # Every worker captures at once, alongside this process: each takes its share of the
     # cores for torch's own threads while it does. Compiling gets all of them back: the
     # C++ Inductor writes depends on torch's thread count, which must match this process's.
     threads = torch.get_num_threads()
     torch.set_num_threads(compile_threads_per_process(options.jobs) or 1)
     with _weights_left_uninitialized():
-        prepared = prepare(options)
+        split = prepare(options, target)
     torch.set_num_threads(threads)
-    digest = prepared_digest(prepared)
-    target = get_target(options.device)
+    digest = split_digest(split)
     # Compiling needs the pieces' graphs only: free this copy of the weights (the model
     # stays reachable from MODEL.py's namespace, so its tensors are emptied in place).
-    _empty_tensors(prepared.model_file.model)
-    prepared.model_file.model = None
-    prepared.captured.program = None
-    prepared.captured.weight_tensors = {}
+    _empty_tensors(split.model_file.model)
+    split.model_file.model = None
+    split = dataclasses.replace(split, captured=dataclasses.replace(split.captured, program=None, weight_tensors={}))
     gc.collect()
-    return (lambda task: compile_task(prepared, target, options, *task)), digest
+    return (lambda task: compile_task(split, target, options, *task)), digest
 
 
 @contextlib.contextmanager
