@@ -111,14 +111,16 @@ def test_workers_compile_the_same_bytes_as_this_process(example_out, tmp_path):
     """The mlp example through two workers (this process compiling nothing) equals its
     transpile with -j 1, file for file."""
     from conftest import EXAMPLES, ROOT
-    from transpiler.options import Options
+    from transpiler.options import Options, parse_ranges, parse_sizes
     from transpiler.pipeline import transpile
     from transpiler.treediff import diff_trees
     from transpiler.write import materialize_to
 
     args = EXAMPLES["mlp"]
     assert args[1:] == ["--name", "mlp", "--ranges", "1-32,33-128", "--sizes", "4"]
-    options = Options(model_path=ROOT / args[0], name="mlp", ranges="1-32,33-128", sizes="4", jobs=3)
+    options = Options(
+        model_path=ROOT / args[0], name="mlp", ranges=parse_ranges("1-32,33-128"), sizes=parse_sizes("4"), jobs=3
+    )
     pool = WorkerPool(options, 2)
     pool.caller_compiles = False
     rendered, summary = transpile(options, pool=pool)
