@@ -100,7 +100,7 @@ class CompiledVariant:
     module_names: list[str]  # modules it needs imported (torch, math)
     target_runtime_names: list[str] = field(default_factory=list)  # from the target's runtime module (cuda_runtime)
     alias_of: str | None = None  # an earlier variant of the piece with the same code
-    tuning: dict | None = None  # tuned transpiles: this variant's lockfile entry (tuning.py)
+    tuning: dict[str, object] | None = None  # tuned transpiles: this variant's lockfile entry (tuning.py)
 
 
 @dataclass

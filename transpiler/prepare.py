@@ -86,7 +86,7 @@ def prepare(options: Options, target: Target) -> SplitModel:
             "by their state-dict keys); give the checkpoint the model's own keys"
         )
     tuning = start_tuning(
-        options.autotune, options.tuning, tuning_header(target.name, target.tuning_identity(options.cpu_isa))
+        options.autotune, options.tuning, lambda: tuning_header(target.name, target.tuning_identity(options.cpu_isa))
     )
     name = package_name(options)
     if options.hf:

@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,14 +99,14 @@ class Tuning:
         return json.dumps({"format": FORMAT, **self.header, "pieces": entries}, indent=2, sort_keys=True) + "\n"
 
 
-def start_tuning(autotune: bool, lockfile: Path | None, header: dict) -> Tuning | None:
+def start_tuning(autotune: bool, lockfile: Path | None, header: Callable[[], dict]) -> Tuning | None:
     """--autotune: a tuning run; a lockfile: its replay; neither: an untuned transpile (None).
-    `header` (tuning_header): what the choices hold for."""
+    `header()` (tuning_header): what the choices hold for, asked only when tuned."""
     if autotune and lockfile is not None:
         raise TranspileError("--autotune and --tuning: choose one (--autotune measures anew, --tuning replays FILE)")
     if not autotune and lockfile is None:
         return None
-    return Tuning("tune", header) if autotune else load_tuning(lockfile, header)
+    return Tuning("tune", header()) if autotune else load_tuning(lockfile, header())
 
 
 def tuning_header(device: str, identity: dict) -> dict:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..errors import TranspileError
 
 if TYPE_CHECKING:
-    from ..ir import CompiledVariant, Kernel, Package, UniquePiece, Variant
+    from ..ir import CompiledVariant, Kernel, Package, Variant
     from .cpu_isa import CpuIsa
 
 # Device name (as --device says it) -> "module:class" of its target, imported when looked up.
