@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .inductor import RangeSpecialized, inductor_config
 from .ir import CompiledVariant, UniquePiece, Variant
 from .options import Options, available_cores
-from .prepare import PieceGroup, SplitModel
+from .prepare import CompileInputs, PieceGroup, SplitModel
 from .ranges import make_variants
 from .targets import Target
 from .tuning import open_session, tuned
@@ -59,14 +59,15 @@ def compile_pieces(split: SplitModel, target: Target, options: Options, progress
     raise last_error
 
 
-def compile_task(split: SplitModel, target: Target, options: Options, group_index: int, variant: Variant) -> CompiledVariant:
+def compile_task(
+    inputs: CompileInputs, target: Target, options: Options, group_index: int, variant: Variant
+) -> CompiledVariant:
     """One piece group for one variant (in this process or a pool worker)."""
-    group = split.groups[group_index]
-    symbol_ranges = split.captured.symbol_ranges
-    session = open_session(split.tuning, group.module_name, variant, symbol_ranges, split.dispatch_symbol)
+    group = inputs.groups[group_index]
+    session = open_session(inputs.tuning, group.module_name, variant, inputs.symbol_ranges, inputs.dispatch_symbol)
     patches = target.inductor_patches(options.cpu_isa, tuned=session is not None)
     with inductor_config(patches, compile_threads_per_process(options.jobs)), tuned(session):
-        compiled = target.compile_variant(group, variant, split.dispatch_symbol, symbol_ranges, session)
+        compiled = target.compile_variant(group, variant, inputs.dispatch_symbol, inputs.symbol_ranges, session)
     return dataclasses.replace(compiled, tuning=session.finish() if session is not None else None)
 
 
@@ -81,7 +82,8 @@ def compile_threads_per_process(jobs: int) -> int | None:
 def _compile_variants(split: SplitModel, target: Target, variants, options: Options, progress, pool=None):
     tasks: list[Task] = [(index, variant) for index in range(len(split.groups)) for variant in variants]
     step = progress(len(tasks)) if progress else None
-    compile_here: Callable[[Task], CompiledVariant] = lambda task: compile_task(split, target, options, *task)  # noqa: E731
+    inputs = split.compile_inputs
+    compile_here: Callable[[Task], CompiledVariant] = lambda task: compile_task(inputs, target, options, *task)  # noqa: E731
     if pool:
         results = pool.compile(tasks, compile_here, step)
     else:

@@ -52,8 +52,6 @@ _held: list = []
 def prepare_to_compile(options):
     """A worker's set-up: prepare the model as the parent did; return the function that
     compiles one task and the digest of what was captured."""
-    import dataclasses
-
     import torch
 
     from .compiling import compile_task, compile_threads_per_process, split_digest
@@ -74,13 +72,15 @@ def prepare_to_compile(options):
         split = prepare(options, target)
     torch.set_num_threads(threads)
     digest = split_digest(split)
-    # Compiling needs the pieces' graphs only: free this copy of the weights (the model
-    # stays reachable from MODEL.py's namespace, so its tensors are emptied in place).
+    # Compiling needs the pieces' graphs only (split.compile_inputs): free this copy of the
+    # weights (the model stays reachable from MODEL.py's namespace, so its tensors are
+    # emptied in place) and the exported program.
+    inputs = split.compile_inputs
     _empty_tensors(split.model_file.model)
     split.model_file.model = None
-    split = dataclasses.replace(split, captured=dataclasses.replace(split.captured, program=None, weight_tensors={}))
+    del split
     gc.collect()
-    return (lambda task: compile_task(split, target, options, *task)), digest
+    return (lambda task: compile_task(inputs, target, options, *task)), digest
 
 
 @contextlib.contextmanager

@@ -42,6 +42,17 @@ class PieceGroup:
 
 
 @dataclass(frozen=True)
+class CompileInputs:
+    """What compiling a piece group needs of the split model, and nothing more (no weights,
+    no exported program): what a compile task is handed, in this process or a worker."""
+
+    groups: tuple[PieceGroup, ...]
+    dispatch_symbol: sympy.Symbol
+    symbol_ranges: dict[sympy.Symbol, tuple[int, int | None, int]]  # symbol -> (lo, hi or None, hint)
+    tuning: Tuning | None
+
+
+@dataclass(frozen=True)
 class SplitModel:
     """The captured model split into pieces and grouped: what the compile stage takes."""
 
@@ -60,6 +71,10 @@ class SplitModel:
     tuning: Tuning | None = None  # a tuned transpile: its run or replay
     tensor_parallel: TensorParallel | None = None  # --tensor-parallel N: the split and the collectives
     exports: Exports | None = None  # what __init__.py re-exports (MODEL.py's `exports`)
+
+    @property
+    def compile_inputs(self) -> CompileInputs:
+        return CompileInputs(self.groups, self.dispatch_symbol, self.captured.symbol_ranges, self.tuning)
 
     @functools.cached_property
     def module_of_piece(self) -> dict[int, str]:

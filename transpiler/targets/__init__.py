@@ -32,15 +32,15 @@ DEFAULT_DEVICE = "cpu"
 class Target(Protocol):
     name: str  # the device, as torch names it ("cpu", "cuda")
     kernel_type: type[Kernel]  # the kind of kernel it compiles: its piece template, files and imports
-    init_templates: tuple[str, ...]  # extensions of __init__.py.jinja's blocks (each `{% extends parent %}`)
+    init_templates: tuple[str, ...]  # its extensions of __init__.py.jinja (each `{% extends parent_template %}`)
 
     def check(self, options) -> None:
         """Refuse options this target cannot honour (one line)."""
 
-    def compile_variant(self, piece, group, variant: Variant, split, session=None) -> CompiledVariant:
-        """One piece (of `group`, a prepare.PieceGroup) compiled for one variant. `session`
-        (tuning.py), in a tuned transpile: the size to compile at, and the Triton configs
-        to measure or replay."""
+    def compile_variant(self, group, variant: Variant, dispatch_symbol, symbol_ranges, session=None) -> CompiledVariant:
+        """The first piece of `group` (a prepare.PieceGroup) compiled for one variant, its
+        kernels of `kernel_type`. `session` (tuning.py), in a tuned transpile: the size to
+        compile at, and the Triton configs to measure or replay."""
 
     def inductor_patches(self, cpu_isa: CpuIsa, tuned: bool) -> dict[str, object]:
         """Inductor settings of this target (tuned: those of --autotune and its replays)."""
@@ -56,7 +56,8 @@ class Target(Protocol):
         properties (CPU: a thread count and cache sizes); recorded in the manifest."""
 
     def graphs_context(self, split, capture_sizes: tuple[int, ...] | None):
-        """The context of the CUDA-graph wrappers, or None for a target without them."""
+        """The context of the CUDA-graph wrappers for the split model (prepare.SplitModel) and
+        --capture-sizes, or None for a target without them."""
 
     # Rendering (emit.py): what differs between the targets' packages.
 
