@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .cudagraphs import CudaGraphInput, CudaGraphsContext, render_source, sizes_literal
 from .errors import TranspileError
+from .manifest import fingerprint_of
 from .runtime import runtime_files
 from .templating import format_python
 
@@ -43,21 +44,13 @@ def sha256(data: bytes) -> str:
 
 
 def fingerprint(manifest: dict, file_hashes: dict, capture_sizes: list) -> str:
-    """The package's fingerprint, as emit.render computes it: every file but __init__.py,
-    torch, the model, the CPU features, the GPU and the capture sizes."""
+    """The package's fingerprint, as emit.render computes it (manifest.fingerprint_of), from
+    the manifest: every file but __init__.py, torch, the model, the CPU features, the GPU
+    and the capture sizes."""
     hashes = {path: digest for path, digest in sorted(file_hashes.items()) if path != "__init__.py"}
-    return sha256(
-        json.dumps(
-            {
-                "files": hashes,
-                "torch": manifest["torch"],
-                "model": manifest["model"]["sha256"],
-                "cpu_features": manifest["cpu_features"],
-                "gpu": manifest["gpu"],
-                "capture_sizes": list(capture_sizes),
-            },
-            sort_keys=True,
-        ).encode()
+    return fingerprint_of(
+        hashes, manifest["torch"], manifest["model"]["sha256"], manifest["cpu_features"], manifest["gpu"],
+        list(capture_sizes),
     )
 
 

@@ -22,15 +22,23 @@ def file_hashes(files: dict[str, bytes]) -> dict[str, str]:
 def fingerprint(package: Package, hashes: dict[str, str], cpu_features: tuple[str, ...]) -> str:
     """What decides behaviour: every file but __init__.py (which prints this), torch, the
     model file, the CPU features and GPU the kernels need, the CUDA-graph capture sizes."""
+    capture_sizes = list(package.cuda_graphs.capture_sizes) if package.cuda_graphs else []
+    return fingerprint_of(hashes, package.torch_version, package.model_sha256, cpu_features, package.gpu, capture_sizes)
+
+
+def fingerprint_of(
+    hashes: dict[str, str], torch_version: str, model_sha256: str, cpu_features, gpu: dict, capture_sizes: list[int]
+) -> str:
+    """The fingerprint from plain values (golden_record.py recomputes it from a manifest)."""
     return sha256(
         json.dumps(
             {
                 "files": hashes,
-                "torch": package.torch_version,
-                "model": package.model_sha256,
+                "torch": torch_version,
+                "model": model_sha256,
                 "cpu_features": cpu_features,
-                "gpu": package.gpu,
-                "capture_sizes": list(package.cuda_graphs.capture_sizes) if package.cuda_graphs else [],
+                "gpu": gpu,
+                "capture_sizes": capture_sizes,
             },
             sort_keys=True,
         ).encode()
