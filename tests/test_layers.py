@@ -43,7 +43,11 @@ def _device_names_used(path) -> list[str]:
 
 
 def test_no_device_name_is_compared_outside_the_targets():
-    modules = [p for p in PACKAGE.rglob("*.py") if "targets" not in p.relative_to(PACKAGE).parts]
+    # transpiler/runtime/ is the emitted packages' code (copied into them), which asks torch
+    # where tensors are at run time; it is not the transpiler's.
+    modules = [
+        p for p in PACKAGE.rglob("*.py") if not {"targets", "runtime"} & set(p.relative_to(PACKAGE).parts)
+    ]
     assert len(modules) > 20
     assert [line for path in modules for line in _device_names_used(path)] == []
 
