@@ -9,8 +9,8 @@ import sys
 import types
 
 import pytest
-
 from conftest import ROOT
+
 from transpiler import options as parse
 from transpiler.errors import TranspileError
 from transpiler.ir import SizeRange

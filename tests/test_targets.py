@@ -7,8 +7,8 @@ import copy
 import dataclasses
 
 import pytest
-
 from conftest import EXAMPLES, ROOT
+
 from transpiler import pipeline
 from transpiler.cudagraphs import cudagraphs_context
 from transpiler.errors import TranspileError

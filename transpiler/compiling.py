@@ -83,7 +83,7 @@ def _compile_variants(split: SplitModel, target: Target, variants, options: Opti
     tasks: list[Task] = [(index, variant) for index in range(len(split.groups)) for variant in variants]
     step = progress(len(tasks)) if progress else None
     inputs = split.compile_inputs
-    compile_here: Callable[[Task], CompiledVariant] = lambda task: compile_task(inputs, target, options, *task)  # noqa: E731
+    compile_here: Callable[[Task], CompiledVariant] = lambda task: compile_task(inputs, target, options, *task)
     if pool:
         results = pool.compile(tasks, compile_here, step)
     else:

@@ -8,6 +8,7 @@ dimension's bounds, capture sizes inside the compiled ones) is checked after cap
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ def parse_ranges(text: str | None) -> tuple[SizeRange, ...] | None:
             raise TranspileError(f"--ranges: {part.strip()!r} is not LO-HI with LO <= HI; write for example 1-16,17-256")
         ranges.append(SizeRange(int(lo), int(hi)))
     ranges.sort()
-    for previous, current in zip(ranges, ranges[1:]):
+    for previous, current in itertools.pairwise(ranges):
         if current.lo <= previous.hi:
             raise TranspileError(
                 f"--ranges: {previous.label()} and {current.label()} overlap; make each range start after the previous one ends"

@@ -22,7 +22,13 @@ from .model_file import ModelFile, load_model_file
 from .mutation import find_mutations, state_of
 from .options import Options, package_name
 from .ranges import make_variants, ranges_within, sizes_within
-from .split import DEFAULT_SPLIT_OPS, Piece, check_split_ops, is_splitting_node, split_graph
+from .split import (
+    DEFAULT_SPLIT_OPS,
+    Piece,
+    check_split_ops,
+    is_splitting_node,
+    split_graph,
+)
 from .targets import Target
 from .tuning import Tuning, start_tuning, tuning_header
 
