@@ -237,7 +237,6 @@ class Package:
     tuning: str | None = None  # tuned transpiles: the text of tuning.json
     tensor_parallel: TensorParallel | None = None  # --tensor-parallel N
     exports: Exports | None = None  # names MODEL.py asks __init__.py to re-export
-    exports: object = None  # exports.Exports: names MODEL.py asks __init__.py to re-export
 
     @property
     def exact_variants(self) -> list[Variant]:

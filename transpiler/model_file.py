@@ -15,7 +15,6 @@ import torch
 
 from .errors import TranspileError
 
-
 # torch.export's `dynamic_shapes`: per input, a dict of dim -> Dim (or a tuple or list of
 # them), or the same keyed by forward's argument names; None: every shape static.
 DynamicShapes = dict[str, Any] | tuple[Any, ...] | list[Any] | None
