@@ -12,16 +12,19 @@ prints one line `BENCH_RESULT {json}` on stdout. Modes:
   stitch        stitching overhead: stitch.forward against torch.fx GraphModules
   aoti_compile  torch.export + aoti_compile_and_package once (set-up, not timed here)
 
-Only json, os, sys and time are imported before `import torch`, so that the
-process's wall time and the time after `import torch` are not inflated by the harness.
+Only json, sys, time and scripts/harness.py (standard library only: loading MODEL.py
+through transpiler.model_file, importing the package) are imported before `import torch`,
+so that the time after `import torch` is not inflated by the harness; the whole process's
+wall time includes the harness's import alike for every variant.
 """
 
 import json
-import os
 import sys
 import time
 
 WORKER_STARTED = time.perf_counter()
+
+import harness  # noqa: E402  (after the start time: a cost of every variant alike)
 
 
 def emit(result: dict) -> None:
@@ -45,31 +48,12 @@ def read_inputs(params):
 
 
 def load_model(path, imports=()):
-    """Execute MODEL.py the way transpiler.model_file does and return its eval-mode `model`."""
-    return load_model_module(path, imports).model.eval()
-
-
-def load_model_module(path, imports=()):
-    """Execute MODEL.py the way transpiler.model_file does (its folder on sys.path)."""
-    import importlib
-    import importlib.util
-
-    folder = os.path.dirname(os.path.abspath(path))
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    for name in imports:
-        importlib.import_module(name)
-    spec = importlib.util.spec_from_file_location("bench_model_file", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """MODEL.py's eval-mode `model`, loaded as the transpiler loads it."""
+    return harness.load_model_file(path, imports).model.eval()
 
 
 def import_package(parent, name):
-    import importlib
-
-    sys.path.insert(0, parent)
-    return importlib.import_module(name)
+    return harness.import_package(parent, name)
 
 
 def checksum(output) -> float:
@@ -237,14 +221,6 @@ def mode_steady(params):
     emit({"sizes": results, "threads": torch.get_num_threads()})
 
 
-def _proc_status_kib(field):
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
-
-
 def _reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
     try:
@@ -303,10 +279,10 @@ def mode_memory(params):
                 forward(*args)
             gc.collect()
             # Method 2: resident set high-water mark, reset just before the call.
-            rss_before = _proc_status_kib("VmRSS")
+            rss_before = harness.proc_status_kib("VmRSS")
             reset = _reset_peak_rss()
             output = forward(*args)
-            hwm = _proc_status_kib("VmHWM")
+            hwm = harness.proc_status_kib("VmHWM")
             del output
             gc.collect()
             # Method 1: torch's CPU allocator, through the profiler.
@@ -324,13 +300,11 @@ def mode_aoti_compile(params):
     import torch
 
     model_started = time.perf_counter()
-    namespace = load_model_module(params["model"], params.get("imports", ())).__dict__
-    model = namespace["model"].eval()
-    example = namespace["example_inputs"]
-    if isinstance(example, torch.Tensor):
-        example = (example,)
+    model_file = harness.load_model_file(params["model"], params.get("imports", ()))
     with torch.no_grad():
-        program = torch.export.export(model, tuple(example), dynamic_shapes=namespace.get("dynamic_shapes"))
+        program = torch.export.export(
+            model_file.model.eval(), model_file.example_inputs, dynamic_shapes=model_file.dynamic_shapes
+        )
         exported = time.perf_counter()
         torch._inductor.aoti_compile_and_package(program, package_path=params["aoti_package"])
     done = time.perf_counter()
@@ -420,6 +394,7 @@ def mode_stitch(params):
     import torch
     import torch.fx
 
+    from transpiler import opaque_attention
     from transpiler.capture import export_model
     from transpiler.model_file import load_model_file
     from transpiler.split import split_graph
@@ -434,7 +409,12 @@ def mode_stitch(params):
     args = make_inputs(torch, read_inputs(params)["sizes"][str(size)])
 
     model_file = load_model_file(params["model"], params.get("imports", []))
-    captured = export_model(model_file)
+    # Captured as the pipeline captures it: attention as transpile::sdpa when the package
+    # splits at it (its stitch.py calls that op, which the stubs below must stand in for).
+    route_attention = opaque_attention.OP in params["split_ops"]
+    if route_attention:
+        opaque_attention.register()
+    captured = export_model(model_file, "cpu", route_attention)
     pieces = split_graph(captured.graph_module, params["split_ops"])
     compiled = [piece for piece in pieces if not piece.is_split]
     with open(stitch.__file__) as file:

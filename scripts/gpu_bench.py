@@ -26,8 +26,22 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "serving_llama"
+from harness import (
+    REPO,
+    RESULT_MARKER,
+    SERVING_1B_ENV,
+    SERVING_EXAMPLE,
+    copy_bandwidth,
+    cuda_timings,
+    format_summary,
+    import_package,
+    run_fresh,
+    summarize,
+    transpile_command,
+)
+
+ROOT = REPO
+EXAMPLE = SERVING_EXAMPLE
 NAME = "serving_llama_1b"
 DECODE_SIZES = (1, 2, 8, 32, 64)
 PREFILL_SIZES = (128, 512, 2048)
@@ -44,15 +58,9 @@ VARIANTS = (
 # With --autotune: a second package, transpiled with --autotune (tuning.json), beside the first.
 TUNED_VARIANTS = ("tuned package", "tuned package + full graphs")
 CAPTURE_SIZES = (1, 2, 4, 8, 16, 32, 64)
-ENV_1B = {"SERVING_CONFIG": "1b", "SERVING_DTYPE": "bfloat16"}
 
 
-# --- figures (unit-tested on the CPU: tests/test_bench_figures.py) -------------------
-
-
-def summarize(samples: list[float]) -> dict:
-    """Median and range of a list of timings."""
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples)}
+# --- figures (unit-tested on the CPU: tests/unit/test_bench_figures.py) --------------
 
 
 def merge_rounds(rounds: list[dict]) -> dict:
@@ -88,7 +96,7 @@ def table(summaries: dict, floor_us: float) -> list[str]:
         cells = []
         for variant in variants:
             figure = summaries[variant].get(size)
-            cells.append("-" if figure is None else f"{figure['median']:.0f} ({figure['min']:.0f}-{figure['max']:.0f})")
+            cells.append("-" if figure is None else format_summary(figure, digits=0))
         package_name, package_median = best(summaries, size, packages)
         compile_name, compile_median = best(summaries, size, compiled)
         ratio = f"{package_median / compile_median:.2f}x ({package_name} / {compile_name})" if package_name and compile_name else "-"
@@ -100,34 +108,16 @@ def table(summaries: dict, floor_us: float) -> list[str]:
 # --- one variant, in its own process ---------------------------------------------------
 
 
-def _time(run, make_inputs, repeats: int) -> list[float]:
-    import torch
-
-    for _ in range(3):
-        run(*make_inputs())
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
-        inputs = make_inputs()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run(*inputs)
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) * 1e3)
-    return samples
-
-
 def worker(variant: str, out: Path, repeats: int) -> dict:
     import torch
 
-    sys.path[:0] = [str(out), str(EXAMPLE)]
+    sys.path.insert(0, str(EXAMPLE))
     import llama
 
     config, dtype = llama.CONFIGS["1b"], torch.bfloat16
     cache = llama.new_kv_cache(config, dtype, "cuda")
     if variant.startswith(("package", "tuned package")):
-        package = __import__(NAME)
+        package = import_package(out, NAME, [EXAMPLE])
         model = package.load()
         if variant not in ("package", "tuned package"):
             mode = "piecewise" if "piecewise" in variant else "full"
@@ -151,7 +141,7 @@ def worker(variant: str, out: Path, repeats: int) -> dict:
                 ids = torch.randint(0, config.vocab, (1, size), device="cuda")
                 return ids, positions, cache, positions[0].clone()
 
-            results[size] = _time(run, make_inputs, repeats)
+            results[size] = cuda_timings(run, lambda _index, make_inputs=make_inputs: make_inputs(), repeats)
             print(f"  {variant} {size}: {statistics.median(results[size]):.0f} us", file=sys.stderr, flush=True)
     return results
 
@@ -159,26 +149,9 @@ def worker(variant: str, out: Path, repeats: int) -> dict:
 # --- the run ----------------------------------------------------------------------------
 
 
-def copy_bandwidth() -> float:
-    import torch
-
-    source = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    target = torch.empty_like(source)
-    for _ in range(3):
-        target.copy_(source)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        target.copy_(source)
-    end.record()
-    end.synchronize()
-    return 2 * 10 * source.numel() / (start.elapsed_time(end) / 1e3)
-
-
 def main() -> int:
     if sys.argv[1:2] == ["worker"]:
-        print(json.dumps(worker(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))))
+        print(RESULT_MARKER + json.dumps(worker(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))))
         return 0
     parser = argparse.ArgumentParser()
     parser.add_argument("scratch", type=Path)
@@ -191,16 +164,15 @@ def main() -> int:
                         help=f"also transpile with --autotune and measure {' and '.join(TUNED_VARIANTS)}")
     options = parser.parse_args()
     out = options.scratch / "gen"
-    env = {**os.environ, **ENV_1B}
+    env = {**os.environ, **SERVING_1B_ENV}
     import torch
 
     gpu = torch.cuda.get_device_name()
     print(f"{gpu}, torch {torch.__version__}", flush=True)
-    command = [
-        sys.executable, "-m", "transpiler.cli", str(EXAMPLE / "model.py"), "--name", NAME, "--import", "serving_ops",
-        "--device", "cuda", "--ranges", "1-64,65-2048", "--sizes", "1",
-        "--capture-sizes", ",".join(map(str, CAPTURE_SIZES)), "-o", str(out), "-q",
-    ]
+    command = transpile_command(
+        EXAMPLE / "model.py", out, "--name", NAME, "--import", "serving_ops", "--device", "cuda",
+        "--ranges", "1-64,65-2048", "--sizes", "1", "--capture-sizes", ",".join(map(str, CAPTURE_SIZES)), "-q",
+    )
     if options.jobs:
         command += ["-j", str(options.jobs)]
     if not (out / NAME).is_dir():
@@ -212,8 +184,8 @@ def main() -> int:
     if options.autotune:
         tuned_out = options.scratch / "gen-tuned"
         started = time.perf_counter()
-        done = subprocess.run([*command[: command.index("-o")], "-o", str(tuned_out), "-q", "--autotune",
-                               *command[command.index("-q") + 1:]], cwd=ROOT, env=env)
+        tuned = [*command[: command.index("-o")], "-o", str(tuned_out), *command[command.index("-o") + 2:], "--autotune"]
+        done = subprocess.run(tuned, cwd=ROOT, env=env)
         print(f"transpile --autotune: {time.perf_counter() - started:.1f} s, exit {done.returncode}", flush=True)
         if done.returncode == 0:
             variants += list(TUNED_VARIANTS)
@@ -229,17 +201,17 @@ def main() -> int:
         for variant in variants:
             started = time.perf_counter()
             try:
-                done = subprocess.run(
+                done = run_fresh(
                     [sys.executable, __file__, "worker", variant, str(outs[variant]), str(options.repeats)],
-                    env=env, capture_output=True, text=True, timeout=options.variant_timeout,
+                    env=env, timeout=options.variant_timeout,
                 )
             except subprocess.TimeoutExpired:
                 print(f"round {round_number} {variant}: did not finish in {options.variant_timeout} s", flush=True)
                 continue
-            if done.returncode != 0:
+            if not done.ok:
                 print(f"round {round_number} {variant}: failed: {done.stderr[-1500:]}", flush=True)
                 continue
-            result[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+            result[variant] = done.result
             print(f"round {round_number} {variant}: {time.perf_counter() - started:.0f} s", flush=True)
             # The table so far, in case the call runs out of time before the end.
             print("\n".join(table(merge_rounds([*rounds, result]), floor_us)), flush=True)

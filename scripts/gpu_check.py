@@ -14,13 +14,15 @@ import argparse
 import importlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import harness
+from harness import REPO, cuda_timings, format_summary, markdown_table, summarize, transpile_command
+
+ROOT = REPO
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -42,8 +44,7 @@ def transpile(name: str, out: Path, extra=()) -> float:
     args = [str(ROOT / a) if a.startswith("examples/") else a for a in EXAMPLES[name]]
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "transpiler.cli", *args, "--device", "cuda", "-o", str(out), "-q", *extra],
-        cwd=ROOT, capture_output=True, text=True,
+        transpile_command(args[0], out, *args[1:], "--device", "cuda", "-q", *extra), cwd=ROOT, capture_output=True, text=True
     )
     seconds = time.perf_counter() - start
     record(f"transpile {name}", result.returncode == 0, f"{seconds:.1f} s {result.stderr[-2000:]}")
@@ -51,19 +52,12 @@ def transpile(name: str, out: Path, extra=()) -> float:
 
 
 def import_package(out: Path, name: str):
-    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-        del sys.modules[module]  # another OUT's package of the same name (the tuned one)
-    sys.path[:0] = [str(out), str(ROOT / "examples" / "custom_op")]
-    try:
-        return importlib.import_module(name)
-    finally:
-        del sys.path[:2]
+    """The package from OUT (replacing another OUT's package of the same name: the tuned one)."""
+    return harness.import_package(out, name, [ROOT / "examples" / "custom_op"])
 
 
 def eager_model(name: str):
-    from transpiler.model_file import load_model_file
-
-    model_file = load_model_file(ROOT / EXAMPLES[name][0], [])
+    model_file = harness.load_model_file(ROOT / EXAMPLES[name][0])
     return model_file, model_file.model.eval().cuda()
 
 
@@ -106,7 +100,7 @@ out = model(*inputs)
 torch.cuda.synchronize()
 done = time.perf_counter()
 bad = sorted(m for m in sys.modules if m.startswith(("torch._dynamo", "torch._inductor", "triton")))
-print(json.dumps({{"bad": bad, "first_output_after_torch": done - after_torch, "whole": done - start}}))
+print("RESULT " + json.dumps({{"bad": bad, "first_output_after_torch": done - after_torch, "whole": done - start}}))
 """
 
 
@@ -120,12 +114,11 @@ def check_isolation(name: str, out: Path, scratch: Path) -> dict:
         "CC": "/bin/false",
         "CXX": "/bin/false",
     }
-    result = subprocess.run([sys.executable, "-c", ISOLATED.format(name=name, inputs=inputs)], env=env,
-                            capture_output=True, text=True)
-    if result.returncode != 0:
+    result = harness.run_fresh(ISOLATED.format(name=name, inputs=inputs), env=env)
+    if not result.ok:
         record(f"fresh-process import {name}", False, result.stderr[-1500:])
         return {}
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = result.result
     empty = not (scratch / "empty-triton").exists() and not (scratch / "empty-inductor").exists()
     record(f"fresh-process import {name} compiles nothing", not report["bad"] and empty,
            f"modules {report['bad']}, caches untouched {empty}")
@@ -142,7 +135,7 @@ positions = torch.arange(5, device="cuda").unsqueeze(0)
 {body}
 torch.cuda.synchronize()
 done = time.perf_counter()
-print(json.dumps({{"after_torch": done - after_torch, "whole": done - start}}))
+print("RESULT " + json.dumps({{"after_torch": done - after_torch, "whole": done - start}}))
 """
 EAGER_BODY = """
 import importlib.util
@@ -165,23 +158,24 @@ def time_to_first_output(out: Path, scratch: Path) -> list[str]:
         "emitted package + piecewise graphs": "import tiny_llama\nout = tiny_llama.load(capture=True)(input_ids, positions)",
     }
     env = {**os.environ, "PYTHONPATH": str(out), "TORCHINDUCTOR_CACHE_DIR": str(scratch / "ttfo-cache")}
-    lines = ["| path | after import torch (s) | whole process (s) |", "| --- | --- | --- |"]
+    rows = []
     for label, body in bodies.items():
         code = FIRST_OUTPUT.format(body=body)
         if "compile" in label:  # warm the cache first
-            subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+            harness.run_fresh(code, env=env)
         samples = []
         for _ in range(3):
-            result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-            if result.returncode != 0:
+            result = harness.run_fresh(code, env=env)
+            if not result.ok:
                 record(f"time to first output {label}", False, result.stderr[-1000:])
                 break
-            samples.append(json.loads(result.stdout.strip().splitlines()[-1]))
+            samples.append(result.result)
         if samples:
-            after = statistics.median(s["after_torch"] for s in samples)
-            whole = statistics.median(s["whole"] for s in samples)
-            lines.append(f"| {label} | {after:.2f} | {whole:.2f} |")
-    return lines
+            after = format_summary([s["after_torch"] for s in samples], digits=2)
+            whole = format_summary([s["whole"] for s in samples], digits=2)
+            rows.append([label, after, whole])
+    header = ["path", "after import torch (s), median (min-max) of 3", "whole process (s)"]
+    return markdown_table(header, rows).splitlines()
 
 
 def check_determinism(name: str, first: Path, scratch: Path) -> None:
@@ -230,11 +224,9 @@ def check_tuning(name: str, scratch: Path) -> None:
     record(f"tuning run {name} records choices", triton > 0,
            f"{gemm} GEMM and {triton} Triton choices, {changed} among several candidates; {data.get('gpu')}")
     args = [str(ROOT / a) if a.startswith("examples/") else a for a in EXAMPLES[name]]
-    result = subprocess.run(
-        [sys.executable, "-c", REPLAY_WITHOUT_BENCHMARKS, *args, "--device", "cuda", "-o", str(replayed), "-q",
-         "--tuning", str(lockfile)],
-        cwd=ROOT, capture_output=True, text=True,
-    )
+    replay = transpile_command(args[0], replayed, *args[1:], "--device", "cuda", "-q", "--tuning", str(lockfile))
+    replay[1:3] = ["-c", REPLAY_WITHOUT_BENCHMARKS]  # `python -m transpiler.cli` with the benchmarks made to fail
+    result = subprocess.run(replay, cwd=ROOT, capture_output=True, text=True)
     a, b = source_files(tuned / name), source_files(replayed / name)
     differing = sorted(p for p in a.keys() | b.keys() if a.get(p) != b.get(p))
     record(f"tuning replay {name} without benchmarks is identical", result.returncode == 0 and not differing,
@@ -244,18 +236,8 @@ def check_tuning(name: str, scratch: Path) -> None:
 
 
 def time_cuda(fn, inputs, repeats=50) -> float:
-    for _ in range(5):
-        fn(*inputs)
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(*inputs)
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(samples)
+    """Median microseconds of fn(*inputs) between CUDA events, after 5 warm-up calls."""
+    return summarize(cuda_timings(fn, lambda _index: inputs, repeats, warmup=5))["median"]
 
 
 LATENCY_VARIANTS = ["eager", "torch.compile", "reduce-overhead", "package", "package + graphs (piecewise)",
@@ -283,24 +265,20 @@ def latency_worker(name: str, out: Path, label: str) -> None:
         for size in sizes:
             inputs = tuple(t.cuda() for t in inputs_at(model_file.example_inputs, package.INPUTS, size))
             timings[size] = time_cuda(runner, inputs)
-    print(json.dumps(timings))
+    print("RESULT " + json.dumps(timings))
 
 
 def latency_table(name: str, out: Path) -> list[str]:
     columns = {}
     for label in LATENCY_VARIANTS:
-        result = subprocess.run([sys.executable, __file__, "latency-worker", name, str(out), label],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
+        result = harness.run_fresh([sys.executable, __file__, "latency-worker", name, str(out), label])
+        if not result.ok:
             record(f"latency {label}", False, result.stderr[-800:])
             continue
-        columns[label] = json.loads(result.stdout.strip().splitlines()[-1])
+        columns[label] = result.result
     sizes = sorted({int(size) for column in columns.values() for size in column})
-    lines = ["| size | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
-    for size in sizes:
-        cells = [f"{columns[label].get(str(size), float('nan')):.0f} µs" for label in columns]
-        lines.append(f"| {size} | " + " | ".join(cells) + " |")
-    return lines
+    rows = [[size, *(f"{columns[label].get(str(size), float('nan')):.0f} µs" for label in columns)] for size in sizes]
+    return markdown_table(["size", *columns], rows).splitlines()
 
 
 def main() -> int:

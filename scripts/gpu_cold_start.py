@@ -15,15 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "serving_llama"
-ENV_1B = {"SERVING_CONFIG": "1b", "SERVING_DTYPE": "bfloat16"}
+import harness
+from harness import REPO, SERVING_1B_ENV, SERVING_EXAMPLE, format_summary, transpile_command
+
+ROOT = REPO
+EXAMPLE = SERVING_EXAMPLE
 
 PROLOGUE = """
 import json, logging, sys, time
@@ -96,17 +97,16 @@ BODIES = {
 
 
 def run_fresh(body: str, env: dict) -> dict | None:
-    code = PROLOGUE.format(example=str(EXAMPLE)) + body + EPILOGUE
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    if result.returncode != 0 or not lines:
-        print(f"FAIL {result.stderr[-1500:]}", flush=True)
+    """One path in a fresh process: its RESULT, or None (the error printed)."""
+    run = harness.run_fresh(PROLOGUE.format(example=str(EXAMPLE)) + body + EPILOGUE, env=env)
+    if not run.ok:
+        print(f"FAIL {run.stderr[-1500:]}", flush=True)
         return None
-    return json.loads(lines[-1][len("RESULT "):])
+    return run.result
 
 
 def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+    return format_summary(values, digits=2)
 
 
 def main() -> int:
@@ -117,14 +117,14 @@ def main() -> int:
     parser.add_argument("--serial-check", action="store_true", help="transpile again with -j 1 and compare the trees")
     options = parser.parse_args()
     out = options.scratch / "gen"
-    env = {**os.environ, **ENV_1B, "PYTHONPATH": f"{out}:{os.environ.get('PYTHONPATH', '')}"}
+    env = {**os.environ, **SERVING_1B_ENV, "PYTHONPATH": f"{out}:{os.environ.get('PYTHONPATH', '')}"}
     import torch
 
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
-    command = [
-        sys.executable, "-m", "transpiler.cli", str(EXAMPLE / "model.py"), "--name", "serving_llama_1b",
-        "--import", "serving_ops", "--device", "cuda", "--ranges", "1-64,65-2048", "--sizes", "1,8", "-o", str(out),
-    ]
+    command = transpile_command(
+        EXAMPLE / "model.py", out, "--name", "serving_llama_1b", "--import", "serving_ops", "--device", "cuda",
+        "--ranges", "1-64,65-2048", "--sizes", "1,8",
+    )
     if options.jobs:
         command += ["-j", str(options.jobs)]
     started = time.perf_counter()
@@ -138,7 +138,7 @@ def main() -> int:
         from transpiler.treediff import diff_trees
 
         serial_out = options.scratch / "gen-j1"
-        serial = [*command[: command.index("-o")], "-o", str(serial_out), "-j", "1"]
+        serial = [*command[: command.index("-o")], "-o", str(serial_out), *command[command.index("-o") + 2:], "-j", "1"]
         started = time.perf_counter()
         result = subprocess.run(serial, cwd=ROOT, env=env, capture_output=True, text=True)
         print(f"transpile -j 1: rc {result.returncode}, {time.perf_counter() - started:.1f} s; "

@@ -10,15 +10,16 @@ gap is launch overhead, which CUDA graphs remove), and the weights-read floor.
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "serving_llama"
+from harness import REPO, SERVING_1B_ENV, SERVING_EXAMPLE, import_package, transpile_command
+
+ROOT = REPO
+EXAMPLE = SERVING_EXAMPLE
 NAME = "serving_llama_1b"
 
 
@@ -26,20 +27,19 @@ def main() -> int:
     scratch = Path(sys.argv[1])
     token_counts = [int(t) for t in sys.argv[2:]] or [1]
     out = scratch / "gen"
-    os.environ.update({"SERVING_CONFIG": "1b", "SERVING_DTYPE": "bfloat16"})
+    os.environ.update(SERVING_1B_ENV)
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     if not (out / NAME).is_dir():
         started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "transpiler.cli", str(EXAMPLE / "model.py"), "--name", NAME, "--import", "serving_ops",
-             "--device", "cuda", "--ranges", "1-64,65-2048", "--sizes", "1", "-o", str(out), "-q"],
-            cwd=ROOT, check=True,
+        command = transpile_command(
+            EXAMPLE / "model.py", out, "--name", NAME, "--import", "serving_ops", "--device", "cuda",
+            "--ranges", "1-64,65-2048", "--sizes", "1", "-q",
         )
+        subprocess.run(command, cwd=ROOT, check=True)
         print(f"transpile {time.perf_counter() - started:.1f} s", flush=True)
-    sys.path[:0] = [str(out), str(EXAMPLE)]
-    package = importlib.import_module(NAME)
+    package = import_package(out, NAME, [EXAMPLE])
     model = package.load()
     _, cache_dtype, cache_shape = package.INPUTS[2]
     cache = torch.zeros(cache_shape, dtype=cache_dtype, device="cuda")

@@ -12,16 +12,29 @@ Prints PASS/FAIL lines, per-step errors and a markdown table of decode-step time
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "serving_llama"
+from harness import (
+    REPO,
+    SERVING_1B_ENV,
+    SERVING_EXAMPLE,
+    copy_bandwidth,
+    cuda_timings,
+    format_ratio,
+    format_summary,
+    import_file,
+    import_package,
+    markdown_table,
+    summarize,
+    transpile_command,
+)
+
+ROOT = REPO
+EXAMPLE = SERVING_EXAMPLE
 MODES = ("plain", "piecewise", "full")
 RESULTS: list[tuple[str, bool]] = []
 
@@ -32,10 +45,7 @@ def record(name: str, ok: bool, detail: str = "") -> None:
 
 
 def transpile(out: Path, name: str, extra: list[str], env: dict) -> bool:
-    command = [
-        sys.executable, "-m", "transpiler.cli", str(EXAMPLE / "model.py"), "--name", name,
-        "--import", "serving_ops", "--device", "cuda", "-o", str(out), "-q", *extra,
-    ]
+    command = transpile_command(EXAMPLE / "model.py", out, "--name", name, "--import", "serving_ops", "--device", "cuda", "-q", *extra)
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True)
     record(f"transpile {name}", result.returncode == 0, f"{time.perf_counter() - started:.1f} s {result.stderr[-2000:]}")
@@ -89,18 +99,8 @@ def check_other_cache_refused(package, reference) -> None:
 
 
 def time_decode_step(run, make_inputs, repeats: int = 100) -> list[float]:
-    """GPU time (us) of one decode step, measured with CUDA events."""
-    samples = []
-    for index in range(repeats + 10):
-        inputs = make_inputs(index)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run(*inputs)
-        end.record()
-        end.synchronize()
-        if index >= 10:
-            samples.append(start.elapsed_time(end) * 1e3)
-    return samples
+    """GPU time (us) of one decode step, measured with CUDA events, after 10 warm-up steps."""
+    return cuda_timings(run, make_inputs, repeats, warmup=10)
 
 
 def decode_timings(package, reference, prompt: int = 32) -> list[str]:
@@ -129,25 +129,21 @@ def decode_timings(package, reference, prompt: int = 32) -> list[str]:
 
             samples = time_decode_step(run, make_inputs)
         rows[mode] = samples
-    lines = [
+    table = [
+        [mode, format_summary(samples, unit=" us", digits=0), format_ratio(summarize(samples)["median"] / floor_us)]
+        for mode, samples in rows.items()
+    ]
+    return [
         f"decode step, one token after a {prompt}-token prompt; weights {weight_bytes / 1e9:.2f} GB, "
         f"weights-read floor {floor_us:.0f} us; {torch.cuda.get_device_name()}",
-        "| mode | median us | min-max us | x floor |",
-        "| --- | --- | --- | --- |",
+        *markdown_table(["mode", "median (min-max)", "x floor"], table).splitlines(),
     ]
-    for mode, samples in rows.items():
-        median = statistics.median(samples)
-        lines.append(f"| {mode} | {median:.0f} | {min(samples):.0f}-{max(samples):.0f} | {median / floor_us:.2f} |")
-    return lines
 
 
 def load(out: Path, name: str, env: dict):
     os.environ.update(env)
-    sys.path[:0] = [str(out), str(EXAMPLE)]
-    package = importlib.import_module(name)
-    spec = importlib.util.spec_from_file_location(f"{name}_reference", EXAMPLE / "model.py")
-    reference = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reference)
+    package = import_package(out, name, [EXAMPLE])
+    reference = import_file(EXAMPLE / "model.py", f"{name}_reference")
     reference.model.cuda()
     return package, reference
 
@@ -178,7 +174,7 @@ def main() -> int:
         [7, 1, 1, 3, 16, 17, 1, 5, 1, 64, 1], tolerance=1e-4,
     )
     if options.big:
-        env = {"SERVING_CONFIG": "1b", "SERVING_DTYPE": "bfloat16"}
+        env = SERVING_1B_ENV
         tables += [""] + run_config(
             out, "serving_llama_1b", env, ["--ranges", "1-64,65-2048", "--sizes", "1", "--capture-sizes", "1,2,4,8,16,32,64"],
             # bf16: Inductor fuses (RMSNorm in fp32, fewer roundings) where eager rounds every op;
@@ -192,8 +188,6 @@ def main() -> int:
 
 
 import torch  # noqa: E402  (after the docstring's usage, as the other GPU scripts)
-
-from gpu_bench import copy_bandwidth  # noqa: E402  (scripts/ is this script's folder)
 
 if __name__ == "__main__":
     sys.exit(main())

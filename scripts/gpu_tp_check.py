@@ -29,18 +29,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
-import importlib.util
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tp_bench import cell, markdown_table  # noqa: E402
+from harness import REPO, import_file, import_package, markdown_table, transpile_command
+from harness import format_us as cell
+
+ROOT = REPO
 
 MODEL = ROOT / "examples" / "llama_tp" / "model.py"
 IMPORT_PATHS = [str(ROOT / "examples" / "llama_tp")]
@@ -84,13 +82,13 @@ def transpile_all(out: Path, configs, device: str, deadline: float) -> dict:
     jobs = {}
     every = [(config, *package) for config in configs for package in packages_of(config, config == configs[0])]
     for index, (config, name, ranks, split) in enumerate(every):
-        command = [
-            sys.executable, "-m", "transpiler.cli", str(MODEL), "--name", name, "--import", "serving_ops",
-            "--tensor-parallel", str(ranks), "-o", str(out), "-q", *(SPLIT_OPS if split else []),
+        command = transpile_command(
+            MODEL, out, "--name", name, "--import", "serving_ops", "--tensor-parallel", str(ranks), "-q",
+            *(SPLIT_OPS if split else []),
             # One process each: a compile worker would build the model on the GPU again (16 GB
             # for the 8B config at one rank), and four transpiles already share two GPUs.
             "-j", "1",
-        ]
+        )
         if device == "cuda":
             command += ["--device", "cuda", "--ranges", "2-512", "--sizes", "1", "--capture-sizes", CAPTURE_SIZES]
         else:
@@ -185,11 +183,10 @@ class Rank:
         self.device = torch.device("cuda", local) if self.cuda else torch.device("cpu")
         os.environ.update(LLAMA_TP_CONFIG=config, LLAMA_TP_DEVICE=device,
                           LLAMA_TP_DTYPE="bfloat16" if self.cuda else "float32")
-        sys.path[:0] = [str(out), *IMPORT_PATHS]
+        self.out = out
+        sys.path[:0] = IMPORT_PATHS
         # Before the group exists, so that the model file builds the full model (world size 1).
-        found = importlib.util.spec_from_file_location("llama_tp_reference", MODEL)
-        self.reference = importlib.util.module_from_spec(found)
-        found.loader.exec_module(self.reference)
+        self.reference = import_file(MODEL, "llama_tp_reference")
         self.config, self.dtype = self.reference.CONFIG, self.reference.DTYPE
         # A short timeout: a rank that fails alone leaves the other waiting in a collective.
         timeout = datetime.timedelta(seconds=300)
@@ -297,11 +294,11 @@ def add_row(node: Rank, ranks: int, path: str, samples: dict) -> None:
 
 
 def stage_packages(node: Rank) -> bool:
-    torch, dist = node.torch, node.dist
+    dist = node.dist
     ok = True
     for name, ranks, split in node.packages:
         if ranks == 2 or node.rank == 0:  # rank 1 waits at the barrier below while rank 0 runs one rank
-            package = importlib.import_module(name)
+            package = import_package(node.out, name, IMPORT_PATHS)
             started = time.perf_counter()
             base = package.load(weights=node.state)
             node.synchronize()
@@ -340,7 +337,7 @@ def stage_packages(node: Rank) -> bool:
 
 def rank_model(node: Rank):
     """The model file's one-rank model at world size 2, on the 2-rank package's shards."""
-    package = importlib.import_module(package_name(node.name, 2))
+    package = import_package(node.out, package_name(node.name, 2), IMPORT_PATHS)
     shards = package.load(weights=node.state).state_dict()
     module = node.reference.build(node.config, node.dtype, world=node.world, device="meta")
     keys = set(module.state_dict())

@@ -15,11 +15,11 @@ pinned memory and one pinned-to-GPU copy of its size (the package's reader overl
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+import harness
+from harness import format_ratio, format_summary, summarize
 
 NAME = "serving_llama_1b"
 
@@ -83,30 +83,26 @@ print("RESULT " + json.dumps({"seconds": time.perf_counter() - start}))
 
 
 def run_fresh(code: str) -> float | None:
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    if result.returncode != 0 or not lines:
-        print(f"FAIL {result.stderr[-1500:]}", flush=True)
+    run = harness.run_fresh(code)
+    if not run.ok:
+        print(f"FAIL {run.stderr[-1500:]}", flush=True)
         return None
-    return json.loads(lines[-1][len("RESULT "):])["seconds"]
+    return run.result["seconds"]
 
 
 def table(samples: dict[str, list[float]], size_bytes: int) -> list[str]:
     """Markdown rows: median (min-max) ms, GB/s at the median, and x the floor (the slower
     floor row's median)."""
-    floors = [statistics.median(v) for k, v in samples.items() if k.startswith("floor") and v]
+    floors = [summarize(v)["median"] for k, v in samples.items() if k.startswith("floor") and v]
     floor = max(floors) if floors else None
     lines = ["| way | ms | GB/s | x floor |", "| --- | --- | --- | --- |"]
     for label, values in samples.items():
         if not values:
             lines.append(f"| {label} | failed | | |")
             continue
-        median = statistics.median(values)
-        ratio = f"{median / floor:.2f}x" if floor and not label.startswith("floor") else ""
-        lines.append(
-            f"| {label} | {median * 1e3:.0f} ({min(values) * 1e3:.0f}-{max(values) * 1e3:.0f}) | "
-            f"{size_bytes / median / 1e9:.1f} | {ratio} |"
-        )
+        median = summarize(values)["median"]
+        ratio = format_ratio(median / floor) if floor and not label.startswith("floor") else ""
+        lines.append(f"| {label} | {format_summary(values, 1e3, digits=0)} | {size_bytes / median / 1e9:.1f} | {ratio} |")
     return lines
 
 

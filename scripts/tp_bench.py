@@ -7,8 +7,7 @@ splitting ops (called by the stitching function between pieces), on gloo ranks.
 Transpiles examples/llama_tp (tiny config) both ways for --tensor-parallel N, starts N
 ranks (one thread each), and times each package's forward per call at decode and prefill
 sizes, the two packages interleaved call by call after a barrier; rank 0 prints a markdown
-table of medians with min-max. The helpers (`summary`, `markdown_table`, `timed`) are
-shared with scripts/gpu_tp_check.py.
+table of medians with min-max (figures from scripts/harness.py).
 """
 
 from __future__ import annotations
@@ -16,41 +15,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import (
+    REPO,
+    format_ratio,
+    import_file,
+    import_package,
+    markdown_table,
+    ratio,
+    summarize,
+    transpile_command,
+)
+from harness import format_us as cell
+
+ROOT = REPO
 MODEL = ROOT / "examples" / "llama_tp" / "model.py"
 SPLIT_COLLECTIVES = "serving::attention,_c10d_functional::all_reduce,_c10d_functional::all_gather_into_tensor"
 VARIANTS = {"inside": [], "split": ["--split-ops", SPLIT_COLLECTIVES]}
 SIZES = (1, 16, 64)
-
-
-def summary(samples: list[float]) -> tuple[float, float, float]:
-    """(median, min, max) of a list of timings."""
-    if not samples:
-        raise ValueError("no samples")
-    return statistics.median(samples), min(samples), max(samples)
-
-
-def cell(samples: list[float], unit: str = "us") -> str:
-    """'123 us (110-140)': median and range, rounded to whole units."""
-    median, low, high = summary(samples)
-    return f"{median:.0f} {unit} ({low:.0f}-{high:.0f})"
-
-
-def ratio(samples: list[float], baseline: list[float]) -> str:
-    return f"{summary(samples)[0] / summary(baseline)[0]:.2f}x"
-
-
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def timed(run, before=None) -> float:
@@ -63,10 +50,10 @@ def timed(run, before=None) -> float:
 
 
 def transpile(out: Path, name: str, world_size: int, extra: list[str]) -> None:
-    command = [
-        sys.executable, "-m", "transpiler.cli", str(MODEL), "--name", name, "--import", "serving_ops",
-        "--tensor-parallel", str(world_size), "--ranges", "1-16,17-64", "--sizes", "1", "-o", str(out), "-q", *extra,
-    ]
+    command = transpile_command(
+        MODEL, out, "--name", name, "--import", "serving_ops", "--tensor-parallel", str(world_size),
+        "--ranges", "1-16,17-64", "--sizes", "1", "-q", *extra,
+    )
     subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -77,17 +64,12 @@ def rank_main(spec_path: str, rank: int) -> int:
 
     torch.set_num_threads(1)
     spec = json.loads(Path(spec_path).read_text())
-    sys.path[:0] = spec["paths"]
-    import importlib.util
-
-    found = importlib.util.spec_from_file_location("llama_tp_reference", MODEL)
-    reference = importlib.util.module_from_spec(found)
-    found.loader.exec_module(reference)  # before the group exists: the full model, the checkpoint
+    out, *paths = spec["paths"]
+    sys.path[:0] = paths
+    reference = import_file(MODEL, "llama_tp_reference")  # before the group exists: the full model, the checkpoint
     state = reference.model.state_dict()
     dist.init_process_group("gloo", init_method=f"file://{spec['store']}", rank=rank, world_size=spec["world_size"])
-    import importlib
-
-    models = {name: importlib.import_module(f"llama_tp_{name}").load(weights=state) for name in VARIANTS}
+    models = {name: import_package(out, f"llama_tp_{name}", paths).load(weights=state) for name in VARIANTS}
     config = reference.CONFIG
     samples = {(name, size): [] for name in VARIANTS for size in SIZES}
     for size in SIZES:
@@ -103,7 +85,7 @@ def rank_main(spec_path: str, rank: int) -> int:
     if rank == 0:
         rows = [
             [size, cell(samples[("inside", size)]), cell(samples[("split", size)]),
-             ratio(samples[("split", size)], samples[("inside", size)])]
+             format_ratio(ratio(summarize(samples[("split", size)])["median"], summarize(samples[("inside", size)])["median"]))]
             for size in SIZES
         ]
         print(markdown_table(["tokens", "collectives inside pieces", "collectives as splitting ops", "split / inside"], rows))

@@ -61,4 +61,5 @@ def assemble_package(split: SplitModel, compiled: CompiledPieces, target: Target
         tuning=lockfile_text(split.tuning, compiled.pieces),
         tensor_parallel=split.tensor_parallel,
         exports=split.exports,
+        required_ops=split.required_ops,
     )

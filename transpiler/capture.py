@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sympy
 import torch
@@ -10,7 +10,7 @@ import torch.fx
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
-from . import mutation, runtime_asserts
+from . import foreign_ops, mutation, runtime_asserts
 from . import opaque_attention as opaque_attention_stage
 from .errors import TranspileError
 from .ir import DispatchDim, TensorSpec, Weight
@@ -27,6 +27,8 @@ class Capture:
     weights: tuple[Weight, ...]
     weight_tensors: dict[str, torch.Tensor]
     symbol_ranges: dict[sympy.Symbol, tuple[int, int | None, int]]  # symbol -> (lo, hi or None, hint)
+    inlined_ops: tuple[str, ...] = ()  # foreign custom ops captured as their bodies
+    untraceable_ops: dict[str, str] = field(default_factory=dict)  # foreign custom ops kept: op -> why
 
 
 # Lines of torch.export's message worth keeping: the failing guard and the suggested fix.
@@ -49,16 +51,28 @@ def export_error_summary(error: BaseException, limit: int = 8) -> str:
     return " | ".join(kept)
 
 
-def export_model(model_file: ModelFile, device: str = "cpu", opaque_attention: bool = False) -> Capture:
-    """opaque_attention: capture F.scaled_dot_product_attention as transpile::sdpa."""
+def export_model(
+    model_file: ModelFile, device: str = "cpu", opaque_attention: bool = False, keep_ops=()
+) -> Capture:
+    """opaque_attention: capture F.scaled_dot_product_attention as transpile::sdpa. Foreign
+    custom ops other than `keep_ops` (the splitting ops) are captured as their bodies where
+    export can trace them (foreign_ops.py)."""
     model = model_file.model.eval().to(device)
     example_inputs = tuple(t.to(device) for t in model_file.example_inputs)
+    candidates = foreign_ops.inline_candidates(keep_ops)
+    inlining = {"inlined": [], "untraceable": {}}
 
-    def export(**options):
+    def export_once(**options):
         with torch.no_grad(), opaque_attention_stage.routed(opaque_attention):
             return torch.export.export(
                 model, example_inputs, dynamic_shapes=model_file.dynamic_shapes, strict=False, **options
             )
+
+    def export(**options):
+        program, inlining["inlined"], inlining["untraceable"] = foreign_ops.export_inlining(
+            lambda: export_once(**options), candidates
+        )
+        return program
 
     def refuse(error):
         own = _transpile_error_in(error)
@@ -132,6 +146,8 @@ def export_model(model_file: ModelFile, device: str = "cpu", opaque_attention: b
         weights=tuple(weights),
         weight_tensors=tensors,
         symbol_ranges=symbol_ranges,
+        inlined_ops=tuple(inlining["inlined"]),
+        untraceable_ops=inlining["untraceable"],
     )
 
 

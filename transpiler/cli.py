@@ -95,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
         "torch.distributed.get_world_size(); load() needs a process group of N ranks and a checkpoint)",
     )
     parser.add_argument("--check", action="store_true", help="compare with the existing OUT/NAME instead of writing")
+    parser.add_argument(
+        "--wheel", type=Path, default=None, metavar="DIST",
+        help="also build a wheel of the written package into DIST (installable with pip)",
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and compiler logs")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -202,6 +206,8 @@ def _run(args, console, console_out) -> int:
         tensor_parallel=parse.parse_world_size(args.tensor_parallel),
     )
     target = args.out / package_name(options)
+    if args.check and args.wheel is not None:
+        raise TranspileError("--wheel with --check: --check writes nothing to build a wheel of; drop one")
     if args.check and not target.is_dir():
         raise TranspileError(f"--check: {target} does not exist; run without --check to create it")
     # A package tuned before keeps its choices: its lockfile is replayed unless --autotune.
@@ -241,6 +247,11 @@ def _run(args, console, console_out) -> int:
     written = time.perf_counter()
     write_package(rendered, target)
     stages = {**summary.stages, "write": time.perf_counter() - written}
+    wheel = None
+    if args.wheel is not None:
+        from .package_wheel import build_wheel
+
+        wheel = build_wheel(target, args.wheel)
     if not args.quiet:
         message = (
             f"wrote {target}: {summary.pieces} piece calls ({summary.unique_pieces} unique), "
@@ -251,6 +262,8 @@ def _run(args, console, console_out) -> int:
         print("  time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in stages.items()), file=console_out)
         for note in summary.notes:
             print(f"  note: {note}", file=console_out)
+        if wheel is not None:
+            print(f"wrote {wheel}", file=console_out)
     return 0
 
 

@@ -270,6 +270,8 @@ def init_context(package: Package, fingerprint: str, features: tuple) -> dict:
         "weights_embedded": package.weights_embedded,
         "custom_op_splitting_ops": _literal(tuple(package.custom_op_splitting_ops)) if package.custom_op_splitting_ops else "",
         "mutated_weights": bool(state.mutated_weights),
+        "required_ops": [_literal((r.op, r.module, r.requirement)) for r in package.required_ops],
+        "op_imports_literal": _literal(tuple(package.imports)),
         "state_lines": state_lines(package),
         "export_modules": package.exports.modules if package.exports else (),
         "export_lines": package.exports.lines if package.exports else (),

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # for annotations only: this module stays free of torch
 
     from .cudagraphs import CudaGraphsContext
     from .exports import Exports
+    from .foreign_ops import RequiredOp
     from .targets.cpu_isa import CpuIsa
 
 
@@ -236,6 +237,7 @@ class Package:
     cuda_graphs: CudaGraphsContext | None = None  # cuda: the context of the emitted cudagraphs.py
     tuning: str | None = None  # tuned transpiles: the text of tuning.json
     tensor_parallel: TensorParallel | None = None  # --tensor-parallel N
+    required_ops: tuple[RequiredOp, ...] = ()  # ops from outside torch: the modules load() imports
     exports: Exports | None = None  # names MODEL.py asks __init__.py to re-export
 
     @property

@@ -77,6 +77,11 @@ def build_manifest(
         "gpu": package.gpu,
         "build_assumptions": build_assumptions,
         "imports": list(package.imports),
+        **(
+            {"required_ops": [{"op": r.op, "module": r.module, "requirement": r.requirement} for r in package.required_ops]}
+            if package.required_ops
+            else {}
+        ),
         "split_ops": list(package.split_ops),
         "dispatch": {
             "input": package.dispatch.input_name,

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import foreign_ops
 from . import tensor_parallel as tp
 from .assemble import assemble_package
 from .compiling import compile_pieces, split_digest
@@ -89,7 +90,10 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
             "it does not, but torch.library.Library define + impl needs no such step"
             for op in package.custom_op_splitting_ops
         ]
-        + ([tp.describe(package.tensor_parallel)] if package.tensor_parallel else []),
+        + ([tp.describe(package.tensor_parallel)] if package.tensor_parallel else [])
+        + foreign_ops.notes(
+            split.captured, list(split.required_ops), [str(split.model_file.path.resolve().parent)], options.imports
+        ),
         stages=stages,
     )
     return rendered, summary

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import sympy
 
 from . import capture as capture_stage
-from . import opaque_attention
+from . import foreign_ops, opaque_attention
 from . import tensor_parallel as tp
 from .capture import Capture
 from .dedupe import group_pieces, shared_names
@@ -77,6 +77,7 @@ class SplitModel:
     tuning: Tuning | None = None  # a tuned transpile: its run or replay
     tensor_parallel: TensorParallel | None = None  # --tensor-parallel N: the split and the collectives
     exports: Exports | None = None  # what __init__.py re-exports (MODEL.py's `exports`)
+    required_ops: tuple[foreign_ops.RequiredOp, ...] = ()  # ops from outside torch the package imports a module for
 
     @property
     def compile_inputs(self) -> CompileInputs:
@@ -120,7 +121,7 @@ def prepare(options: Options, target: Target) -> SplitModel:
     exports = build_exports(model_file.exports, list(options.imports))  # refused before any compile
 
     marked = tp.marked_dims(model_file.model)
-    captured = capture_stage.export_model(model_file, target.name, route_attention)
+    captured = capture_stage.export_model(model_file, target.name, route_attention, keep_ops=list(split_ops))
     tensor_parallel = None
     if options.tensor_parallel is not None:
         tensor_parallel = _tensor_parallel(captured, marked, name, model_file, options)
@@ -129,6 +130,7 @@ def prepare(options: Options, target: Target) -> SplitModel:
     ranges = ranges_within(options.ranges, dispatch)
     sizes = sizes_within(options.sizes, dispatch)
 
+    required_ops = tuple(foreign_ops.required_ops(captured.graph_module))
     pieces = tuple(split_graph(captured.graph_module, list(split_ops)))
     groups = tuple(
         PieceGroup(
@@ -158,6 +160,7 @@ def prepare(options: Options, target: Target) -> SplitModel:
         tuning=tuning,
         tensor_parallel=tensor_parallel,
         exports=exports,
+        required_ops=required_ops,
     )
 
 

@@ -34,6 +34,18 @@ def _materialize(rendered: RenderedPackage, folder: Path) -> None:
         hashes[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
     (folder / "manifest.json").write_text(json.dumps(rendered.manifest, indent=2, sort_keys=True) + "\n")
     (folder / BINARY_HASHES).write_text(json.dumps(hashes, indent=2, sort_keys=True) + "\n")
+    _fixed_modes(folder)
+
+
+# Whatever the umask (and mkdtemp's 0700): a package another user can read, the same modes on
+# every machine, as a wheel installs them.
+FOLDER_MODE, FILE_MODE = 0o755, 0o644
+
+
+def _fixed_modes(folder: Path) -> None:
+    folder.chmod(FOLDER_MODE)
+    for path in folder.rglob("*"):
+        path.chmod(FOLDER_MODE if path.is_dir() else FILE_MODE)
 
 
 def check_writable(out_dir: Path) -> None:

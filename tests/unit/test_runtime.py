@@ -172,3 +172,41 @@ def test_machine_mismatch_names_what_differs():
     with pytest.raises(runtime.MachineMismatch, match="CPU features this machine lacks: no_such_flag"):
         runtime.check_machine(found, python, platform.machine(), ("no_such_flag",))
     runtime.check_machine(found, python, platform.machine(), ())
+
+
+def test_import_op_modules_imports_each_module_and_refuses_in_one_line():
+    runtime.import_op_modules((("aten::add", "json", None),))  # imported, and the op is there
+    with pytest.raises(ImportError) as missing:
+        runtime.import_op_modules((("vendor::fused", "no_such_vendor_module", "vendor-ops==1.2"),))
+    message = str(missing.value)
+    assert "\n" not in message
+    assert message.startswith("the model calls op vendor::fused, which module no_such_vendor_module registers")
+    assert message.endswith("pip install 'vendor-ops==1.2'")
+    with pytest.raises(ImportError, match="vendor::fused, which module json no longer registers: put the folder holding json on sys.path"):
+        runtime.import_op_modules((("vendor::fused", "json", None),))
+
+
+def test_import_op_modules_imports_the_import_modules_first(tmp_path, monkeypatch):
+    """An op that a module named by --import registers through a helper module (the one
+    recorded, as where its fake was registered) is found: the --import modules are imported
+    before any op is checked."""
+    import sys
+
+    (tmp_path / "op_helper_for_test.py").write_text("")  # imports, registers nothing
+    (tmp_path / "op_registering_for_test.py").write_text(
+        "import torch\n"
+        "library = torch.library.Library('helpertest', 'DEF')\n"
+        "library.define('op(Tensor x) -> Tensor')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    required = (("helpertest::op", "op_helper_for_test", None),)
+    try:
+        with pytest.raises(ImportError, match="which module op_helper_for_test no longer registers"):
+            runtime.import_op_modules(required)
+        with pytest.raises(ImportError, match=r"module no_such_import_module \(--import\) cannot be imported"):
+            runtime.import_op_modules(required, ("no_such_import_module",))
+        runtime.import_op_modules(required, ("op_registering_for_test",))
+        assert hasattr(torch.ops.helpertest, "op")
+    finally:
+        for name in ("op_helper_for_test", "op_registering_for_test"):
+            sys.modules.pop(name, None)

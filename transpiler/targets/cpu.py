@@ -67,6 +67,38 @@ def assumed_cpu_caches():
         torch.cpu.get_capabilities = real
 
 
+@contextlib.contextmanager
+def build_paths_mapped():
+    """Kernel binaries that do not embed where torch and Python are installed: Inductor's
+    compile flags plus `-ffile-prefix-map` (gcc >= 8, clang >= 10) mapping torch's folder to
+    `torch` and Python's include folder to `python` (torch's headers expand `__FILE__` into
+    the binary's strings). The flags are part of Inductor's cache key for the binary."""
+    import sysconfig
+
+    import torch
+    import torch._inductor.cpp_builder as cpp_builder
+
+    real = getattr(cpp_builder, "_get_optimization_cflags", None)
+    if real is None:  # another torch: its binaries may embed these folders
+        yield
+        return
+    mapped = (
+        (str(Path(torch.__file__).resolve().parent), "torch"),
+        (sysconfig.get_paths()["include"], "python"),
+    )
+    flags = [f"ffile-prefix-map={folder}=" + name for folder, name in mapped]
+
+    def optimization_cflags(*args, **kwargs):
+        cflags, ldflags = real(*args, **kwargs)
+        return cflags + flags, ldflags
+
+    cpp_builder._get_optimization_cflags = optimization_cflags
+    try:
+        yield
+    finally:
+        cpp_builder._get_optimization_cflags = real
+
+
 def cpu_features(cpu_isa: CpuIsa) -> tuple[str, ...]:
     if platform.machine() not in ("x86_64", "AMD64"):
         return ()
@@ -115,6 +147,11 @@ class CpuTarget:
         patches["cpp.simdlen"] = cpu_isa.simdlen
         patches["cpp.threads"] = BUILD_ASSUMPTIONS["threads"]
         patches["cpp.dynamic_threads"] = True
+        if hasattr(config.aot_inductor, "enable_line_tables"):
+            # No `-g1` line tables: they embed the build folder (Inductor's cache) and torch's
+            # install path, so the same kernel built twice gave different binaries. The C++
+            # each binary is built from ships beside it.
+            patches["aot_inductor.enable_line_tables"] = False
         if tuned:
             patches.update(TUNING_PATCHES, max_autotune_gemm_backends="ATEN,CPP")
         return patches
@@ -141,7 +178,7 @@ class CpuTarget:
 
 def _compile_cpu(group, variant, dispatch_symbol, symbol_ranges, session=None) -> CompiledVariant:
     hint = session.benchmark_size if session is not None else None
-    with assumed_cpu_caches():
+    with assumed_cpu_caches(), build_paths_mapped():
         output = compile_variant(group.compiled.graph_module, dispatch_symbol, variant, symbol_ranges, hint)
     kernel_files = cpp_kernel_files(output.module_globals)
     prefix = f"{variant.name}_"

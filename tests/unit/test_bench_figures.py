@@ -1,12 +1,11 @@
 """The figures scripts/gpu_bench.py computes: medians, ranges, best modes, ratios."""
 
-import importlib.util
+import sys
+from pathlib import Path
 
-from conftest import ROOT
-
-spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "scripts" / "gpu_bench.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import gpu_bench as bench  # noqa: E402
+import gpu_weights_read  # noqa: E402
 
 
 def test_rounds_merge_into_one_summary_per_size():
@@ -37,10 +36,7 @@ def test_table_compares_best_package_with_best_compile_and_the_floor():
 
 
 def test_weights_read_table_compares_with_the_slower_floor():
-    spec = importlib.util.spec_from_file_location("gpu_weights_read", ROOT / "scripts" / "gpu_weights_read.py")
-    weights_read = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(weights_read)
-    rows = weights_read.table(
+    rows = gpu_weights_read.table(
         {
             "package": [0.2, 0.4, 0.3],
             "previous": [0.9],
