@@ -5,13 +5,17 @@ max-autotune), each variant in its own process, variants in turn (--rounds N rep
 the turn: the rounds interleave the variants).
 
     bash scripts/gpu-run.sh scripts/gpu_bench.py [--rounds N] [--jobs 16] [--variants a,b] [--autotune]
+    python scripts/gpu_bench.py SCRATCH --dry-run   # CPU: builds every case's inputs (tiny config)
 
 The model is examples/serving_llama at its "1b" configuration (Llama architecture, 1.1B
-parameters: hidden 2048, 16 layers, 32/8 heads, FFN 8192, vocab 32000; random weights).
-Decode sizes (1, 2, 8, 32, 64 new tokens) run after a 128-token cache; prefill sizes
-(128, 512, 2048) from an empty one. Each figure is the median of the samples (CUDA events)
-with their min-max over all rounds; decode sizes also show the ratio to the weights-read
-floor (weight bytes / device copy bandwidth, measured in the same run).
+parameters: hidden 2048, 16 layers, 32/8 heads, FFN 8192, vocab 32000; random weights),
+driven as a server drives it: a flattened batch of sequences over a paged cache
+(scripts/serving_batches.py). Cases: `decode N`, one sequence adding N tokens (1, 2, 8,
+32, 64) after 128 cached; `decode Nx1`, N sequences adding one token each after 128
+cached (batched decode); `prefill N` (128, 512, 2048) on an empty cache. Each figure is the
+median of the samples (CUDA events) with their min-max over all rounds; decode cases also
+show the ratio to the floor: the weights plus the keys and values the step reads, over the
+device copy bandwidth measured in the same run.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+import serving_batches
 from harness import (
     REPO,
     RESULT_MARKER,
@@ -46,6 +51,7 @@ NAME = "serving_llama_1b"
 DECODE_SIZES = (1, 2, 8, 32, 64)
 PREFILL_SIZES = (128, 512, 2048)
 DECODE_START = 128
+CASES = serving_batches.cases(DECODE_SIZES, PREFILL_SIZES, DECODE_START)
 VARIANTS = (
     "eager",
     "torch.compile",
@@ -64,13 +70,13 @@ CAPTURE_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
 def merge_rounds(rounds: list[dict]) -> dict:
-    """{variant: {size: [samples]}} per round -> {variant: {size: summary}} over all rounds."""
+    """{variant: {case: [samples]}} per round -> {variant: {case: summary}} over all rounds."""
     merged: dict = {}
     for result in rounds:
-        for variant, sizes in result.items():
-            for size, samples in sizes.items():
-                merged.setdefault(variant, {}).setdefault(int(size), []).extend(samples)
-    return {variant: {size: summarize(s) for size, s in sizes.items()} for variant, sizes in merged.items()}
+        for variant, cases in result.items():
+            for case, samples in cases.items():
+                merged.setdefault(variant, {}).setdefault(case, []).extend(samples)
+    return {variant: {case: summarize(s) for case, s in cases.items()} for variant, cases in merged.items()}
 
 
 def best(summaries: dict, size: int, variants) -> tuple[str | None, float]:
@@ -82,40 +88,60 @@ def best(summaries: dict, size: int, variants) -> tuple[str | None, float]:
     return variant, median
 
 
-def table(summaries: dict, floor_us: float) -> list[str]:
-    """Markdown: one row per size, each variant's median (min-max), best package vs best
-    torch.compile, and for decode sizes the best package mode over the floor."""
+def table(summaries: dict, floors_us: dict) -> list[str]:
+    """Markdown: one row per case (in `CASES` order, others after), each variant's median
+    (min-max), best package vs best torch.compile, and where `floors_us` has the case (decode
+    cases) the floor and the best package mode over it."""
     variants = [v for v in (*VARIANTS, *TUNED_VARIANTS) if v in summaries]
     packages = [v for v in variants if v.startswith(("package", "tuned package"))]
     compiled = [v for v in variants if v in ("torch.compile", "reduce-overhead", "max-autotune")]
     lines = [
-        "| tokens | " + " | ".join(variants) + " | best package / best compile | best package / floor |",
-        "|" + " --- |" * (len(variants) + 3),
+        "| case | " + " | ".join(variants) + " | best package / best compile | floor | best package / floor |",
+        "|" + " --- |" * (len(variants) + 4),
     ]
-    for size in sorted({s for v in variants for s in summaries[v]}):
+    order = [case.label for case in CASES]
+    measured = {c for v in variants for c in summaries[v]}
+    for case in [c for c in order if c in measured] + sorted(measured - set(order)):
         cells = []
         for variant in variants:
-            figure = summaries[variant].get(size)
+            figure = summaries[variant].get(case)
             cells.append("-" if figure is None else format_summary(figure, digits=0))
-        package_name, package_median = best(summaries, size, packages)
-        compile_name, compile_median = best(summaries, size, compiled)
+        package_name, package_median = best(summaries, case, packages)
+        compile_name, compile_median = best(summaries, case, compiled)
         ratio = f"{package_median / compile_median:.2f}x ({package_name} / {compile_name})" if package_name and compile_name else "-"
-        floor = f"{package_median / floor_us:.2f}x" if size in DECODE_SIZES and package_name else "-"
-        lines.append(f"| {size} | " + " | ".join(cells) + f" | {ratio} | {floor} |")
+        floor_us = floors_us.get(case)
+        floor = f"{floor_us:.0f} us" if floor_us else "-"
+        over = f"{package_median / floor_us:.2f}x" if floor_us and package_name else "-"
+        lines.append(f"| {case} | " + " | ".join(cells) + f" | {ratio} | {floor} | {over} |")
     return lines
+
+
+def floors(weight_bytes: int, bandwidth: float, config, itemsize: int) -> dict:
+    """{decode case: floor in us}: the weights plus the keys and values the step reads,
+    over the copy bandwidth (bytes/s)."""
+    return {
+        case.label: (weight_bytes + serving_batches.kv_bytes_read(case, config, itemsize)) / bandwidth * 1e6
+        for case in CASES
+        if case.decode
+    }
 
 
 # --- one variant, in its own process ---------------------------------------------------
 
 
-def worker(variant: str, out: Path, repeats: int) -> dict:
+def cache_blocks() -> int:
+    """Blocks of the cache every case fits in (each case's sequences start at block 0)."""
+    return max(case.blocks() for case in CASES)
+
+
+def worker(variant: str, out: Path, repeats: int, cases=None) -> dict:
     import torch
 
     sys.path.insert(0, str(EXAMPLE))
     import llama
 
     config, dtype = llama.CONFIGS["1b"], torch.bfloat16
-    cache = llama.new_kv_cache(config, dtype, "cuda")
+    cache = llama.new_kv_cache(config, cache_blocks(), dtype, "cuda")
     if variant.startswith(("package", "tuned package")):
         package = import_package(out, NAME, [EXAMPLE])
         model = package.load()
@@ -133,17 +159,35 @@ def worker(variant: str, out: Path, repeats: int) -> dict:
         run = decoder if variant == "eager" else torch.compile(decoder, mode=modes[variant])
     results = {}
     with torch.no_grad():
-        for size in (*DECODE_SIZES, *PREFILL_SIZES):
-            start = DECODE_START if size in DECODE_SIZES else 0
-
-            def make_inputs(size=size, start=start):
-                positions = torch.arange(start, start + size, device="cuda").unsqueeze(0)
-                ids = torch.randint(0, config.vocab, (1, size), device="cuda")
-                return ids, positions, cache, positions[0].clone()
-
-            results[size] = cuda_timings(run, lambda _index, make_inputs=make_inputs: make_inputs(), repeats)
-            print(f"  {variant} {size}: {statistics.median(results[size]):.0f} us", file=sys.stderr, flush=True)
+        for case in cases or CASES:
+            # Each call rewrites the case's slots: the same step, repeated.
+            inputs = serving_batches.forward_args(serving_batches.batch(case, config, "cuda"), cache)
+            results[case.label] = cuda_timings(run, lambda _index, inputs=inputs: inputs, repeats)
+            print(f"  {variant} {case.label}: {statistics.median(results[case.label]):.0f} us", file=sys.stderr, flush=True)
     return results
+
+
+def dry_run() -> int:
+    """On the CPU: every case's inputs for the tiny config (wide enough for 2048 tokens);
+    those of up to 64 tokens run through the eager model, whose reference op checks them."""
+    import torch
+
+    sys.path.insert(0, str(EXAMPLE))
+    import llama
+
+    config = llama.CONFIGS["tiny"]
+    config = llama.Config(**{**config.__dict__, "max_blocks_per_seq": 160, "max_tokens": 2048, "max_seqs": 64})
+    model = llama.build(config)
+    cache = llama.new_kv_cache(config, cache_blocks())
+    for case in CASES:
+        inputs = serving_batches.forward_args(serving_batches.batch(case, config), cache)
+        if case.tokens <= 64:
+            with torch.no_grad():
+                logits = model(*inputs)
+            assert logits.shape == (case.tokens, config.vocab), case
+        kv = serving_batches.kv_bytes_read(case, llama.CONFIGS["1b"], 2)
+        print(f"{case.label}: {case.tokens} tokens in {case.sequences} sequences, 1b KV read {kv / 1e6:.1f} MB")
+    return 0
 
 
 # --- the run ----------------------------------------------------------------------------
@@ -151,7 +195,9 @@ def worker(variant: str, out: Path, repeats: int) -> dict:
 
 def main() -> int:
     if sys.argv[1:2] == ["worker"]:
-        print(RESULT_MARKER + json.dumps(worker(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))))
+        labels = sys.argv[5].split(",") if len(sys.argv) > 5 and sys.argv[5] else None
+        chosen = [case for case in CASES if labels is None or case.label in labels]
+        print(RESULT_MARKER + json.dumps(worker(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), chosen)))
         return 0
     parser = argparse.ArgumentParser()
     parser.add_argument("scratch", type=Path)
@@ -162,7 +208,11 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--autotune", action="store_true",
                         help=f"also transpile with --autotune and measure {' and '.join(TUNED_VARIANTS)}")
+    parser.add_argument("--cases", default="", help="case labels to run, comma-separated (default: all)")
+    parser.add_argument("--dry-run", action="store_true", help="CPU only: build every case's inputs (tiny config)")
     options = parser.parse_args()
+    if options.dry_run:
+        return dry_run()
     out = options.scratch / "gen"
     env = {**os.environ, **SERVING_1B_ENV}
     import torch
@@ -193,8 +243,13 @@ def main() -> int:
             print((tuned_out / NAME / "tuning.json").read_text()[:6000], flush=True)
     tensors = json.loads((out / NAME / "manifest.json").read_text())["weights"]["tensors"].values()
     weight_bytes = sum(math.prod(t["shape"]) * getattr(torch, t["dtype"].removeprefix("torch.")).itemsize for t in tensors)
-    floor_us = weight_bytes / copy_bandwidth() * 1e6
-    print(f"weights {weight_bytes / 1e9:.2f} GB, floor {floor_us:.0f} us", flush=True)
+    bandwidth = copy_bandwidth()
+    sys.path.insert(0, str(EXAMPLE))
+    import llama
+
+    floors_us = floors(weight_bytes, bandwidth, llama.CONFIGS["1b"], torch.bfloat16.itemsize)
+    print(f"weights {weight_bytes / 1e9:.2f} GB, copy bandwidth {bandwidth / 1e9:.0f} GB/s, "
+          f"weights-read floor {weight_bytes / bandwidth * 1e6:.0f} us", flush=True)
     rounds = []
     for round_number in range(options.rounds):
         result = {}
@@ -202,7 +257,7 @@ def main() -> int:
             started = time.perf_counter()
             try:
                 done = run_fresh(
-                    [sys.executable, __file__, "worker", variant, str(outs[variant]), str(options.repeats)],
+                    [sys.executable, __file__, "worker", variant, str(outs[variant]), str(options.repeats), options.cases],
                     env=env, timeout=options.variant_timeout,
                 )
             except subprocess.TimeoutExpired:
@@ -214,12 +269,12 @@ def main() -> int:
             result[variant] = done.result
             print(f"round {round_number} {variant}: {time.perf_counter() - started:.0f} s", flush=True)
             # The table so far, in case the call runs out of time before the end.
-            print("\n".join(table(merge_rounds([*rounds, result]), floor_us)), flush=True)
+            print("\n".join(table(merge_rounds([*rounds, result]), floors_us)), flush=True)
         rounds.append(result)
     summaries = merge_rounds(rounds)
     print(f"\nMedian us per call (min-max over {options.rounds} rounds x {options.repeats} calls), {gpu}; "
-          f"decode sizes after a {DECODE_START}-token cache; weights-read floor {floor_us:.0f} us")
-    print("\n".join(table(summaries, floor_us)))
+          f"decode cases after {DECODE_START} cached tokens a sequence; floor: weights + KV read over the copy bandwidth")
+    print("\n".join(table(summaries, floors_us)))
     print("JSON " + json.dumps(summaries))
     return 0
 

@@ -21,7 +21,13 @@ import time
 from pathlib import Path
 
 import harness
-from harness import REPO, SERVING_1B_ENV, SERVING_EXAMPLE, format_summary, transpile_command
+from harness import (
+    REPO,
+    SERVING_1B_ENV,
+    SERVING_EXAMPLE,
+    format_summary,
+    transpile_command,
+)
 
 ROOT = REPO
 EXAMPLE = SERVING_EXAMPLE
@@ -39,9 +45,17 @@ done = time.perf_counter()
 bad = sorted(m for m in sys.modules if m.startswith(("torch._dynamo", "torch._inductor", "triton")))
 print("RESULT " + json.dumps({"after_torch": done - after_torch, "whole": done - start, "compiler_modules": len(bad), **extra}))
 """
+# The first call: one sequence's 8-token prompt in block 0 of a one-block paged cache
+# (`width`: the block table's width, set before).
 INPUTS = """
-ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]], device="cuda")
-positions = torch.arange(8, device="cuda").unsqueeze(0)
+ids = torch.tensor([1, 5, 9, 13, 17, 21, 25, 29], device="cuda")
+positions = torch.arange(8, device="cuda")
+metadata = (
+    positions.clone(),
+    torch.tensor([[0] + [-1] * (width - 1)], device="cuda"),
+    torch.tensor([8], device="cuda"),
+    torch.tensor([0, 8], device="cuda"),
+)
 """
 
 
@@ -57,10 +71,11 @@ with torch.device("cuda"):
 from safetensors.torch import load_file
 decoder.load_state_dict(load_file({checkpoint!r}, device="cuda"), strict=False)
 forward = """ + call + """
-cache = m.new_kv_cache(config, dtype, "cuda")
+cache = m.new_kv_cache(config, 1, dtype, "cuda")
+width = config.max_blocks_per_seq
 """ + INPUTS + """
 with torch.no_grad():
-    out = forward(ids, positions, cache, positions[0])
+    out = forward(ids, positions, cache, *metadata)
 """
 
 
@@ -78,10 +93,10 @@ import serving_llama_1b
 imported = time.perf_counter()
 model = serving_llama_1b.load(""" + load_arguments + """)
 loaded = time.perf_counter()
-_, cache_dtype, cache_shape = serving_llama_1b.INPUTS[2]
-cache = torch.zeros(cache_shape, dtype=cache_dtype, device="cuda")
+cache = serving_llama_1b.new_kv_cache(1, dtype=serving_llama_1b.INPUTS[2][1], device="cuda")
+width = serving_llama_1b.INPUTS[4][2][1]
 """ + INPUTS + """
-out = model(ids, positions, cache, positions[0])
+out = model(ids, positions, cache, *metadata)
 torch.cuda.synchronize()
 called = time.perf_counter()
 extra = {{"import": imported - after_torch, "load": loaded - imported, "first_call": called - loaded, "stages": stages}}
@@ -109,13 +124,36 @@ def summary(values: list[float]) -> str:
     return format_summary(values, digits=2)
 
 
+def dry_run() -> int:
+    """On the CPU: every path's program compiles, and the first call's inputs build and
+    run through the tiny eager model (device cpu in place of cuda)."""
+    import torch
+
+    for label, body in BODIES.items():
+        compile(PROLOGUE.format(example=str(EXAMPLE)) + body.format(checkpoint="weights.safetensors") + EPILOGUE,
+                label, "exec")
+    sys.path.insert(0, str(EXAMPLE))
+    import llama
+
+    config = llama.CONFIGS["tiny"]
+    scope = {"torch": torch, "width": config.max_blocks_per_seq}
+    exec(INPUTS.replace('"cuda"', '"cpu"'), scope)
+    with torch.no_grad():
+        logits = llama.build(config)(scope["ids"], scope["positions"], llama.new_kv_cache(config, 1), *scope["metadata"])
+    print(f"{len(BODIES)} paths compile; first call: logits {tuple(logits.shape)}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("scratch", type=Path)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=None, help="transpile -j (default: the transpiler's, the cores)")
     parser.add_argument("--serial-check", action="store_true", help="transpile again with -j 1 and compare the trees")
+    parser.add_argument("--dry-run", action="store_true", help="CPU only: the paths compile, the inputs build")
     options = parser.parse_args()
+    if options.dry_run:
+        return dry_run()
     out = options.scratch / "gen"
     env = {**os.environ, **SERVING_1B_ENV, "PYTHONPATH": f"{out}:{os.environ.get('PYTHONPATH', '')}"}
     import torch

@@ -2,6 +2,7 @@
 
     python scripts/gpu_paged_attention_check.py            # checks, then timings
     python scripts/gpu_paged_attention_check.py --no-time  # checks only
+    python scripts/gpu_paged_attention_check.py --dry-run  # CPU: small batches through the reference op
 
 Checks (exit 1 on the first mismatch, naming the case): mixed batches of prefill chunks,
 decodes, padded tokens (slot -1) and padded sequences (seq_len 0), at bf16 and fp32,
@@ -26,10 +27,11 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples", "serving_llama"))
-import paged_triton  # noqa: E402
 import serving_ops  # noqa: E402
 
 BLOCK = serving_ops.BLOCK_SIZE
+# "cpu" with --dry-run: the batches are built and checked by the reference op (no Triton).
+DEVICE = "cuda"
 
 
 def make_batch(chunks, heads, kv_heads, head_dim, dtype, num_blocks, max_blocks, pad_tokens=0, pad_seqs=0, seed=0):
@@ -50,7 +52,7 @@ def make_batch(chunks, heads, kv_heads, head_dim, dtype, num_blocks, max_blocks,
         starts.append(starts[-1])
     slots += [-1] * pad_tokens
     tokens = len(slots)
-    device = "cuda"
+    device = DEVICE
     cache = torch.randn(2, 2, num_blocks, BLOCK, kv_heads, head_dim, generator=generator).to(device, dtype)
     q = torch.randn(tokens, heads, head_dim, generator=generator).to(device, dtype)
     k = torch.randn(tokens, kv_heads, head_dim, generator=generator).to(device, dtype)
@@ -73,6 +75,9 @@ def check_case(name, chunks, heads, kv_heads, head_dim, dtype, window=-1, softca
     expected = serving_ops._attend(q.float(), expected_cache.float(), *metadata[1:], layer, scale, window, softcap)
     actual_cache = cache.clone()
     actual = torch.ops.serving.paged_attention(q, k, v, actual_cache, *metadata, layer, scale, window, softcap)
+    if DEVICE == "cpu":
+        print(f"ok   {name} (dry run: the reference op on the CPU)")
+        return
     torch.cuda.synchronize()
     if not torch.equal(actual_cache, expected_cache):
         raise SystemExit(f"FAIL {name}: the cache after the write differs from the reference's")
@@ -81,6 +86,8 @@ def check_case(name, chunks, heads, kv_heads, head_dim, dtype, window=-1, softca
     scale_of = expected.abs().max().item()
     if not error <= tolerance * max(1.0, scale_of):
         raise SystemExit(f"FAIL {name}: max error {error:.3g} (outputs up to {scale_of:.3g}), tolerance {tolerance}")
+    import paged_triton
+
     splits = paged_triton.launch_shape(
         q.shape[0], len(chunks) + pad_seqs, heads, kv_heads, max_blocks * BLOCK, BLOCK, paged_triton._sm_count(q.device)
     )[-1]
@@ -160,10 +167,24 @@ def timings():
             print(f"| {sequences} | {context} | {median:.1f} ({min(times):.1f}-{max(times):.1f}) | {read / median / 1e3:.0f} |")
 
 
+def dry_run():
+    """Small batches of every kind (padded tokens and sequences included) on the CPU."""
+    global DEVICE
+    DEVICE = "cpu"
+    mixed = [(0, 37), (100, 1), (15, 1), (16, 1), (0, 1), (31, 2)]
+    for dtype, tag in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        check_case(f"{tag} mixed + 5 padded tokens + 3 padded sequences", mixed, 32, 8, 128, dtype, pad_tokens=5, pad_seqs=3)
+        check_case(f"{tag} sliding window 64, soft-capping 50", mixed, 16, 2, 64, dtype, window=64, softcap=50.0)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-time", action="store_true", help="checks only")
+    parser.add_argument("--dry-run", action="store_true", help="CPU: small batches through the reference op")
     args = parser.parse_args()
+    if args.dry_run:
+        dry_run()
+        return
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")

@@ -12,7 +12,7 @@ class Unpicklable(Exception):
         raise TypeError("cannot pickle this error")
 
 
-def _compile(task):
+def _compile(task, shared=None):
     """A task is (value, delay, what): return value * 10 after `delay` seconds, or misbehave."""
     value, delay, what = task
     time.sleep(delay)

@@ -29,7 +29,8 @@ from torch.utils._pytree import tree_flatten
 from transpiler.cudagraphs import (
     cudagraphs_context,
     default_capture_sizes,
-    input_dispatch_dims,
+    PaddedDim,
+    input_padded_dims,
     output_dispatch_dims,
     parse_capture_sizes,
     render_source,
@@ -614,7 +615,7 @@ def test_output_dispatch_dims_per_flat_leaf():
     program, placeholders = _export(Outputs(), (torch.randn(2, 5, 4), torch.randn(4)), ({1: seq}, None))
     symbol = placeholders["x"].meta["val"].shape[1].node.expr
     assert output_dispatch_dims(program.graph_module, symbol) == (1, None, 2)
-    assert input_dispatch_dims(program.graph_module, symbol, ["x", "scale"]) == (1, None)
+    assert input_padded_dims(program.graph_module, symbol, ["x", "scale"]) == (PaddedDim(1), None)
 
 
 class Flattened(torch.nn.Module):
@@ -650,8 +651,10 @@ def test_inputs_with_another_dynamic_dim_are_refused():
         TwoDynamic(), (torch.randn(3, 5),), ({0: Dim("batch", min=1, max=8), 1: Dim("seq", min=1, max=64)},)
     )
     symbol = placeholders["x"].meta["val"].shape[1].node.expr
-    with pytest.raises(TranspileError, match="varies independently"):
-        input_dispatch_dims(program.graph_module, symbol, ["x"])
+    padded = input_padded_dims(program.graph_module, symbol, ["x"])
+    assert padded == (PaddedDim(1),)
+    with pytest.raises(TranspileError, match="input x dim 0 varies independently"):
+        cudagraphs_context("p", [1], [("x", "torch.float32", (None, None))], 0, 1, (1,), padded)
 
 
 # --- the template's context -------------------------------------------------------
@@ -662,7 +665,7 @@ def test_context_prints_plain_literals():
     assert context.capture_sizes_literal == "(1, 2, 8)"
     assert context.largest_capture_size == 8
     assert context.output_dispatch_dims_literal == "(0, None)"
-    assert [(i.name, i.dtype, i.shape_literal, i.dispatch_dim_literal) for i in context.inputs] == [
+    assert [(i.name, i.dtype, i.shape_literal, i.padded_dim_literal) for i in context.inputs] == [
         ("x", "torch.float32", "(None, 4)", "0"),
         ("positions", "torch.int64", "(None,)", "0"),
     ]
@@ -676,7 +679,7 @@ def test_context_accepts_ir_specs_and_static_inputs():
 
     specs = [TensorSpec("ids", "torch.int64", (1, None)), TensorSpec("table", "torch.float32", (3, 4))]
     context = cudagraphs_context("tiny", [1, 2], specs, 0, 1, (1,))
-    assert [i.dispatch_dim_literal for i in context.inputs] == ["1", "None"]
+    assert [i.padded_dim_literal for i in context.inputs] == ["1", "None"]
 
 
 def test_context_refuses_other_dynamic_dims_and_a_static_dispatch_dim():

@@ -246,5 +246,5 @@ def test_static_input_with_the_dispatch_dim_is_refused():
 
 def test_pad_value_for_an_input_never_padded_is_refused():
     state = State(pad_values=(("cache", 0),))
-    with pytest.raises(TranspileError, match="pad value for input cache, which has no dispatch dim"):
+    with pytest.raises(TranspileError, match="pad value for input cache, which has no padded dim"):
         cudagraphs_context("p", (1, 2), INPUTS, 0, 0, (0,), (0, 0, None), state=state)

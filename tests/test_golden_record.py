@@ -63,11 +63,13 @@ def test_rerendering_from_the_record_reproduces_a_transpile(cpu_package, tmp_pat
     wording, the hashes and fingerprint that went with them), is brought back byte for
     byte by rerender_cuda_package."""
     from transpiler.emit import render
+    from transpiler.weights_file import as_bytes
 
     rendered = render(as_cuda(cpu_package))
-    expected = {**rendered.files, "manifest.json": (json.dumps(rendered.manifest, indent=2, sort_keys=True) + "\n").encode()}
+    files = {path: as_bytes(data) for path, data in rendered.files.items()}  # the weights file is a stream
+    expected = {**files, "manifest.json": (json.dumps(rendered.manifest, indent=2, sort_keys=True) + "\n").encode()}
     root = tmp_path / "mlp"
-    for path, data in rendered.files.items():
+    for path, data in files.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_bytes(data)
     # Age it: what an older tool would have written.

@@ -66,7 +66,7 @@ def test_pipeline_recompiles_the_halves_and_notes_the_split(monkeypatch):
 
     seen = []
 
-    def fake_compile(split, target, variants, options, progress, pool=None):
+    def fake_compile(split, plan, target, variants, options, progress, pool=None):
         seen.append([v.name for v in variants])
         for variant in variants:
             if variant.range == SizeRange(9, 32):
@@ -76,7 +76,7 @@ def test_pipeline_recompiles_the_halves_and_notes_the_split(monkeypatch):
     monkeypatch.setattr(compiling, "_compile_variants", fake_compile)
     variants = make_variants([SizeRange(1, 8), SizeRange(9, 32)], [4])
     split = SimpleNamespace(variants=variants, groups=())
-    compiled = compiling.compile_pieces(split, None, None)
+    compiled = compiling.compile_pieces(split, None, None, None)
     assert [v.name for v in compiled.variants] == ["size_4", "range_1_8", "range_9_15", "range_16_32"]
     assert seen == [["size_4", "range_1_8", "range_9_32"], ["size_4", "range_1_8", "range_9_15", "range_16_32"]]
     assert compiled.notes == ("range 9-32 split into 9-15, 16-32 (Inductor specialized it on `s0 < 16`)",)

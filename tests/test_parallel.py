@@ -5,10 +5,11 @@ Workers run stand-in tasks (pool_fakes.py), so these tests need no model."""
 from __future__ import annotations
 
 import os
-
-import pytest
+import shutil
 
 import pool_fakes
+import pytest
+
 from transpiler.errors import TranspileError
 from transpiler.parallel import WorkerPool
 
@@ -111,6 +112,7 @@ def test_workers_compile_the_same_bytes_as_this_process(example_out, tmp_path):
     """The mlp example through two workers (this process compiling nothing) equals its
     transpile with -j 1, file for file."""
     from conftest import EXAMPLES, ROOT
+
     from transpiler.options import Options, parse_ranges, parse_sizes
     from transpiler.pipeline import transpile
     from transpiler.treediff import diff_trees
@@ -125,22 +127,59 @@ def test_workers_compile_the_same_bytes_as_this_process(example_out, tmp_path):
     pool.caller_compiles = False
     rendered, summary = transpile(options, pool=pool)
     assert summary.variants == 3
-    # The workers built the model with torch.nn.init a no-op: the same graphs all the same.
     assert pool.mismatched == 0 and not any("compile worker" in note for note in summary.notes)
     materialize_to(rendered, tmp_path / "mlp")
     assert diff_trees(example_out("mlp") / "mlp", tmp_path / "mlp") == []
 
 
-def test_workers_leave_weights_uninitialized_only_while_capturing():
-    import torch
+class _Unbuildable:
+    """A shared plan that a worker cannot rebuild (as pieces calling an op MODEL.py registers)."""
 
-    from transpiler.parallel import _weights_left_uninitialized
+    def prepare_process(self):
+        raise LookupError("op mine::op is not registered in this process")
 
-    original = torch.nn.init.normal_
-    tensor = torch.zeros(4)
-    with _weights_left_uninitialized():
-        assert torch.nn.init.normal_(tensor) is tensor and torch.equal(tensor, torch.zeros(4))
-        torch.nn.Linear(3, 3)  # its reset_parameters calls the no-op kaiming_uniform_
-    assert torch.nn.init.normal_ is original
-    torch.nn.init.normal_(tensor)
-    assert not torch.equal(tensor, torch.zeros(4))
+
+def test_a_worker_that_cannot_rebuild_the_pieces_hands_its_tasks_back():
+    pool = _pool(count=2)
+    try:
+        pool.share(_Unbuildable())
+        results = pool.compile([(n, 0.2, "ok") for n in range(6)], _here)
+        assert [r["value"] for r in results] == [n * 10 for n in range(6)]
+        assert {r["pid"] for r in results} == {os.getpid()}
+        assert pool.mismatched == 2
+        pool.finish()
+    finally:
+        pool.close()
+
+
+def test_workers_get_the_pieces_and_never_run_the_model_file(tmp_path):
+    """serving_llama (a custom op in its compiled pieces, from --import) through two workers
+    alone equals its -j 1 transpile, and only this process ran MODEL.py."""
+    from conftest import ROOT
+
+    from transpiler.options import Options, parse_ranges, parse_sizes
+    from transpiler.pipeline import transpile
+    from transpiler.treediff import diff_trees
+    from transpiler.write import materialize_to
+
+    folder = tmp_path / "serving"
+    shutil.copytree(ROOT / "examples" / "serving_llama", folder)
+    marker = tmp_path / "ran-model-file"
+    model = folder / "model.py"
+    model.write_text(model.read_text() + f"\nopen({str(marker)!r}, 'a').write(f'{{__import__(\"os\").getpid()}}\\n')\n")
+
+    def options(jobs):
+        return Options(
+            model_path=model, name="serving", imports=("serving_ops",), ranges=parse_ranges("1-16,17-128"),
+            sizes=parse_sizes("1"), weights="none", jobs=jobs,
+        )
+
+    rendered_here, _ = transpile(options(1))
+    materialize_to(rendered_here, tmp_path / "j1" / "serving")
+    pool = WorkerPool(options(3), 2)
+    pool.caller_compiles = False
+    rendered, _ = transpile(options(3), pool=pool)
+    materialize_to(rendered, tmp_path / "j3" / "serving")
+    assert pool.mismatched == 0
+    assert diff_trees(tmp_path / "j1" / "serving", tmp_path / "j3" / "serving") == []
+    assert marker.read_text().split() == [str(os.getpid())] * 2  # once per transpile, here

@@ -161,7 +161,7 @@ def test_manifest_records_state(example_out):
         "mutated_weights": [],
         "writers": {"kv_cache": ["serving::paged_attention"]},
         "static_inputs": ["kv_cache"],
-        "pad_values": {"slot_mapping": -1},
+        "pad_values": {"block_table": 0, "query_start_loc": "last", "seq_lens": 0, "slot_mapping": -1},
     }
     init = (example_out("serving_llama") / "serving_llama" / "__init__.py").read_text()
     assert "input kv_cache: written by serving::paged_attention" in init

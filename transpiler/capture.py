@@ -10,7 +10,7 @@ import torch.fx
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
-from . import foreign_ops, mutation, runtime_asserts
+from . import fake_weights, foreign_ops, mutation, runtime_asserts
 from . import opaque_attention as opaque_attention_stage
 from .errors import TranspileError
 from .ir import DispatchDim, TensorSpec, Weight
@@ -57,7 +57,7 @@ def export_model(
     """opaque_attention: capture F.scaled_dot_product_attention as transpile::sdpa. Foreign
     custom ops other than `keep_ops` (the splitting ops) are captured as their bodies where
     export can trace them (foreign_ops.py)."""
-    model = model_file.model.eval().to(device)
+    model = fake_weights.model_to(model_file.model.eval(), device)
     example_inputs = tuple(t.to(device) for t in model_file.example_inputs)
     candidates = foreign_ops.inline_candidates(keep_ops)
     inlining = {"inlined": [], "untraceable": {}}
@@ -118,6 +118,8 @@ def export_model(
             tensors[spec.target] = value.detach()
         else:
             raise TranspileError(f"unsupported graph input kind {spec.kind.name}; the model must not take custom objects")
+    # The package ships these (fake_weights.py: only parameters may be fakes).
+    fake_weights.real_tensors_only({w.key: tensors[w.key] for w in weights if not w.user_supplied}, model_file.path.name)
     if any(spec.kind.name != "USER_OUTPUT" for spec in signature.output_specs):
         # torch.export's training IR keeps in-place ops in the graph; a functionalized
         # signature (mutations as extra outputs) would mean an export mode we do not read.

@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "-j", "--jobs", type=int, default=None, metavar="N",
-        help="compile on N processes, this one and N-1 workers that each capture the model too (default: the number of cores; 1: in this process only)",
+        help="compile on N processes, this one and N-1 workers that compile the pieces it captured (default: the number of cores; 1: in this process only)",
     )
     parser.add_argument(
         "--autotune", action="store_true",

@@ -5,14 +5,14 @@ compiled again. Returns CompiledPieces, which the package is assembled from."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .inductor import RangeSpecialized, inductor_config
 from .ir import CompiledVariant, UniquePiece, Variant
 from .options import Options, available_cores
-from .prepare import CompileInputs, PieceGroup, SplitModel
+from .piece_transfer import CompilePlan
+from .prepare import PieceGroup, SplitModel
 from .ranges import make_variants
 from .targets import Target
 from .tuning import open_session, tuned
@@ -34,7 +34,9 @@ class CompiledPieces:
 Task = tuple[int, Variant]
 
 
-def compile_pieces(split: SplitModel, target: Target, options: Options, progress=None, pool=None) -> CompiledPieces:
+def compile_pieces(
+    split: SplitModel, plan: CompilePlan, target: Target, options: Options, progress=None, pool=None
+) -> CompiledPieces:
     """Compile every piece for every variant. A range on which Inductor specializes (a guard
     on the dispatch size that fails inside it) is split where the guard flips and compiled
     again, half by half; a note says so."""
@@ -42,7 +44,7 @@ def compile_pieces(split: SplitModel, target: Target, options: Options, progress
     variants = split.variants
     for _ in range(_MAX_RANGE_SPLITS + 1):
         try:
-            pieces = _compile_variants(split, target, variants, options, progress, pool)
+            pieces = _compile_variants(split, plan, target, variants, options, progress, pool)
             return CompiledPieces(variants=variants, pieces=pieces, notes=tuple(notes))
         except RangeSpecialized as specialized:
             last_error = specialized
@@ -59,16 +61,28 @@ def compile_pieces(split: SplitModel, target: Target, options: Options, progress
     raise last_error
 
 
-def compile_task(
-    inputs: CompileInputs, target: Target, options: Options, group_index: int, variant: Variant
-) -> CompiledVariant:
-    """One piece group for one variant (in this process or a pool worker)."""
-    group = inputs.groups[group_index]
-    session = open_session(inputs.tuning, group.module_name, variant, inputs.symbol_ranges, inputs.dispatch_symbol)
+def compile_planned(plan: CompilePlan, target: Target, options: Options, group_index: int, variant: Variant) -> CompiledVariant:
+    """One piece group for one variant, from the plan (in this process or a pool worker)."""
+    module_name, input_names = plan.groups[group_index]
+    group = _PlannedGroup(module_name, input_names, plan.graph(group_index))
+    session = open_session(plan.tuning, module_name, variant, plan.symbol_ranges, plan.dispatch_symbol)
     patches = target.inductor_patches(options.cpu_isa, tuned=session is not None)
     with inductor_config(patches, compile_threads_per_process(options.jobs)), tuned(session):
-        compiled = target.compile_variant(group, variant, inputs.dispatch_symbol, inputs.symbol_ranges, session)
+        compiled = target.compile_variant(group, variant, plan.dispatch_symbol, plan.symbol_ranges, session)
     return dataclasses.replace(compiled, tuning=session.finish() if session is not None else None)
+
+
+@dataclass(frozen=True)
+class _PlannedGroup:
+    """What a target's compile_variant reads of a prepare.PieceGroup, rebuilt from a plan."""
+
+    module_name: str
+    input_names: tuple[str, ...]
+    graph_module: object  # torch.fx.GraphModule
+
+    @property
+    def compiled(self):
+        return self
 
 
 def compile_threads_per_process(jobs: int) -> int | None:
@@ -79,11 +93,10 @@ def compile_threads_per_process(jobs: int) -> int | None:
     return max(1, available_cores() // jobs)
 
 
-def _compile_variants(split: SplitModel, target: Target, variants, options: Options, progress, pool=None):
+def _compile_variants(split: SplitModel, plan: CompilePlan, target: Target, variants, options: Options, progress, pool=None):
     tasks: list[Task] = [(index, variant) for index in range(len(split.groups)) for variant in variants]
     step = progress(len(tasks)) if progress else None
-    inputs = split.compile_inputs
-    compile_here: Callable[[Task], CompiledVariant] = lambda task: compile_task(inputs, target, options, *task)
+    compile_here: Callable[[Task], CompiledVariant] = lambda task: compile_planned(plan, target, options, *task)
     if pool:
         results = pool.compile(tasks, compile_here, step)
     else:
@@ -124,22 +137,3 @@ def _unique_piece(group: PieceGroup, compiled: list[CompiledVariant]) -> UniqueP
         variants=tuple(variants),
         call_count=len(group.instances),
     )
-
-
-def split_digest(split: SplitModel) -> str:
-    """What a compile worker must have captured exactly as this process did: each piece
-    group's code, input names and input metadata, the variants and the symbols' ranges."""
-    import torch
-
-    parts = [str(split.dispatch_symbol), repr(list(split.variants))]
-    parts += [f"{symbol}: {bounds}" for symbol, bounds in sorted(split.captured.symbol_ranges.items(), key=str)]
-    for group in split.groups:
-        graph = group.compiled.graph_module
-        parts += [group.module_name, repr(list(group.input_names)), graph.code]
-        for node in graph.graph.find_nodes(op="placeholder"):
-            value = node.meta.get("val")
-            if isinstance(value, torch.Tensor):
-                parts.append(f"{node.name} {value.dtype} {value.device} {tuple(value.shape)} {value.stride()}")
-            else:
-                parts.append(f"{node.name} {value!r}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()

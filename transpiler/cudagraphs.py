@@ -7,8 +7,11 @@ The runner replays the compiled forward from CUDA graphs captured once per captu
 computed here, from plain values, and printed by the template:
 
 - the capture sizes (vLLM's defaults, or a validated `--capture-sizes` list);
-- per user input, the dim padded up to the capture size (the dim whose size is the
-  dispatch symbol), every other dim static;
+- per user input, the dim padded up to the capture size: the dim whose size is the
+  dispatch symbol (the token count T), or, for an input sized by a count of its own (the
+  number of sequences S of a flattened batch: S or S + 1), that dim, with the extra rows
+  and the declared maximum (input_padded_dims); a static input may keep dims of any size
+  (the tensor bound at capture fixes them); every other dim static;
 - per flat output leaf, the dim sliced back from the capture size to the runtime size.
 """
 
@@ -110,6 +113,34 @@ def sizes_literal(sizes: Sequence[int]) -> str:
 # --- dispatch dims of the exported graph's inputs and outputs -----------------------
 
 
+@dataclass(frozen=True)
+class PaddedDim:
+    """The dim of one input that CUDA graphs pad up to the capture size."""
+
+    dim: int
+    # False: the dim is sized by a count of its own (sequences), not the dispatch size.
+    dispatch: bool = True
+    # Rows past the capture size: 1 for an S + 1 dim.
+    extra_rows: int = 0
+    # The dim's declared maximum (None: unbounded): buffers never exceed it.
+    max_rows: int | None = None
+    # The symbol of a count of its own (for messages and output checks), else None.
+    symbol: object = None
+
+
+def _count_of_its_own(expr, dispatch_symbol):
+    """(symbol, offset) when expr is `s` or `s + k` (k >= 0) for one symbol other than the
+    dispatch symbol; else None."""
+    symbols = expr.free_symbols
+    if len(symbols) != 1 or dispatch_symbol in symbols:
+        return None
+    (symbol,) = symbols
+    offset = sympy.simplify(expr - symbol)
+    if not offset.is_Integer or offset < 0:
+        return None
+    return symbol, int(offset)
+
+
 def _size_expressions(value: torch.Tensor) -> list:
     return [sympy.sympify(d.node.expr) if isinstance(d, torch.SymInt) else sympy.Integer(int(d)) for d in value.shape]
 
@@ -143,9 +174,13 @@ def _dispatch_dim_of(value, symbol: sympy.Symbol, what: str) -> int | None:
     return dims[0] if dims else None
 
 
-def output_dispatch_dims(graph_module: torch.fx.GraphModule, symbol: sympy.Symbol) -> tuple[int | None, ...]:
+def output_dispatch_dims(
+    graph_module: torch.fx.GraphModule, symbol: sympy.Symbol, padded_counts: Sequence = ()
+) -> tuple[int | None, ...]:
     """Per flat output leaf of a torch.export graph: the dim whose size is the dispatch
-    symbol (sliced back to the runtime size after a padded replay), or None."""
+    symbol (sliced back to the runtime size after a padded replay), or None.
+    padded_counts: the symbols of counts of their own that inputs are padded along
+    (sequences); an output sized by one is refused, as it would come back padded."""
     (output_node,) = graph_module.graph.find_nodes(op="output")
     leaves = output_node.args[0]
     if not isinstance(leaves, (tuple, list)):
@@ -154,28 +189,55 @@ def output_dispatch_dims(graph_module: torch.fx.GraphModule, symbol: sympy.Symbo
     for index, leaf in enumerate(leaves):
         value = leaf.meta.get("val") if isinstance(leaf, torch.fx.Node) else leaf
         dims.append(_dispatch_dim_of(value, symbol, f"output {index}"))
+        if isinstance(value, torch.Tensor):
+            for dim, expr in enumerate(_size_expressions(value)):
+                if expr.free_symbols & set(padded_counts):
+                    raise TranspileError(
+                        f"output {index} dim {dim} has size {expr}, a per-call count that CUDA graphs pad to the "
+                        "capture size and cannot slice back; return per-token outputs (dims of the token count)"
+                    )
     return tuple(dims)
 
 
-def input_dispatch_dims(
-    graph_module: torch.fx.GraphModule, symbol: sympy.Symbol, user_inputs: Sequence[str]
-) -> tuple[int | None, ...]:
-    """Per user input (placeholder names, in forward's order): the dim whose size is the
-    dispatch symbol (padded up to the capture size), or None. Static buffers need every
-    other dim static, so an input with another dynamic dim is refused."""
+def input_padded_dims(
+    graph_module: torch.fx.GraphModule,
+    symbol: sympy.Symbol,
+    user_inputs: Sequence[str],
+    symbol_ranges: dict | None = None,
+) -> tuple[PaddedDim | None, ...]:
+    """Per user input: the dim CUDA graphs may pad, or None. The dim whose size is the
+    dispatch symbol; else, in an input with one dynamic dim whose size is another symbol
+    `s` or `s + k` (a count of its own, such as the number of sequences), that dim, its
+    maximum from symbol_ranges. Whether that input is padded (its pad value declared) or
+    static, and every other dynamic dim, cudagraphs_context decides."""
     placeholders = {node.name: node for node in graph_module.graph.find_nodes(op="placeholder")}
-    dims = []
+    symbol_ranges = symbol_ranges or {}
+    padded = []
     for name in user_inputs:
         value = placeholders[name].meta["val"]
         dim = _dispatch_dim_of(value, symbol, f"input {name}")
-        for other, expr in enumerate(_size_expressions(value)):
-            if other != dim and expr.free_symbols:
-                raise TranspileError(
-                    f"input {name} dim {other} varies independently of the dispatch dim ({expr}); CUDA "
-                    "graphs need static buffers, so make it static or make it the dispatch dim"
-                )
-        dims.append(dim)
-    return tuple(dims)
+        if dim is not None:
+            padded.append(PaddedDim(dim))
+            continue
+        dynamic = [(d, e) for d, e in enumerate(_size_expressions(value)) if e.free_symbols] if isinstance(
+            value, torch.Tensor
+        ) else []
+        count = _count_of_its_own(dynamic[0][1], symbol) if len(dynamic) == 1 else None
+        if count is None:
+            padded.append(None)
+            continue
+        count_symbol, offset = count
+        hi = symbol_ranges.get(count_symbol, (None, None, None))[1]
+        padded.append(
+            PaddedDim(
+                dynamic[0][0],
+                dispatch=False,
+                extra_rows=offset,
+                max_rows=None if hi is None else int(hi) + offset,
+                symbol=count_symbol,
+            )
+        )
+    return tuple(padded)
 
 
 # --- the template's context ---------------------------------------------------------
@@ -187,10 +249,13 @@ class CudaGraphInput:
 
     name: str
     dtype: str  # "torch.int64"
-    shape_literal: str  # "(1, None)": None at the dispatch dim
-    dispatch_dim_literal: str  # "1", or "None" for an input copied whole
+    shape_literal: str  # "(1, None)": None at the padded dim (and a static input's free dims)
+    padded_dim_literal: str  # "1", or "None" for an input copied whole
     static: bool = False  # used by reference (state such as a KV cache), never copied
     pad_literal: str = "None"  # the value of padded positions, or None: the default rule
+    # ", 1, 129": the extra rows and maximum rows of a dim sized by a count of its own
+    # (query_start_loc [S + 1]); "" when the dim is the dispatch dim.
+    rows_literal: str = ""
 
 
 @dataclass(frozen=True)
@@ -232,16 +297,18 @@ def cudagraphs_context(
     dispatch_input_index: int,
     dispatch_dim: int,
     output_dispatch_dims: Sequence[int | None],
-    input_dispatch_dims: Sequence[int | None] | None = None,
+    input_dispatch_dims: Sequence[int | PaddedDim | None] | None = None,
     state=None,
     weight_keys: Sequence[str] = (),
 ) -> CudaGraphsContext:
     """The context of the emitted cudagraphs.py, from plain values.
 
     inputs: per user input, (name, dtype string, shape with None for dynamic dims), or
-    ir.TensorSpec. input_dispatch_dims (from input_dispatch_dims()) says which dim of each
-    input is the dispatch dim; without it, an input is padded along `dispatch_dim` where its
-    shape has None there, and any other None is refused.
+    ir.TensorSpec. input_dispatch_dims (from input_padded_dims(), or plain dims) says which
+    dim of each input is padded; without it, an input is padded along `dispatch_dim` where
+    its shape has None there. Any other None is refused, but in a static input (the tensor
+    bound at capture fixes it). An input sized by a count of its own (PaddedDim with
+    dispatch False) is padded only when the state declares its pad value.
     """
     sizes = sorted(capture_sizes)
     if len(set(sizes)) != len(sizes) or any(size < 1 for size in sizes):
@@ -256,7 +323,9 @@ def cudagraphs_context(
         ]
     if len(input_dispatch_dims) != len(specs):
         raise TranspileError(f"{len(input_dispatch_dims)} input dispatch dims for {len(specs)} inputs")
-    if input_dispatch_dims[dispatch_input_index] != dispatch_dim:
+    input_dispatch_dims = [PaddedDim(d) if isinstance(d, int) else d for d in input_dispatch_dims]
+    dispatch_padding = input_dispatch_dims[dispatch_input_index]
+    if dispatch_padding is None or not dispatch_padding.dispatch or dispatch_padding.dim != dispatch_dim:
         raise TranspileError(
             f"input {specs[dispatch_input_index][0]} dim {dispatch_dim} is the dispatch dim, but it is not dynamic"
         )
@@ -264,34 +333,47 @@ def cudagraphs_context(
     mutated = set(state.mutated_inputs) if state is not None else set()
     pad_values = dict(state.pad_values) if state is not None else {}
     rows = []
-    for (input_name, dtype, shape), dim in zip(specs, input_dispatch_dims):
-        if input_name in static and dim is not None:
-            written = "is written in place" if input_name in mutated else "is declared static"
+    for (input_name, dtype, shape), padding in zip(specs, input_dispatch_dims):
+        if input_name in static:
+            if padding is not None and padding.dispatch:
+                written = "is written in place" if input_name in mutated else "is declared static"
+                raise TranspileError(
+                    f"input {input_name} {written} but its dim {padding.dim} is the dispatch size; CUDA graphs use "
+                    "such an input by reference at one fixed shape: give it a fixed shape (a cache sized for the most tokens)"
+                )
+            padding = None  # used by reference: the tensor bound at capture fixes its dynamic dims
+        elif padding is not None and not padding.dispatch and input_name not in pad_values:
             raise TranspileError(
-                f"input {input_name} {written} but its dim {dim} is the dispatch size; CUDA graphs use such an "
-                "input by reference at one fixed shape: give it a fixed shape (a cache sized for the most tokens)"
+                f"input {input_name} dim {padding.dim} has a size of its own ({padding.symbol}{f' + {padding.extra_rows}' if padding.extra_rows else ''}), "
+                f'not the dispatch size; declare its pad value in pad_values (a number, or "last") so that CUDA graphs '
+                "pad it to the capture size with entries that change nothing (seq_lens 0), or make it static"
             )
+        dim = None if padding is None else padding.dim
         if input_name in pad_values and dim is None:
             raise TranspileError(
-                f"pad value for input {input_name}, which has no dispatch dim and so is never padded; "
-                "declare pad values only for inputs whose size is the dispatch size"
+                f"pad value for input {input_name}, which has no padded dim and so is never padded; "
+                "declare pad values only for inputs sized by the dispatch size or by a count of their own"
             )
         for other, size in enumerate(shape):
-            if size is None and other != dim:
+            if size is None and other != dim and input_name not in static:
                 raise TranspileError(
                     f"input {input_name} dim {other} varies independently of the dispatch dim; CUDA graphs "
                     "need static buffers, so make it static or make it the dispatch dim"
                 )
-        # The dispatch dim prints as None: the runner fills in the capture size.
+        # The padded dim prints as None: the runner fills in the capture size.
         printed_shape = tuple(None if index == dim else size for index, size in enumerate(shape))
+        rows_literal = ""
+        if padding is not None and not padding.dispatch:
+            rows_literal = f", {padding.extra_rows}, {padding.max_rows!r}"
         rows.append(
             CudaGraphInput(
                 name=input_name,
                 dtype=dtype,
                 shape_literal=repr(printed_shape),
-                dispatch_dim_literal=repr(dim),
+                padded_dim_literal=repr(dim),
                 static=input_name in static,
                 pad_literal=repr(pad_values.get(input_name)),
+                rows_literal=rows_literal,
             )
         )
     mutated_weights = set(state.mutated_weights) if state is not None else set()

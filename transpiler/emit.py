@@ -11,7 +11,6 @@ import platform
 from dataclasses import dataclass
 
 import jinja2
-import safetensors.torch
 
 from . import manifest as manifest_step
 from .ir import Package, UniquePiece
@@ -19,6 +18,7 @@ from .manifest import checkpoint_key
 from .runtime import runtime_files
 from .targets import Target, get_target
 from .templating import environment, format_python
+from .weights_file import SafetensorsStream
 
 # The template every __init__.py starts from, and its extension for a package that is one
 # rank of N; the target's own extensions (Target.init_templates) go over them.
@@ -29,7 +29,7 @@ WEIGHTS_FILE = "weights.safetensors"
 
 @dataclass
 class RenderedPackage:
-    files: dict[str, bytes]  # relative path -> content (deterministic)
+    files: dict[str, bytes | SafetensorsStream]  # relative path -> content (deterministic); weights streamed
     binaries: dict[str, str | bytes]  # relative path -> built binary: a path to copy, or its bytes
     manifest: dict
 
@@ -157,14 +157,15 @@ def kernel_files(piece: UniquePiece) -> tuple[dict[str, str], dict[str, str | by
     return text, binaries
 
 
-def weights_file(package: Package) -> bytes | None:
-    """weights.safetensors; with --weights none only what no checkpoint holds (constants,
+def weights_file(package: Package) -> SafetensorsStream | None:
+    """weights.safetensors, streamed from the tensors themselves when written and hashed (no
+    second copy); with --weights none only what no checkpoint holds (constants,
     non-persistent buffers); None when nothing is left to ship."""
     shipped_keys = {w.key for w in package.weights if package.weights_embedded or not w.user_supplied}
     shipped = {key: t for key, t in sorted(package.weight_tensors.items()) if key in shipped_keys}
     if not shipped:
         return None
-    return safetensors.torch.save({key: tensor.detach().cpu().contiguous().clone() for key, tensor in shipped.items()})
+    return SafetensorsStream(shipped)
 
 
 def init_templates(package: Package, target: Target) -> list[str]:

@@ -98,7 +98,19 @@ def graphs_context(name: str, tables: dict) -> CudaGraphsContext:
         input_name, dtype, shape, dim = row[:4]
         static = row[4] if len(row) > 4 else False
         pad = row[5] if len(row) > 5 else None
-        rows.append(CudaGraphInput(input_name, dtype, repr(tuple(shape)), repr(dim), bool(static), repr(pad)))
+        # A dim sized by a count of its own (sequences): its extra rows and maximum rows.
+        rows_literal = f", {row[6]!r}, {row[7]!r}" if len(row) > 6 else ""
+        rows.append(
+            CudaGraphInput(
+                name=input_name,
+                dtype=dtype,
+                shape_literal=repr(tuple(shape)),
+                padded_dim_literal=repr(dim),
+                static=bool(static),
+                pad_literal=repr(pad),
+                rows_literal=rows_literal,
+            )
+        )
     sizes = tuple(tables["CAPTURE_SIZES"])
     dispatch_input = tables["DISPATCH_INPUT"]
     return CudaGraphsContext(

@@ -207,7 +207,8 @@ def serving_model_file(folder: str | Path, dtype=torch.float32, max_tokens: int 
         "example_inputs": example_inputs,
         "dynamic_shapes": ({0: tokens}, {0: tokens}, {2: blocks}, {0: tokens}, {0: seqs}, {0: seqs}, {0: seqs + 1}),
         "split_ops": ["serving::paged_attention"],
-        "pad_values": {"slot_mapping": -1},
+        # CUDA graphs: padded tokens write nothing, padded sequences have no tokens.
+        "pad_values": {"slot_mapping": -1, "block_table": 0, "seq_lens": 0, "query_start_loc": "last"},
         "exports": {"BLOCK_SIZE": block, "new_kv_cache": functools.partial(ops.new_kv_cache, **shape)},
     }
 

@@ -199,7 +199,7 @@ class State:
     mutated_weights: tuple[str, ...] = ()  # state-dict keys of buffers written in place
     writers: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (input or key, ops that write it)
     static_inputs: tuple[str, ...] = ()  # mutated inputs and those declared persistent
-    pad_values: tuple[tuple[str, float | int], ...] = ()  # (input, value of padded positions)
+    pad_values: tuple[tuple[str, float | int | str], ...] = ()  # (input, value of padded positions, or "last")
 
     @property
     def mutated(self) -> bool:

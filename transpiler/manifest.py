@@ -8,15 +8,17 @@ import json
 import platform
 
 from .ir import Package, TensorParallel, Weight
+from .weights_file import file_sha256
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_hashes(files: dict[str, bytes]) -> dict[str, str]:
-    """Each file hashed once (the weights file of a 1B model takes seconds), by path."""
-    return {path: sha256(data) for path, data in sorted(files.items())}
+def file_hashes(files: dict) -> dict[str, str]:
+    """Each file hashed once (the weights file of a 1B model takes seconds), by path; the
+    weights file as it streams (weights_file.file_sha256)."""
+    return {path: file_sha256(data) for path, data in sorted(files.items())}
 
 
 def fingerprint(package: Package, hashes: dict[str, str], cpu_features: tuple[str, ...]) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from .errors import TranspileError
+from .fake_weights import parameters_as_fakes
 
 # torch.export's `dynamic_shapes`: per input, a dict of dim -> Dim (or a tuple or list of
 # them), or the same keyed by forward's argument names; None: every shape static.
@@ -46,7 +48,9 @@ def import_modules(names: list[str]) -> None:
             ) from error
 
 
-def load_model_file(path: str | Path, imports: list[str]) -> ModelFile:
+def load_model_file(path: str | Path, imports: list[str], fake_parameters: bool = False) -> ModelFile:
+    """fake_parameters: build the model with parameters as fakes (fake_weights.py), for a
+    package that ships none of their values."""
     path = Path(path)
     if not path.is_file():
         raise TranspileError(f"{path}: no such file; pass the path of a model.py that defines `model` and `example_inputs`")
@@ -66,12 +70,19 @@ def load_model_file(path: str | Path, imports: list[str]) -> ModelFile:
     # Registered while it runs, as an import would: dataclasses and pickling look it up.
     sys.modules[module_name] = module
     try:
-        exec(code, module.__dict__)
+        with parameters_as_fakes() if fake_parameters else contextlib.nullcontext():
+            exec(code, module.__dict__)
     except TranspileError:  # raised by the transpiler's own checks while the file ran
         sys.modules.pop(module_name, None)
         raise
     except Exception as error:
         sys.modules.pop(module_name, None)
+        if fake_parameters and _reads_fake_values(error):
+            raise TranspileError(
+                f"{path} reads a parameter's value while it builds the model ({type(error).__name__}); "
+                "--weights none and --tensor-parallel build it without parameter values: compute such values "
+                "from plain tensors (buffers may be), or transpile with --weights embed"
+            ) from error
         raise TranspileError(
             f"{path} raised {type(error).__name__} when imported: {error}; run `python {path}` to see where"
         ) from error
@@ -103,9 +114,11 @@ def load_model_file(path: str | Path, imports: list[str]) -> ModelFile:
     pad_values = module.__dict__.get("pad_values")
     if pad_values is not None and (
         not isinstance(pad_values, dict)
-        or not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in pad_values.items())
+        or not all(isinstance(k, str) and _is_pad_value(v) for k, v in pad_values.items())
     ):
-        raise TranspileError(f'{path}: `pad_values` must map input names to numbers, such as {{"slot_mapping": -1}}')
+        raise TranspileError(
+            f'{path}: `pad_values` must map input names to numbers or "last", such as {{"slot_mapping": -1}}'
+        )
     exports = module.__dict__.get("exports")
     if exports is not None and not isinstance(exports, dict):
         raise TranspileError(f'{path}: `exports` must be a dict of names the package re-exports, such as {{"BLOCK_SIZE": 16}}')
@@ -120,3 +133,24 @@ def load_model_file(path: str | Path, imports: list[str]) -> ModelFile:
         pad_values=dict(pad_values) if pad_values is not None else None,
         exports=dict(exports) if exports is not None else None,
     )
+
+
+def _is_pad_value(value) -> bool:
+    """A number, or "last" (CUDA-graph padding repeats the last valid entry)."""
+    if value == "last":
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _reads_fake_values(error: BaseException) -> bool:
+    """Whether the error is torch refusing to give a fake tensor's value (`.item()`,
+    `bool(tensor)`, `.tolist()`, `.numpy()`), somewhere in its chain."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException
+
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, DataDependentOutputException) or "FakeTensor" in str(error) or "fake tensor" in str(error).lower():
+            return True
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return False

@@ -1,13 +1,16 @@
 """Compile pieces x variants on worker processes as well as this one (-j N).
 
-`-j N` starts N - 1 workers before this process prepares the model, so that their
-start-up (import torch, load MODEL.py, capture, split: the same steps from the same
-options give the same graphs) runs while this process does the same. Then every process
-takes the next task, (piece, variant), as soon as it is free, this one included; a
-worker returns plain data (sources, kernel file paths, launch metadata). Results are put
-back in task order and deduplicated by the caller, so the package's bytes do not depend
-on the number of workers or on which finished first. A worker compiles only if it
-captured the very graphs this process did (a digest); one that did not is stopped.
+`-j N` starts N - 1 workers before this process imports torch, so that their start-up
+(import torch and Inductor) runs while this process captures the model. The model is
+captured once, here: the unique pieces, packed (piece_transfer.py: each graph with its
+inputs' shapes as expressions over the captured symbols, and those symbols' ranges), are
+sent to every worker (`share`); a worker never loads MODEL.py and never holds weights.
+Then every process takes the next task, (piece, variant), as soon as it is free, this
+one included; a worker returns plain data (sources, kernel file paths, launch metadata).
+Results are put back in task order and deduplicated by the caller, and every process
+compiles the same rebuilt pieces, so the package's bytes do not depend on the number of
+workers or on which finished first. A worker that cannot rebuild the pieces (an op that
+MODEL.py itself registers) hands its tasks back and stops; the others do its share.
 
 Workers are spawned, not forked: a forked child of a process that has used CUDA or
 OpenMP cannot use them safely.
@@ -50,69 +53,25 @@ _held: list = []
 
 
 def prepare_to_compile(options):
-    """A worker's set-up: prepare the model as the parent did; return the function that
-    compiles one task and the digest of what was captured."""
-    import torch
+    """A worker's set-up, while this process captures: import torch and Inductor. It never
+    loads MODEL.py: the pieces come from this process (`WorkerPool.share`, a
+    piece_transfer.CompilePlan). Returns the function that compiles one task of a plan."""
+    import torch._inductor.compile_fx  # noqa: F401  (what the first compile would import)
 
-    from .compiling import compile_task, compile_threads_per_process, split_digest
-    from .prepare import distributed_context, prepare
+    from .compiling import compile_planned
+    from .prepare import distributed_context
     from .targets import get_target
 
-    # --tensor-parallel: the fake process group the parent prepares and compiles under,
-    # held for the worker's life (it exits with the process).
+    # --tensor-parallel: the fake process group the parent compiles under, held for the
+    # worker's life (it exits with the process).
     _held.append(distributed_context(options))
     _held[-1].__enter__()
     target = get_target(options.device)
-    # Every worker captures at once, alongside this process: each takes its share of the
-    # cores for torch's own threads while it does. Compiling gets all of them back: the
-    # C++ Inductor writes depends on torch's thread count, which must match this process's.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(compile_threads_per_process(options.jobs) or 1)
-    with _weights_left_uninitialized():
-        split = prepare(options, target)
-    torch.set_num_threads(threads)
-    digest = split_digest(split)
-    # Compiling needs the pieces' graphs only (split.compile_inputs): free this copy of the
-    # weights (the model stays reachable from MODEL.py's namespace, so its tensors are
-    # emptied in place) and the exported program.
-    inputs = split.compile_inputs
-    _empty_tensors(split.model_file.model)
-    split.model_file.model = None
-    del split
-    gc.collect()
-    return (lambda task: compile_task(inputs, target, options, *task)), digest
 
+    def compile_one(task, plan):
+        return compile_planned(plan, target, options, *task)
 
-@contextlib.contextmanager
-def _weights_left_uninitialized():
-    """torch.nn.init's functions do nothing while MODEL.py builds the model in a worker:
-    compiling needs the graphs, not the weights' values (which this process writes), and
-    initializing a 1B-parameter model in every worker at once costs seconds of the cores
-    they share. A graph that did depend on them would not match the parent's digest, and
-    the parent would then compile that worker's share itself."""
-    import torch
-
-    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_") and callable(getattr(torch.nn.init, n))]
-    saved = {name: getattr(torch.nn.init, name) for name in names}
-    try:
-        for name in names:
-            setattr(torch.nn.init, name, _leave)
-        yield
-    finally:
-        for name, function in saved.items():
-            setattr(torch.nn.init, name, function)
-
-
-def _leave(tensor, *args, **kwargs):
-    return tensor
-
-
-def _empty_tensors(model) -> None:
-    import torch
-
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    return compile_one, None
 
 
 def _worker_main(number: int, options, inbox, results, setup) -> None:
@@ -133,15 +92,30 @@ def _worker_main(number: int, options, inbox, results, setup) -> None:
         results.put(("failed", number, None, _portable(error)))
         return
     results.put(("ready", number, None, digest))
+    shared, unusable = None, None
     while True:
         message = inbox.get()
         if message is None:
             gc.freeze()  # exit without collecting torch's graphs and caches (about a second)
             return
+        if message[0] == "share":  # what every task needs (the pieces), sent once
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    shared = pickle.loads(message[1])
+                    getattr(shared, "prepare_process", lambda: None)()
+            except SystemExit:
+                raise
+            except BaseException as error:  # noqa: BLE001 (this process compiles nothing; the parent does its share)
+                unusable = _portable(error)
+                results.put(("unusable", number, None, unusable))
+            continue
         round_id, position, task = message
+        if unusable is not None:
+            results.put(("unusable", number, (round_id, position), unusable))
+            continue
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                compiled = compile_one(task)
+                compiled = compile_one(task, shared)
             # Pickled here: a result the queue could not send would be lost without a word.
             results.put(("done", number, (round_id, position), pickle.dumps(compiled)))
         except SystemExit:
@@ -168,8 +142,8 @@ class WorkerPool:
         self._round = 0
         self._finished = False
         self._closed = False
-        self.digest: str | None = None  # the parent's, set before the first `compile`
-        self.mismatched = 0  # workers whose graphs differed from this process's, stopped
+        self.digest: str | None = None  # what a worker's set-up must report, where set (tests)
+        self.mismatched = 0  # workers stopped: a set-up that differed, or pieces they could not rebuild
         # Whether the caller compiles tasks too (tests turn it off so that every task
         # goes through a worker).
         self.caller_compiles = True
@@ -184,6 +158,12 @@ class WorkerPool:
             process.start()
             self._workers.append(_Worker(process, inbox))
 
+    def share(self, shared) -> None:
+        """Send every worker what all tasks need (pickled once), before the first `compile`."""
+        payload = pickle.dumps(shared, protocol=pickle.HIGHEST_PROTOCOL)
+        for worker in self._workers:
+            worker.inbox.put(("share", payload))
+
     def compile(self, tasks: list, compile_here, step=None) -> list:
         """compile_here(task) or a worker's result for each task, in the order of `tasks`."""
         self._round += 1
@@ -191,12 +171,16 @@ class WorkerPool:
         results: list = [None] * len(tasks)
         done = [False] * len(tasks)
         lock = threading.Lock()
-        state = {"next": 0, "failure": None, "stopped": False}
+        state = {"next": 0, "failure": None, "stopped": False, "again": []}
         finished = threading.Event()
 
         def claim():
             with lock:
-                if state["stopped"] or state["next"] >= len(tasks):
+                if state["stopped"]:
+                    return None
+                if state["again"]:  # handed back by a worker that could not compile it
+                    return state["again"].pop(0)
+                if state["next"] >= len(tasks):
                     return None
                 state["next"] += 1
                 return state["next"] - 1
@@ -248,6 +232,18 @@ class WorkerPool:
                 if kind == "failed":
                     fail(TranspileError(f"a compile worker could not prepare the model: {payload}; run with -j 1"))
                     continue
+                if kind == "unusable":
+                    # It could not rebuild the pieces: it stops, the others (this process
+                    # included) take its share, the task it held first.
+                    if worker.ready or worker.busy:
+                        worker.inbox.put(None)
+                        self.mismatched += 1
+                    worker.ready = False
+                    if where is not None and where[0] == round_id:
+                        with lock:
+                            state["again"].append(where[1])
+                    worker.busy = False
+                    continue
                 if kind == "ready":
                     if payload != self.digest:
                         # Its graphs differ from this process's (graphs that depend on the
@@ -273,7 +269,11 @@ class WorkerPool:
         server = threading.Thread(target=serve, name="transpile-compile-pool", daemon=True)
         server.start()
         try:
-            while self.caller_compiles and (position := claim()) is not None:
+            while self.caller_compiles and not finished.is_set():
+                position = claim()
+                if position is None:  # a worker may yet hand a task back
+                    finished.wait(_POLL)
+                    continue
                 record(position, compile_here(tasks[position]))
             finished.wait()
         except BaseException:

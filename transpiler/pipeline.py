@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from . import foreign_ops
 from . import tensor_parallel as tp
 from .assemble import assemble_package
-from .compiling import compile_pieces, split_digest
+from .compiling import compile_pieces
 from .emit import RenderedPackage, render
 from .options import Options, available_cores, package_name  # noqa: F401  (the command imports them from here too)
 from .parallel import WorkerPool
+from .piece_transfer import plan_of
 from .prepare import distributed_context, prepare
 from .targets import get_target
 
@@ -60,17 +61,18 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
     stages = {"capture": time.perf_counter() - started}
     # Before compiling: a capture size the variants do not cover is refused at once.
     graphs = target.graphs_context(split, options.capture_sizes)
+    # Captured once: the pieces, packed, are what this process and every worker compile.
+    plan = plan_of(split, options)
     if pool:
-        pool.digest = split_digest(split)
-    compiled = compile_pieces(split, target, options, progress, pool)
+        pool.share(plan)
+    compiled = compile_pieces(split, plan, target, options, progress, pool)
     notes = list(compiled.notes)
     if pool:
         pool.finish()  # workers exit while this process renders
         if pool.mismatched:
             notes.append(
-                f"{pool.mismatched} compile worker(s) captured graphs that differ from this process's "
-                "(they depend on the weights' values, which workers leave uninitialized, or export is not "
-                "deterministic here); this process compiled their share"
+                f"{pool.mismatched} compile worker(s) could not rebuild the pieces (an op they call is "
+                "registered by MODEL.py itself, not by an --import module); this process compiled their share"
             )
     stages["compile"] = time.perf_counter() - started - sum(stages.values())
 

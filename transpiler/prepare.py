@@ -48,17 +48,6 @@ class PieceGroup:
 
 
 @dataclass(frozen=True)
-class CompileInputs:
-    """What compiling a piece group needs of the split model, and nothing more (no weights,
-    no exported program): what a compile task is handed, in this process or a worker."""
-
-    groups: tuple[PieceGroup, ...]
-    dispatch_symbol: sympy.Symbol
-    symbol_ranges: dict[sympy.Symbol, tuple[int, int | None, int]]  # symbol -> (lo, hi or None, hint)
-    tuning: Tuning | None
-
-
-@dataclass(frozen=True)
 class SplitModel:
     """The captured model split into pieces and grouped: what the compile stage takes."""
 
@@ -78,10 +67,6 @@ class SplitModel:
     tensor_parallel: TensorParallel | None = None  # --tensor-parallel N: the split and the collectives
     exports: Exports | None = None  # what __init__.py re-exports (MODEL.py's `exports`)
     required_ops: tuple[foreign_ops.RequiredOp, ...] = ()  # ops from outside torch the package imports a module for
-
-    @property
-    def compile_inputs(self) -> CompileInputs:
-        return CompileInputs(self.groups, self.dispatch_symbol, self.captured.symbol_ranges, self.tuning)
 
     @functools.cached_property
     def module_of_piece(self) -> dict[int, str]:
@@ -116,7 +101,9 @@ def prepare(options: Options, target: Target) -> SplitModel:
 
         model_file = load_hf_model_file(options.model_path, list(options.imports))
     else:
-        model_file = load_model_file(options.model_path, list(options.imports))
+        # A package that ships no parameters is built from a model without their values.
+        fake_parameters = not options.embeds_weights or options.tensor_parallel is not None
+        model_file = load_model_file(options.model_path, list(options.imports), fake_parameters=fake_parameters)
     split_ops, route_attention = _split_ops(options, model_file)
     exports = build_exports(model_file.exports, list(options.imports))  # refused before any compile
 

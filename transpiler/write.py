@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .emit import RenderedPackage
 from .errors import TranspileError
+from .weights_file import write_file
 
 BINARY_HASHES = "binaries.json"
 
@@ -22,7 +23,7 @@ def _materialize(rendered: RenderedPackage, folder: Path) -> None:
     for relative, data in rendered.files.items():
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        write_file(path, data)
     hashes = {}
     for relative, source in sorted(rendered.binaries.items()):
         path = folder / relative

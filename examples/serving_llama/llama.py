@@ -145,3 +145,11 @@ def build(config: Config, dtype=torch.float32, seed: int = 0) -> Decoder:
             # Small weights keep bf16 activations in range at any depth.
             nn.init.normal_(parameter, std=0.02) if parameter.dim() > 1 else nn.init.ones_(parameter)
     return decoder.eval()
+
+
+# Llama-3-8B's shape (8.0B parameters), for transpile-cost measurements (--weights none);
+# defined last so that the line numbers the packages cite stay those of the layers above.
+CONFIGS["8b"] = Config(
+    vocab=128256, hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336,
+    max_tokens=2048, max_seqs=256, max_blocks_per_seq=256, num_blocks=1024,
+)

@@ -50,8 +50,10 @@ _seqs = torch.export.Dim("seqs", min=1, max=CONFIG.max_seqs)
 _blocks = torch.export.Dim("blocks", min=1, max=1 << 24)  # any cache size
 dynamic_shapes = ({0: _tokens}, {0: _tokens}, {2: _blocks}, {0: _tokens}, {0: _seqs}, {0: _seqs}, {0: _seqs + 1})
 split_ops = ["serving::paged_attention"]
-# Under CUDA graphs, padded tokens get slot -1: the op writes nothing for them.
-pad_values = {"slot_mapping": -1}
+# Under CUDA graphs, padded tokens get slot -1: the op writes nothing for them; the
+# per-sequence metadata are padded to the capture size too, with sequences of no tokens
+# (seq_lens 0, query_start_loc repeating its last offset) that read no block.
+pad_values = {"slot_mapping": -1, "block_table": 0, "seq_lens": 0, "query_start_loc": "last"}
 # Names the package re-exports (the transpiler prints each one into its __init__.py).
 exports = {
     "BLOCK_SIZE": serving_ops.BLOCK_SIZE,

@@ -18,7 +18,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "custom_op"
-FINGERPRINT = "b0bad3d478a43ba74a5e793a517629f5ad731f03a4df1df9768c277ec2dac022"
+FINGERPRINT = "88d6606dc080f5f21c9010104d17b17dfde1346ab7bb67fe67499d52192503bc"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "x", "dim": 1, "min": 1, "max": 64}
 SIZES = (8,)
@@ -96,6 +96,9 @@ WEIGHTS_EMBEDDED = True
 # Inputs and buffers (state-dict keys) the forward writes in place.
 MUTATED_INPUTS = ()
 MUTATED_WEIGHTS = ()
+# Ops from outside torch the model calls: op, the module whose import registers it, and
+# the distribution that ships the module (None: a module beside the model file).
+REQUIRED_OPS = (("mylib::attn", "attention_ops", None),)
 
 
 class CompiledModel:
@@ -127,6 +130,8 @@ def load(weights=None) -> CompiledModel:
     stages = runtime.Stages(logger)
     runtime.check_machine(TORCH_VERSION, PYTHON_VERSION, MACHINE, CPU_FEATURES)
     stages.done("machine check")
+    runtime.import_op_modules(REQUIRED_OPS, ("attention_ops",))
+    stages.done("op modules")
     from . import stitch  # imports the pieces, which load the kernel binaries
 
     stages.done("kernels")

@@ -18,7 +18,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "grouped_mlp"
-FINGERPRINT = "bc5822b5fa2fe859bf097bb4e91febd498532414855250b40aa0a02a34708897"
+FINGERPRINT = "986fbe6146b425a0a83766ec4236229cdce119efd291fb6e713a58f0b502565a"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "x", "dim": 0, "min": 1, "max": 128}
 SIZES = (1,)

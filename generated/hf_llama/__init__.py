@@ -18,7 +18,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "hf_llama"
-FINGERPRINT = "3aacbfe831e22681a664d5a30663ac3af3bbc165f017a7bc3eaa1d66c3941b40"
+FINGERPRINT = "6084a8224399d2ac1a7ee0191943f6bf6087bcc34b21a4f5e2b6419ced69d01f"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1,)

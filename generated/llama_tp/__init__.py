@@ -27,7 +27,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "llama_tp"
-FINGERPRINT = "60f7cda5d31b57f065ba059c727f63b17a452b84fdb060209837bb300d06c77e"
+FINGERPRINT = "a76f6e4d50d96fdb51ff735e53ce3dd18cea18ab2535756d39d815d3eed68be6"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)
@@ -179,6 +179,9 @@ WEIGHTS_EMBEDDED = False
 # Inputs and buffers (state-dict keys) the forward writes in place.
 MUTATED_INPUTS = ("kv_cache",)
 MUTATED_WEIGHTS = ()
+# Ops from outside torch the model calls: op, the module whose import registers it, and
+# the distribution that ships the module (None: a module beside the model file).
+REQUIRED_OPS = (("serving::attention", "serving_ops", None),)
 # Tensor parallel: the number of ranks this package is one of.
 TENSOR_PARALLEL = 2
 # Per checkpoint key: dtype, this rank's shape, and the dim the full tensor is split along
@@ -268,6 +271,8 @@ def load(weights=None, rank_weights=None, process_group=None) -> CompiledModel:
     from . import distributed
 
     group, rank = distributed.bind_process_group(process_group)
+    runtime.import_op_modules(REQUIRED_OPS, ("serving_ops",))
+    stages.done("op modules")
     from . import stitch  # imports the pieces, which load the kernel binaries
 
     stages.done("kernels")

@@ -22,7 +22,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "serving_llama"
-FINGERPRINT = "72b26342f929098414bd103f9939ee0b2f6887dcc3a229f9c9f2d1e3de2711a3"
+FINGERPRINT = "6a7df78fd6932994379f43e962e78b028fecbdbe8aeb13e4811c960f8dce7b32"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 0, "min": 1, "max": 128}
 SIZES = (1,)
@@ -177,6 +177,9 @@ WEIGHTS_EMBEDDED = True
 # Inputs and buffers (state-dict keys) the forward writes in place.
 MUTATED_INPUTS = ("kv_cache",)
 MUTATED_WEIGHTS = ()
+# Ops from outside torch the model calls: op, the module whose import registers it, and
+# the distribution that ships the module (None: a module beside the model file).
+REQUIRED_OPS = (("serving::paged_attention", "serving_ops", None),)
 # Re-exported as MODEL.py's `exports` asks.
 import functools
 import serving_ops
@@ -260,6 +263,8 @@ def load(weights=None) -> CompiledModel:
     stages = runtime.Stages(logger)
     runtime.check_machine(TORCH_VERSION, PYTHON_VERSION, MACHINE, CPU_FEATURES)
     stages.done("machine check")
+    runtime.import_op_modules(REQUIRED_OPS, ("serving_ops",))
+    stages.done("op modules")
     from . import stitch  # imports the pieces, which load the kernel binaries
 
     stages.done("kernels")

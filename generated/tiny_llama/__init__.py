@@ -18,7 +18,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "tiny_llama"
-FINGERPRINT = "e49093c67e285adb61bf6d635322c69b24f967d8ab36acf579e3bf24645ba475"
+FINGERPRINT = "a38db494a4537d66a20858fad1a8487723894038b12bf667e35d1f901a153a1b"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1, 8)

@@ -8,31 +8,45 @@ import gpu_bench as bench  # noqa: E402
 import gpu_weights_read  # noqa: E402
 
 
-def test_rounds_merge_into_one_summary_per_size():
+def test_rounds_merge_into_one_summary_per_case():
     rounds = [
-        {"eager": {"1": [10.0, 12.0, 11.0]}, "package": {"1": [5.0, 7.0]}},
-        {"eager": {"1": [9.0]}, "package": {"1": [6.0]}},
+        {"eager": {"decode 1": [10.0, 12.0, 11.0]}, "package": {"decode 1": [5.0, 7.0]}},
+        {"eager": {"decode 1": [9.0]}, "package": {"decode 1": [6.0]}},
     ]
     merged = bench.merge_rounds(rounds)
-    assert merged["eager"][1] == {"median": 10.5, "min": 9.0, "max": 12.0, "n": 4}
-    assert merged["package"][1] == {"median": 6.0, "min": 5.0, "max": 7.0, "n": 3}
+    assert merged["eager"]["decode 1"] == {"median": 10.5, "min": 9.0, "max": 12.0, "n": 4}
+    assert merged["package"]["decode 1"] == {"median": 6.0, "min": 5.0, "max": 7.0, "n": 3}
 
 
 def test_table_compares_best_package_with_best_compile_and_the_floor():
     summaries = {
-        "torch.compile": {1: bench.summarize([400.0]), 128: bench.summarize([900.0])},
-        "reduce-overhead": {1: bench.summarize([200.0]), 128: bench.summarize([1000.0])},
-        "package": {1: bench.summarize([300.0]), 128: bench.summarize([800.0])},
-        "package + full graphs": {1: bench.summarize([150.0])},
+        "torch.compile": {"decode 1": bench.summarize([400.0]), "prefill 128": bench.summarize([900.0])},
+        "reduce-overhead": {"decode 1": bench.summarize([200.0]), "prefill 128": bench.summarize([1000.0])},
+        "package": {"decode 1": bench.summarize([300.0]), "prefill 128": bench.summarize([800.0])},
+        "package + full graphs": {"decode 1": bench.summarize([150.0])},
     }
-    assert bench.best(summaries, 1, ["package", "package + full graphs"]) == ("package + full graphs", 150.0)
-    lines = bench.table(summaries, floor_us=100.0)
-    assert lines[0].startswith("| tokens | torch.compile | reduce-overhead | package | package + full graphs |")
-    decode = next(line for line in lines if line.startswith("| 1 |"))
-    assert "0.75x (package + full graphs / reduce-overhead)" in decode and decode.endswith("| 1.50x |")
-    prefill = next(line for line in lines if line.startswith("| 128 |"))
-    assert "0.89x (package / torch.compile)" in prefill and prefill.endswith("| - |")
-    assert "| - |" in prefill  # no full-graph figure at 128
+    assert bench.best(summaries, "decode 1", ["package", "package + full graphs"]) == ("package + full graphs", 150.0)
+    lines = bench.table(summaries, {"decode 1": 100.0})
+    assert lines[0].startswith("| case | torch.compile | reduce-overhead | package | package + full graphs |")
+    decode = next(line for line in lines if line.startswith("| decode 1 |"))
+    assert "0.75x (package + full graphs / reduce-overhead)" in decode and decode.endswith("| 100 us | 1.50x |")
+    prefill = next(line for line in lines if line.startswith("| prefill 128 |"))
+    assert "0.89x (package / torch.compile)" in prefill and prefill.endswith("| - | - |")
+    assert lines.index(decode) < lines.index(prefill)  # the cases' order
+
+
+def test_the_floor_adds_the_keys_and_values_a_step_reads():
+    import serving_batches
+
+    class Config:
+        layers, kv_heads, head_dim = 2, 4, 8
+
+    floors = bench.floors(weight_bytes=1_000_000, bandwidth=1e9, config=Config, itemsize=2)
+    # decode 8x1: 8 sequences of 129 tokens, 2 layers x (keys, values) x 4 heads x 8 x 2 bytes
+    assert floors["decode 8x1"] == (1_000_000 + 8 * 129 * 2 * 2 * 4 * 8 * 2) / 1e9 * 1e6
+    assert floors["decode 1"] < floors["decode 8"] < floors["decode 8x1"]
+    assert "prefill 128" not in floors
+    assert serving_batches.Case("decode 8x1", 8, 1, 128).blocks() == 8 * 9
 
 
 def test_weights_read_table_compares_with_the_slower_floor():
@@ -54,11 +68,11 @@ def test_weights_read_table_compares_with_the_slower_floor():
 
 def test_tuned_package_columns_count_as_package_modes():
     summaries = {
-        "reduce-overhead": {1: bench.summarize([200.0])},
-        "package + full graphs": {1: bench.summarize([150.0])},
-        "tuned package + full graphs": {1: bench.summarize([120.0])},
+        "reduce-overhead": {"decode 1": bench.summarize([200.0])},
+        "package + full graphs": {"decode 1": bench.summarize([150.0])},
+        "tuned package + full graphs": {"decode 1": bench.summarize([120.0])},
     }
-    lines = bench.table(summaries, floor_us=100.0)
-    assert lines[0].startswith("| tokens | reduce-overhead | package + full graphs | tuned package + full graphs |")
-    decode = next(line for line in lines if line.startswith("| 1 |"))
+    lines = bench.table(summaries, {"decode 1": 100.0})
+    assert lines[0].startswith("| case | reduce-overhead | package + full graphs | tuned package + full graphs |")
+    decode = next(line for line in lines if line.startswith("| decode 1 |"))
     assert "0.60x (tuned package + full graphs / reduce-overhead)" in decode and decode.endswith("| 1.20x |")

@@ -196,9 +196,10 @@ def test_padding_rules():
     )
     buffers = cg._allocate_input_buffers(specs, 4, "cpu")
     assert [tuple(b.shape) for b in buffers] == [(4, 2), (1, 4), (4,), (3,)]
+    assert buffers[2].tolist() == [-1, -1, -1, -1]  # a buffer starts out as padding
     buffers[0].fill_(7)  # stale values of an earlier call must not survive in the padding
     values = (torch.ones(2, 2), torch.tensor([[5, 6]]), torch.tensor([3, 4]), torch.tensor([1.0, 2.0, 3.0]))
-    cg._copy_into_buffers(specs, values, buffers, 2)
+    cg._copy_into_buffers(specs, values, buffers)
     assert buffers[0].tolist() == [[1, 1], [1, 1], [0, 0], [0, 0]]  # floating: zeros
     assert buffers[1].tolist() == [[5, 6, 6, 6]]  # integer: the last valid element repeated
     assert buffers[2].tolist() == [3, 4, -1, -1]  # a declared pad value
@@ -280,3 +281,132 @@ def test_a_second_capture_and_sizes_above_the_largest_are_refused_or_run_plainly
     CALLS.clear()
     runner(*inputs(4, seed=3), cache)
     assert CALLS == [("piece_a", 4), ("piece_b", 4)]  # above 2: the plain forward
+
+
+# --- a flattened batch: per-sequence inputs padded with the tokens -------------------
+#
+# x, slots [T]; cache [blocks, 4] (static, any number of blocks); table [S, 2],
+# lens [S], starts [S + 1] (a sequence's tokens are starts[s]:starts[s + 1]), as the
+# paged serving example's metadata. The declared maximum of S is MAX_SEQS.
+
+MAX_SEQS = 6
+
+
+def paged_forward(weights, x, slots, cache, table, lens, starts, select=select):
+    """Each token adds its row to the cache at its slot (slot -1: nothing), then reads its
+    sequence's block table, length and a cache row through it. Every op keeps its shape
+    (the fake graphs replay recorded ops)."""
+    row = select(x.size(0))
+    (h,) = row.piece_a([weights[0], x])
+    written = (slots >= 0).unsqueeze(1).to(h.dtype)
+    cache.index_add_(0, slots.clamp(min=0), h * written)  # the eager, state-writing op
+    token = torch.arange(x.size(0))
+    sequence = torch.searchsorted(starts[1:].contiguous(), token, right=True)
+    real = (sequence < lens.size(0)).unsqueeze(1)
+    sequence = sequence.clamp(max=lens.size(0) - 1)
+    context = (lens[sequence] + 10 * table[sequence, 0]).unsqueeze(1).to(h.dtype)
+    attended = torch.where(real, h + context + cache[table[sequence, 1]], 0.0)
+    (out,) = row.piece_b([attended, weights[1]])
+    return (out,)
+
+
+def paged_model(**overrides):
+    fields = {
+        "inputs": (
+            InputSpec("x", torch.float32, (None, 4), 0),
+            InputSpec("slots", torch.int64, (None,), 0, False, -1),
+            InputSpec("cache", torch.float32, (None, 4), None, True),
+            InputSpec("table", torch.int64, (None, 2), 0, False, 0, 0, MAX_SEQS),
+            InputSpec("lens", torch.int64, (None,), 0, False, 0, 0, MAX_SEQS),
+            InputSpec("starts", torch.int64, (None,), 0, False, cg.LAST, 1, MAX_SEQS + 1),
+        ),
+        "output_dispatch_dims": (0,),
+        "forward": paged_forward,
+    }
+    fields.update(overrides)
+    return make_model(**fields)
+
+
+def batch(token_counts, blocks, seed):
+    """A flattened batch of sequences with these token counts, each over blocks of the cache."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = sum(token_counts)
+    x = torch.randn(tokens, 4, generator=generator)
+    slots = torch.randperm(blocks, generator=generator)[:tokens]
+    table = torch.randint(0, blocks, (len(token_counts), 2), generator=generator)
+    lens = torch.tensor([count + 3 for count in token_counts])
+    starts = torch.tensor([0, *torch.tensor(token_counts).cumsum(0).tolist()])
+    return x, slots, table, lens, starts
+
+
+def test_per_sequence_buffers_take_the_capture_size_plus_extra_rows_up_to_their_maximum():
+    specs = paged_model().inputs
+    shapes = [tuple(b.shape) for b in cg._allocate_input_buffers(specs, 4, "cpu", {2: torch.zeros(5, 4)})]
+    assert shapes == [(4, 4), (4,), (5, 4), (4, 2), (4,), (5,)]
+    shapes = [tuple(b.shape) for b in cg._allocate_input_buffers(specs, 8, "cpu", {2: torch.zeros(5, 4)})]
+    assert shapes == [(8, 4), (8,), (5, 4), (6, 2), (6,), (7,)]  # S at most MAX_SEQS, S + 1 at most 7
+
+
+def test_per_sequence_inputs_are_padded_by_their_own_size():
+    specs = paged_model().inputs
+    cache = torch.zeros(5, 4)
+    buffers = cg._allocate_input_buffers(specs, 8, "cpu", {2: cache})
+    for buffer in buffers[3:]:
+        buffer.fill_(9)  # stale values of an earlier call
+    x, slots, table, lens, starts = batch([3, 1, 1], blocks=5, seed=0)  # T = 5, S = 3
+    cg._copy_into_buffers(specs, (x, slots, cache, table, lens, starts), buffers)
+    assert buffers[1].tolist() == [*slots.tolist(), -1, -1, -1]
+    assert buffers[3].tolist() == [*table.tolist(), [0, 0], [0, 0], [0, 0]]
+    assert buffers[4].tolist() == [6, 4, 4, 0, 0, 0]  # padded sequences: length 0
+    assert buffers[5].tolist() == [0, 3, 4, 5, 5, 5, 5]  # and no tokens: the last offset repeated
+    assert buffers[2] is cache
+
+
+@pytest.mark.parametrize("mode", ["piecewise", "full"])
+def test_flattened_batches_replay_like_the_plain_forward(fake_graphs, mode):
+    w = weights()
+    blocks = 11  # any number of blocks: the static cache's first dim is free
+    cache = torch.randn(blocks, 4)
+    before = cache.clone()
+    runner = cg.runner_class(paged_model())(w, mode=mode, static_inputs={"cache": cache})
+    runner.capture()
+    assert torch.equal(cache, before)  # capture wrote nothing (padding only), and restored anyway
+    buffers = runner._graphs[8].input_buffers
+    assert [tuple(b.shape) for b in buffers[3:]] == [(6, 2), (6,), (7,)]
+    expected_cache = before.clone()
+    # Decode-only, prefill-only and mixed batches, at capture sizes and between them.
+    for step, counts in enumerate(([1], [3], [1, 1, 1], [2, 1, 1, 1, 1], [4, 1, 2], [1] * 6, [5, 2, 1])):
+        x, slots, table, lens, starts = batch(counts, blocks, seed=step)
+        (expected,) = paged_forward(w, x, slots, expected_cache, table, lens, starts)
+        CALLS.clear()
+        replays = fake_graphs.replays
+        (out,) = runner(x, slots, cache, table, lens, starts)
+        assert fake_graphs.replays > replays and CALLS == []  # graphs replayed, no piece ran
+        assert out.shape == (sum(counts), 4)  # sliced back to T
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(cache, expected_cache, rtol=0, atol=1e-5)  # written in place
+
+
+def test_more_sequences_than_the_buffers_hold_run_the_plain_forward(fake_graphs):
+    """S <= T holds when every sequence has a token; a call that breaks it (sequences of no
+    new token) does not fit the buffers of T's capture size: the plain forward runs it."""
+    w = weights()
+    cache = torch.randn(7, 4)
+    runner = cg.runner_class(paged_model())(w, static_inputs={"cache": cache})
+    runner.capture()
+    x, slots, table, lens, starts = batch([2, 0, 0], blocks=7, seed=3)  # T = 2, S = 3
+    expected_cache = cache.clone()
+    (expected,) = paged_forward(w, x, slots, expected_cache, table, lens, starts)
+    CALLS.clear()
+    (out,) = runner(x, slots, cache, table, lens, starts)
+    assert CALLS == [("piece_a", 2), ("piece_b", 2)]
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(cache, expected_cache, rtol=0, atol=0)
+
+
+def test_a_static_input_keeps_a_free_dim_but_its_other_dims_are_checked(fake_graphs):
+    runner_class = cg.runner_class(paged_model())
+    with pytest.raises(ValueError, match=r"static input cache must be torch.float32 \(N, 4\), got torch.float32 \(7, 3\)"):
+        runner_class(weights(), static_inputs={"cache": torch.zeros(7, 3)})
+    for blocks in (1, 30):
+        runner_class(weights(), static_inputs={"cache": torch.zeros(blocks, 4)})

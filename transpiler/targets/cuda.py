@@ -175,14 +175,20 @@ def _cuda_graphs_context(split, capture_sizes: tuple[int, ...] | None):
     else:
         sizes = cudagraphs.validate_capture_sizes(list(capture_sizes), lo, hi)
     captured = split.captured
+    padded = cudagraphs.input_padded_dims(
+        captured.graph_module, split.dispatch_symbol, captured.user_inputs, captured.symbol_ranges
+    )
+    static = set(split.state.static_inputs)
+    # Counts of their own (sequences) that non-static inputs are padded along.
+    counts = {p.symbol for name, p in zip(captured.user_inputs, padded) if p and not p.dispatch and name not in static}
     return cudagraphs.cudagraphs_context(
         split.name,
         sizes,
         capture_stage.input_specs(captured),
         split.dispatch.input_index,
         split.dispatch.dim,
-        cudagraphs.output_dispatch_dims(captured.graph_module, split.dispatch_symbol),
-        cudagraphs.input_dispatch_dims(captured.graph_module, split.dispatch_symbol, captured.user_inputs),
+        cudagraphs.output_dispatch_dims(captured.graph_module, split.dispatch_symbol, counts),
+        padded,
         split.state,
         [w.key for w in captured.weights],
     )

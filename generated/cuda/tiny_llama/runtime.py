@@ -449,6 +449,43 @@ def call_without_dynamo(op_names: tuple) -> None:
                 kernel.__dynamo_disable = kernel
 
 
+def import_op_modules(required: tuple, imports: tuple = ()) -> None:
+    """Import the modules that register the model's ops from outside torch (REQUIRED_OPS:
+    op, module, the distribution to install or None), after those named by --import (which
+    may be the ones that register an op through a helper module), so the first call finds
+    them; one line naming the op, the module and what to install when one cannot be
+    imported or does not register the op."""
+    for module in imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ImportError(
+                f"module {module} (--import) cannot be imported ({error}): put the folder holding it on sys.path"
+            ) from None
+    for op, module, requirement in required:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ImportError(
+                f"the model calls op {op}, which module {module} registers, and importing it failed "
+                f"({error}): {_install_hint(module, requirement)}"
+            ) from None
+    for op, module, requirement in required:
+        namespace, _, name = op.partition("::")
+        if not hasattr(getattr(torch.ops, namespace), name):
+            raise ImportError(
+                f"the model calls op {op}, which module {module} no longer registers: "
+                f"{_install_hint(module, requirement)}"
+            )
+    call_without_dynamo(tuple(op for op, _, _ in required))
+
+
+def _install_hint(module: str, requirement) -> str:
+    if requirement:
+        return f"pip install '{requirement}'"
+    return f"put the folder holding {module} on sys.path"
+
+
 def own_mutated(tensors: tuple, keys: tuple, mutated: tuple) -> tuple:
     """Buffers the forward writes in place, copied: the package's state must not be
     the storage of a state_dict the caller passed in (its module would change too)."""
