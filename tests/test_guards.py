@@ -59,23 +59,24 @@ def test_a_failing_guard_splits_the_range_where_it_flips():
 
 
 def test_pipeline_recompiles_the_halves_and_notes_the_split(monkeypatch):
-    """_compile_all retries with the split range; the other variants stay as they were."""
-    from transpiler import pipeline
+    """compile_pieces retries with the split range; the other variants stay as they were."""
+    from transpiler import compiling
     from transpiler.inductor import RangeSpecialized
     from transpiler.ranges import make_variants
 
     seen = []
 
-    def fake_compile(prepared, target, variants, options, progress, pool=None):
+    def fake_compile(split, plan, target, variants, options, progress, pool=None):
         seen.append([v.name for v in variants])
         for variant in variants:
             if variant.range == SizeRange(9, 32):
                 raise RangeSpecialized(variant, sympy.Lt(SIZE, 16), 16, [SizeRange(9, 15), SizeRange(16, 32)])
+        return ()
 
-    monkeypatch.setattr(pipeline, "_compile_variants", fake_compile)
+    monkeypatch.setattr(compiling, "_compile_variants", fake_compile)
     variants = make_variants([SizeRange(1, 8), SizeRange(9, 32)], [4])
-    prepared = SimpleNamespace(variants=variants, unique=[])
-    final, notes = pipeline._compile_all(prepared, None, None, None)
-    assert [v.name for v in final] == ["size_4", "range_1_8", "range_9_15", "range_16_32"]
+    split = SimpleNamespace(variants=variants, groups=())
+    compiled = compiling.compile_pieces(split, None, None, None)
+    assert [v.name for v in compiled.variants] == ["size_4", "range_1_8", "range_9_15", "range_16_32"]
     assert seen == [["size_4", "range_1_8", "range_9_32"], ["size_4", "range_1_8", "range_9_15", "range_16_32"]]
-    assert notes == ["range 9-32 split into 9-15, 16-32 (Inductor specialized it on `s0 < 16`)"]
+    assert compiled.notes == ("range 9-32 split into 9-15, 16-32 (Inductor specialized it on `s0 < 16`)",)

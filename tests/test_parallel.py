@@ -113,14 +113,16 @@ def test_workers_compile_the_same_bytes_as_this_process(example_out, tmp_path):
     transpile with -j 1, file for file."""
     from conftest import EXAMPLES, ROOT
 
-    from transpiler.options import Options
+    from transpiler.options import Options, parse_ranges, parse_sizes
     from transpiler.pipeline import transpile
     from transpiler.treediff import diff_trees
     from transpiler.write import materialize_to
 
     args = EXAMPLES["mlp"]
     assert args[1:] == ["--name", "mlp", "--ranges", "1-32,33-128", "--sizes", "4"]
-    options = Options(model_path=ROOT / args[0], name="mlp", ranges="1-32,33-128", sizes="4", jobs=3)
+    options = Options(
+        model_path=ROOT / args[0], name="mlp", ranges=parse_ranges("1-32,33-128"), sizes=parse_sizes("4"), jobs=3
+    )
     pool = WorkerPool(options, 2)
     pool.caller_compiles = False
     rendered, summary = transpile(options, pool=pool)
@@ -155,7 +157,7 @@ def test_workers_get_the_pieces_and_never_run_the_model_file(tmp_path):
     alone equals its -j 1 transpile, and only this process ran MODEL.py."""
     from conftest import ROOT
 
-    from transpiler.options import Options
+    from transpiler.options import Options, parse_ranges, parse_sizes
     from transpiler.pipeline import transpile
     from transpiler.treediff import diff_trees
     from transpiler.write import materialize_to
@@ -167,7 +169,10 @@ def test_workers_get_the_pieces_and_never_run_the_model_file(tmp_path):
     model.write_text(model.read_text() + f"\nopen({str(marker)!r}, 'a').write(f'{{__import__(\"os\").getpid()}}\\n')\n")
 
     def options(jobs):
-        return Options(model_path=model, name="serving", imports=["serving_ops"], ranges="1-16,17-128", sizes="1", weights="none", jobs=jobs)
+        return Options(
+            model_path=model, name="serving", imports=("serving_ops",), ranges=parse_ranges("1-16,17-128"),
+            sizes=parse_sizes("1"), weights="none", jobs=jobs,
+        )
 
     rendered_here, _ = transpile(options(1))
     materialize_to(rendered_here, tmp_path / "j1" / "serving")

@@ -4,14 +4,15 @@ kernels are stand-ins for cubins (no GPU here), and an unknown device refused.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
-
 from conftest import EXAMPLES, ROOT
+
 from transpiler import pipeline
 from transpiler.cudagraphs import cudagraphs_context
 from transpiler.errors import TranspileError
-from transpiler.ir import Kernel
+from transpiler.options import parse_ranges, parse_sizes
 from transpiler.targets import get_target
 
 
@@ -27,13 +28,15 @@ def cpu_package():
     captured = {}
     real_render = pipeline.render
 
-    def keep(package):
+    def keep(package, target=None):
         captured["package"] = copy.deepcopy(package)
-        return real_render(package)
+        return real_render(package, target)
 
     pipeline.render = keep
     try:
-        options = pipeline.Options(model_path=ROOT / args[0], name="mlp", ranges="1-32,33-128", sizes="4")
+        options = pipeline.Options(
+            model_path=ROOT / args[0], name="mlp", ranges=parse_ranges("1-32,33-128"), sizes=parse_sizes("4")
+        )
         pipeline.transpile(options)
     finally:
         pipeline.render = real_render
@@ -42,27 +45,38 @@ def cpu_package():
 
 def as_cuda(package):
     """The same package as the CUDA target would hand it over: Triton kernels with launch data."""
-    package = copy.deepcopy(package)
-    package.device = "cuda"
-    package.gpu = {"arch": 90, "name": "NVIDIA H100", "cuda": "13.0", "triton": "3.6.0"}
-    package.cuda_graphs = cudagraphs_context(
-        package.name, [1, 2, 4, 8], package.inputs, package.dispatch.input_index, package.dispatch.dim, (0,)
+    from transpiler.targets.cuda import CubinKernel
+
+    def cubin(k):
+        return CubinKernel(
+            name=k.name, source=f"# Triton source of {k.name}\n", binary=b"cubin",
+            launch={"function_name": k.name, "handle": f"_{k.name}", "file_name": k.name, "symbol": "kernel",
+                    "num_warps": 4, "shared": 0, "arg_types": "OOi", "arch": 90, "params": ["a", "b", "stream"],
+                    "grid_lines": ["grid_0 = 1", "grid_1 = 1", "grid_2 = 1"], "launch_args": ["a", "b"],
+                    "comment": "XBLOCK=128"},
+            metadata={"symbol": "kernel", "config": {"XBLOCK": 128}}, alias_of=k.alias_of,
+        )
+
+    pieces = tuple(
+        dataclasses.replace(piece, variants=tuple(
+            dataclasses.replace(
+                variant,
+                target_runtime_names=["empty_strided_cuda", "get_raw_stream"],
+                kernels=[cubin(k) for k in variant.kernels],
+            )
+            for variant in piece.variants
+        ))
+        for piece in package.pieces
     )
-    for piece in package.pieces:
-        for variant in piece.variants:
-            variant.cuda_runtime_names = ["empty_strided_cuda", "get_raw_stream"]
-            variant.kernels = [
-                Kernel(
-                    name=k.name, kind="triton", source=f"# Triton source of {k.name}\n", binary=b"cubin",
-                    launch={"function_name": k.name, "handle": f"_{k.name}", "file_name": k.name, "symbol": "kernel",
-                            "num_warps": 4, "shared": 0, "arg_types": "OOi", "arch": 90, "params": ["a", "b", "stream"],
-                            "grid_lines": ["grid_0 = 1", "grid_1 = 1", "grid_2 = 1"], "launch_args": ["a", "b"],
-                            "comment": "XBLOCK=128"},
-                    metadata={"symbol": "kernel", "config": {"XBLOCK": 128}}, alias_of=k.alias_of,
-                )
-                for k in variant.kernels
-            ]
-    return package
+    return dataclasses.replace(
+        package,
+        device="cuda",
+        gpu={"arch": 90, "name": "NVIDIA H100", "cuda": "13.0", "triton": "3.6.0"},
+        cuda_graphs=cudagraphs_context(
+            package.name, [1, 2, 4, 8], package.inputs, package.dispatch.input_index, package.dispatch.dim, (0,)
+        ),
+        pieces=pieces,
+    )
 
 
 def test_each_target_renders_its_own_files(cpu_package):
@@ -93,8 +107,7 @@ def test_a_tensor_parallel_package_renders_for_cuda(cpu_package):
     from transpiler.ir import Shard, TensorParallel
 
     package = as_cuda(cpu_package)
-    package.weights_embedded = False
-    package.tensor_parallel = TensorParallel(
+    package = dataclasses.replace(package, weights_embedded=False, tensor_parallel=TensorParallel(
         world_size=2,
         group_name="mlp:tp",
         shards=tuple(
@@ -103,7 +116,7 @@ def test_a_tensor_parallel_package_renders_for_cuda(cpu_package):
             for w in package.weights if w.user_supplied
         ),
         collectives=(("_c10d_functional::all_reduce", 1),),
-    )
+    ))
     rendered = render(package)
     assert {"distributed.py", "distributed_runtime.py"} <= set(rendered.files)
     init = rendered.files["__init__.py"].decode()

@@ -125,7 +125,7 @@ def test_four_ranks_match_unsplit_eager(shared_dir, tmp_path):
 def test_workers_compile_the_same_bytes_under_their_own_fake_group(example_out, tmp_path):
     """-j N: each compile worker prepares the model under a fake process group of its own;
     llama_tp through two workers (this process compiling nothing) equals its -j 1 transpile."""
-    from transpiler.options import Options
+    from transpiler.options import Options, parse_ranges, parse_sizes
     from transpiler.parallel import WorkerPool
     from transpiler.pipeline import transpile
     from transpiler.treediff import diff_trees
@@ -137,8 +137,8 @@ def test_workers_compile_the_same_bytes_under_their_own_fake_group(example_out, 
     ]
     expected = example_out("llama_tp") / "llama_tp"
     options = Options(
-        model_path=ROOT / args[0], name="llama_tp", imports=["serving_ops"], tensor_parallel=2,
-        ranges="1-16,17-64", sizes="1", jobs=3,
+        model_path=ROOT / args[0], name="llama_tp", imports=("serving_ops",), tensor_parallel=2,
+        ranges=parse_ranges("1-16,17-64"), sizes=parse_sizes("1"), jobs=3,
     )
     pool = WorkerPool(options, 2)
     pool.caller_compiles = False

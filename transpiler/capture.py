@@ -17,16 +17,18 @@ from .ir import DispatchDim, TensorSpec, Weight
 from .model_file import ModelFile
 
 
-@dataclass
+@dataclass(frozen=True)
 class Capture:
-    program: ExportedProgram
+    """The captured model: the first stage's result."""
+
+    program: ExportedProgram | None  # None in a compile worker, which needs the graph only
     graph_module: torch.fx.GraphModule  # the lifted graph: weights are placeholders
-    user_inputs: list[str]  # placeholder names of forward's arguments, in order
-    weights: list[Weight]
+    user_inputs: tuple[str, ...]  # placeholder names of forward's arguments, in order
+    weights: tuple[Weight, ...]
     weight_tensors: dict[str, torch.Tensor]
-    symbol_ranges: dict  # sympy symbol -> (lo, hi or None, hint)
-    inlined_ops: list = field(default_factory=list)  # foreign custom ops captured as their bodies
-    untraceable_ops: dict = field(default_factory=dict)  # foreign custom ops kept: op -> why
+    symbol_ranges: dict[sympy.Symbol, tuple[int, int | None, int]]  # symbol -> (lo, hi or None, hint)
+    inlined_ops: tuple[str, ...] = ()  # foreign custom ops captured as their bodies
+    untraceable_ops: dict[str, str] = field(default_factory=dict)  # foreign custom ops kept: op -> why
 
 
 # Lines of torch.export's message worth keeping: the failing guard and the suggested fix.
@@ -142,11 +144,11 @@ def export_model(
     return Capture(
         program=program,
         graph_module=graph_module,
-        user_inputs=user_inputs,
-        weights=weights,
+        user_inputs=tuple(user_inputs),
+        weights=tuple(weights),
         weight_tensors=tensors,
         symbol_ranges=symbol_ranges,
-        inlined_ops=inlining["inlined"],
+        inlined_ops=tuple(inlining["inlined"]),
         untraceable_ops=inlining["untraceable"],
     )
 
@@ -173,14 +175,14 @@ def _hint(program: ExportedProgram, symbol) -> int:
     return 2
 
 
-def input_specs(capture: Capture) -> list[TensorSpec]:
+def input_specs(capture: Capture) -> tuple[TensorSpec, ...]:
     placeholders = {node.name: node for node in capture.program.graph.find_nodes(op="placeholder")}
     specs = []
     for name in capture.user_inputs:
         value = placeholders[name].meta["val"]
         shape = tuple(None if isinstance(d, torch.SymInt) else int(d) for d in value.shape)
         specs.append(TensorSpec(name=name, dtype=str(value.dtype), shape=shape))
-    return specs
+    return tuple(specs)
 
 
 def resolve_dispatch_dim(capture: Capture, requested: str | None) -> tuple[DispatchDim, sympy.Symbol]:

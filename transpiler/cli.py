@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import io
 import logging
@@ -15,6 +16,8 @@ import warnings
 from pathlib import Path
 
 from .errors import TranspileError
+from .targets import DEFAULT_DEVICE, DEVICES
+from .targets.cpu_isa import CPU_ISAS, DEFAULT_CPU_ISA
 
 EXIT_USAGE = 2
 EXIT_DIFFERS = 1
@@ -45,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="folder to write OUT/NAME/ into")
     parser.add_argument("--name", help="package name (default: MODEL.py's file stem)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="target device (default: cpu); cuda needs the GPU the package will run on")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, choices=DEVICES, help="target device (default: cpu); cuda needs the GPU the package will run on")
     parser.add_argument("--split-ops", metavar="A,B", help="ops to split at, e.g. aten::scaled_dot_product_attention")
     parser.add_argument("--ranges", metavar="LO-HI,...", help="ranges of the dispatch dim, compiled with symbolic shapes")
     parser.add_argument("--sizes", metavar="N,...", help="exact sizes compiled with static shapes (win over ranges)")
@@ -55,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         help="module to import first (registers custom ops); the package imports it too",
     )
     parser.add_argument(
-        "--cpu-isa", default="avx2", choices=["avx2", "avx512", "native"],
+        "--cpu-isa", default=DEFAULT_CPU_ISA, choices=list(CPU_ISAS),
         help="x86-64 level the C++ kernels are built for (default: avx2, portable and reproducible)",
     )
     parser.add_argument(
@@ -169,34 +172,38 @@ def _jobs(requested: int | None) -> int:
 
 def _run(args, console, console_out) -> int:
     # Imported here so that `transpile --help` and argument errors answer at once.
-    from .options import Options, package_name, parse_world_size
+    from . import options as parse
+    from .options import Options, package_name
     from .parallel import WorkerPool
+    from .targets import parse_device
+    from .targets.cpu_isa import parse_cpu_isa
 
     if (args.model is None) == (args.hf is None):
         raise TranspileError("pass MODEL.py or --hf FOLDER (one of them)")
     if args.hf is not None:
         args.imports = args.imports if "serving_ops" in args.imports else [*args.imports, "serving_ops"]
         args.checkpoint_prefix = args.checkpoint_prefix or "decoder."
+    # Every option parsed here, once, into the typed values the stages take.
     options = Options(
         model_path=args.hf if args.hf is not None else args.model,
         hf=args.hf is not None,
         name=args.name,
-        device=args.device,
-        split_ops=[op.strip() for op in args.split_ops.split(",") if op.strip()] if args.split_ops else None,
-        ranges=args.ranges,
-        sizes=args.sizes,
+        device=parse_device(args.device),
+        split_ops=parse.parse_names(args.split_ops) if args.split_ops else None,
+        ranges=parse.parse_ranges(args.ranges),
+        sizes=parse.parse_sizes(args.sizes),
         dispatch_dim=args.dispatch_dim,
-        imports=args.imports,
-        cpu_isa=args.cpu_isa,
-        capture_sizes=args.capture_sizes,
-        static_inputs=[n.strip() for n in args.static_inputs.split(",") if n.strip()] if args.static_inputs is not None else None,
-        weights=args.weights,
+        imports=tuple(args.imports),
+        cpu_isa=parse_cpu_isa(args.cpu_isa),
+        capture_sizes=parse.parse_capture_sizes(args.capture_sizes),
+        static_inputs=parse.parse_names(args.static_inputs),
+        weights=parse.parse_weights(args.weights),
         checkpoint_prefix=args.checkpoint_prefix,
         # Benchmarks taken in parallel processes would time each other: --autotune runs alone unless -j says otherwise.
         jobs=1 if args.autotune and args.jobs is None else _jobs(args.jobs),
         autotune=args.autotune,
         tuning=args.tuning,
-        tensor_parallel=parse_world_size(args.tensor_parallel),
+        tensor_parallel=parse.parse_world_size(args.tensor_parallel),
     )
     target = args.out / package_name(options)
     if args.check and args.wheel is not None:
@@ -205,7 +212,7 @@ def _run(args, console, console_out) -> int:
         raise TranspileError(f"--check: {target} does not exist; run without --check to create it")
     # A package tuned before keeps its choices: its lockfile is replayed unless --autotune.
     if options.tuning is None and not options.autotune and (target / "tuning.json").is_file():
-        options.tuning = target / "tuning.json"
+        options = dataclasses.replace(options, tuning=target / "tuning.json")
     # Compile workers start before this process imports torch, so that their start-up
     # (import torch, capture the model) overlaps this process's own.
     pool = WorkerPool(options, options.jobs - 1) if options.jobs > 1 else None

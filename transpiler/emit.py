@@ -1,4 +1,5 @@
-"""Render the package: Jinja templates filled from the intermediate model, then black.
+"""Render the package: one builder per emitted file, each filling its Jinja template from
+the Package (ir.py), then black; the weights; then the manifest and hashes (manifest.py).
 
 Returns file contents in memory (relative path -> bytes) plus the kernel binaries to
 copy, so that nothing touches the output folder until everything has rendered.
@@ -6,18 +7,24 @@ copy, so that nothing touches the output folder until everything has rendered.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 from dataclasses import dataclass
-from pathlib import Path
 
-from .ir import Package
+import jinja2
+
+from . import manifest as manifest_step
+from .ir import Package, UniquePiece
+from .manifest import checkpoint_key
 from .runtime import runtime_files
-from .templating import environment, format_python  # noqa: F401  (targets import format_python from here)
-from .targets import get_target
-from .weights_file import SafetensorsStream, file_sha256
+from .targets import Target, get_target
+from .templating import environment, format_python
+from .weights_file import SafetensorsStream
 
+# The template every __init__.py starts from, and its extension for a package that is one
+# rank of N; the target's own extensions (Target.init_templates) go over them.
+INIT_TEMPLATE = "__init__.py.jinja"
+TENSOR_PARALLEL_INIT_TEMPLATE = "tensor_parallel/__init__.py.jinja"
+WEIGHTS_FILE = "weights.safetensors"
 
 
 @dataclass
@@ -27,164 +34,175 @@ class RenderedPackage:
     manifest: dict
 
 
-_environment = environment
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def render(package: Package) -> RenderedPackage:
-    env = _environment()
-    common = {
-        "name": package.name,
-        "model_file": package.model_file,
-        "dispatch_input": package.dispatch.input_name,
-        "dispatch_dim": package.dispatch.dim,
-    }
-    python: dict[str, str] = {}
+def render(package: Package, target: Target | None = None) -> RenderedPackage:
+    target = target or get_target(package.device)
+    env = environment()
+    common = common_context(package)
+    python: dict[str, str] = {}  # path -> source before black
     text: dict[str, str] = {}
     binaries: dict[str, str | bytes] = {}  # a path to copy, or the content
 
-    python["stitch.py"] = env.get_template("stitch.py.jinja").render(
-        **common, stitch=package.stitch, imports=package.imports, ships_ops=package.ships_ops
-    )
-    python["dispatch.py"] = env.get_template("dispatch.py.jinja").render(**common, **_dispatch_context(package))
+    python["stitch.py"] = stitch_module(env, package, common)
+    python["dispatch.py"] = dispatch_module(env, package, common)
+    # The package runtime: modules of the tool (transpiler/runtime/), copied verbatim.
     python.update(runtime_files("runtime.py", *(["ops.py"] if package.ships_ops else [])))
     python["pieces/__init__.py"] = env.get_template("pieces/__init__.py.jinja").render(**common)
-    tensor_parallel = _tensor_parallel_context(package)
-    if tensor_parallel:
-        python["distributed.py"] = env.get_template("distributed.py.jinja").render(**common, **tensor_parallel)
+    if package.tensor_parallel:
+        python["distributed.py"] = env.get_template("distributed.py.jinja").render(
+            **common, **tensor_parallel_context(package)
+        )
         python.update(runtime_files("distributed_runtime.py"))
-    target = get_target(package.device)
     python.update(target.extra_modules(package, env, common))
     for piece in package.pieces:
-        shipped = [k for k in piece.kernels if not k.alias_of]
-        python[f"pieces/{piece.module_name}.py"] = env.get_template(target.piece_template()).render(
-            **common,
-            **target.piece_context(piece, shipped),
-            piece=piece,
-            variant_names=[v.variant.name for v in piece.variants],
-            modules=sorted({m for v in piece.variants for m in v.module_names}),
-            kernel_aliases=[k for k in piece.kernels if k.alias_of],
-        )
-        folder = f"kernels/{piece.module_name}"
-        for kernel in shipped:
-            kernel_text, kernel_binaries = target.kernel_files(folder, kernel)
-            text.update(kernel_text)
-            binaries.update(kernel_binaries)
-
+        python[f"pieces/{piece.module_name}.py"] = piece_module(env, piece, target, common)
+        kernel_text, kernel_binaries = kernel_files(piece)
+        text.update(kernel_text)
+        binaries.update(kernel_binaries)
     if package.tuning is not None:
         text["tuning.json"] = package.tuning  # the lockfile a later transpile replays
 
     files = {path: format_python(source, path).encode() for path, source in python.items()}
     files.update({path: source.encode() for path, source in text.items()})
-    # --weights none: the file keeps only what no checkpoint holds (constants, non-persistent buffers).
+    weights = weights_file(package)
+    if weights is not None:
+        files[WEIGHTS_FILE] = weights
+
+    features = target.cpu_features(package.cpu_isa)
+    hashes = manifest_step.file_hashes(files)
+    fingerprint = manifest_step.fingerprint(package, hashes, features)
+    files["__init__.py"] = format_python(init_module(env, package, target, common, fingerprint, features), "__init__.py").encode()
+    hashes["__init__.py"] = manifest_step.sha256(files["__init__.py"])
+    manifest = manifest_step.build_manifest(
+        package,
+        fingerprint,
+        features,
+        target.build_assumptions(),
+        WEIGHTS_FILE if weights is not None else None,
+        hashes,
+    )
+    return RenderedPackage(files=files, binaries=binaries, manifest=manifest)
+
+
+def common_context(package: Package) -> dict:
+    """What every template may print."""
+    return {
+        "name": package.name,
+        "model_file": package.model_file,
+        "dispatch_input": package.dispatch.input_name,
+        "dispatch_dim": package.dispatch.dim,
+    }
+
+
+# --- one builder per file -----------------------------------------------------------
+
+
+def stitch_module(env: jinja2.Environment, package: Package, common: dict) -> str:
+    """stitch.py: the forward, calling pieces and splitting ops in the model's order."""
+    return env.get_template("stitch.py.jinja").render(
+        **common, stitch=package.stitch, imports=list(package.imports), ships_ops=package.ships_ops
+    )
+
+
+def dispatch_module(env: jinja2.Environment, package: Package, common: dict) -> str:
+    """dispatch.py: the runtime size -> the variant's functions."""
+    rows = []
+    for variant in package.variants:
+        rows.append(
+            {
+                "constant": variant.name.upper(),
+                "functions": [f"{piece.module_name}.{variant.name}" for piece in package.pieces],
+                "size": variant.range.lo,
+                "lo": variant.range.lo,
+                "hi": 'float("inf")' if variant.range.hi is None else variant.range.hi,
+                "static": variant.static,
+            }
+        )
+    supported = [f"size {v.range.lo}" for v in package.exact_variants] + [
+        v.range.label() for v in package.range_variants
+    ]
+    return env.get_template("dispatch.py.jinja").render(
+        **common,
+        piece_modules=[piece.module_name for piece in package.pieces],
+        rows=rows,
+        exact_rows=[r for r in rows if r["static"]],
+        range_rows=[r for r in rows if not r["static"]],
+        supported=", ".join(supported),
+    )
+
+
+def piece_module(env: jinja2.Environment, piece: UniquePiece, target: Target, common: dict) -> str:
+    """pieces/piece_N.py: one function per variant, and what loads its kernels; the kind
+    of kernel (Target.kernel_type) names the template and what it imports."""
+    kernel_type = target.kernel_type
+    shipped = [k for k in piece.kernels if not k.alias_of]
+    return env.get_template(kernel_type.piece_template).render(
+        **common,
+        **kernel_type.piece_context(piece, shipped),
+        piece=piece,
+        variant_names=[v.variant.name for v in piece.variants],
+        modules=sorted({m for v in piece.variants for m in v.module_names}),
+        kernel_aliases=[k for k in piece.kernels if k.alias_of],
+    )
+
+
+def kernel_files(piece: UniquePiece) -> tuple[dict[str, str], dict[str, str | bytes]]:
+    """kernels/piece_N/: each shipped kernel's files (its source, its binary)."""
+    text: dict[str, str] = {}
+    binaries: dict[str, str | bytes] = {}
+    for kernel in piece.kernels:
+        if not kernel.alias_of:
+            kernel_text, kernel_binaries = kernel.files(f"kernels/{piece.module_name}")
+            text.update(kernel_text)
+            binaries.update(kernel_binaries)
+    return text, binaries
+
+
+def weights_file(package: Package) -> SafetensorsStream | None:
+    """weights.safetensors, streamed from the tensors themselves when written and hashed (no
+    second copy); with --weights none only what no checkpoint holds (constants,
+    non-persistent buffers); None when nothing is left to ship."""
     shipped_keys = {w.key for w in package.weights if package.weights_embedded or not w.user_supplied}
     shipped = {key: t for key, t in sorted(package.weight_tensors.items()) if key in shipped_keys}
-    if shipped:
-        # Streamed from the tensors themselves when written and hashed: no second copy.
-        files["weights.safetensors"] = SafetensorsStream(shipped)
-    features = target.cpu_features(package.cpu_isa)
-    # Each file is hashed once (the weights file of a 1B model takes seconds).
-    file_hashes = {path: file_sha256(data) for path, data in sorted(files.items())}
-    # The fingerprint covers everything that decides behaviour; __init__.py prints it.
-    fingerprint = _sha256(
-        json.dumps(
-            {
-                "files": file_hashes,
-                "torch": package.torch_version,
-                "model": package.model_sha256,
-                "cpu_features": features,
-                "gpu": package.gpu,
-                "capture_sizes": list(package.cuda_graphs.capture_sizes) if package.cuda_graphs else [],
-            },
-            sort_keys=True,
-        ).encode()
-    )
-    init_source = env.get_template(target.init_template()).render(
-        **common,
-        **_init_context(package, fingerprint, features),
-        **target.init_context(package),
-        tensor_parallel=tensor_parallel,
-    )
-    files["__init__.py"] = format_python(init_source, "__init__.py").encode()
-    file_hashes = {**file_hashes, "__init__.py": _sha256(files["__init__.py"])}
+    if not shipped:
+        return None
+    return SafetensorsStream(shipped)
 
-    manifest = {
-        "format": 1,
-        "name": package.name,
-        "model": {"file": package.model_file, "sha256": package.model_sha256},
-        "fingerprint": fingerprint,
-        "torch": package.torch_version,
-        "python": package.python_version,
-        "device": package.device,
-        "machine": platform.machine(),
-        "cpu_isa": package.cpu_isa,
-        "march": package.march,
-        "cpu_features": list(features),
-        "gpu": package.gpu,
-        "build_assumptions": target.build_assumptions(),
-        "imports": package.imports,
-        **(
-            {"required_ops": [{"op": r.op, "module": r.module, "requirement": r.requirement} for r in package.required_ops]}
-            if package.required_ops
-            else {}
-        ),
-        "split_ops": package.split_ops,
-        "dispatch": {
-            "input": package.dispatch.input_name,
-            "dim": package.dispatch.dim,
-            "min": package.dispatch.lo,
-            "max": package.dispatch.hi,
-        },
-        "sizes": [v.range.lo for v in package.exact_variants],
-        "ranges": [[v.range.lo, v.range.hi] for v in package.range_variants],
-        "pieces": [
-            {
-                "module": piece.module_name,
-                "calls": piece.call_count,
-                "inputs": piece.input_names,
-                "kernels": [k.name for k in piece.kernels],
-            }
-            for piece in package.pieces
-        ],
-        "splitting_calls": package.num_split_calls,
-        "state": {
-            "mutated_inputs": list(package.state.mutated_inputs),
-            "mutated_weights": list(package.state.mutated_weights),
-            "writers": {name: list(ops) for name, ops in package.state.writers},
-            "static_inputs": list(package.state.static_inputs),
-            "pad_values": dict(package.state.pad_values),
-        },
-        **_tensor_parallel_manifest(package.tensor_parallel),
-        "weights": {
-            "embedded": package.weights_embedded,
-            "file": "weights.safetensors" if shipped else None,
-            "tensors": {
-                w.key: {
-                    "dtype": str(package.weight_tensors[w.key].dtype),
-                    "shape": list(package.weight_tensors[w.key].shape),
-                    "checkpoint_key": checkpoint_key(w, package.checkpoint_prefix),
-                }
-                for w in package.weights
-            },
-        },
-        # Binaries are built for this machine; their hashes are in binaries.json.
-        "files": dict(sorted(file_hashes.items())),
-    }
-    return RenderedPackage(files=files, binaries=binaries, manifest=manifest)
+
+def init_templates(package: Package, target: Target) -> list[str]:
+    """__init__.py's templates, innermost first: the shared one, its tensor-parallel
+    extension for a package that is one rank of N, then the target's own."""
+    return [
+        INIT_TEMPLATE,
+        *([TENSOR_PARALLEL_INIT_TEMPLATE] if package.tensor_parallel else []),
+        *target.init_templates,
+    ]
+
+
+def init_module(
+    env: jinja2.Environment, package: Package, target: Target, common: dict, fingerprint: str, features: tuple
+) -> str:
+    """__init__.py: the constants load() checks, CompiledModel and load(). Rendered last:
+    it prints the fingerprint of every other file."""
+    templates = init_templates(package, target)
+    return env.get_template(templates[-1]).render(
+        **common,
+        **init_context(package, fingerprint, features),
+        **target.init_context(package),
+        tensor_parallel=tensor_parallel_context(package) if package.tensor_parallel else None,
+        parent_template=templates[-2] if len(templates) > 1 else None,
+    )
+
+
+# --- contexts -------------------------------------------------------------------------
 
 
 def _literal(value) -> str:
     return repr(value)
 
 
-def _tensor_parallel_context(package: Package) -> dict | None:
-    """What distributed.py and __init__.py print about a tensor-parallel package, or None."""
+def tensor_parallel_context(package: Package) -> dict:
+    """What distributed.py and __init__.py print about a tensor-parallel package."""
     parallel = package.tensor_parallel
-    if parallel is None:
-        return None
     return {
         "world_size": parallel.world_size,
         "group_name": parallel.group_name,
@@ -203,54 +221,7 @@ def _tensor_parallel_context(package: Package) -> dict | None:
     }
 
 
-def _tensor_parallel_manifest(parallel) -> dict:
-    """The manifest's record of the split: per checkpoint key, the dim, this rank's shape
-    and the full one (nothing for a package of the whole model)."""
-    if parallel is None:
-        return {}
-    return {
-        "tensor_parallel": {
-            "world_size": parallel.world_size,
-            "process_group": parallel.group_name,
-            "collectives": {op: count for op, count in parallel.collectives},
-            "shards": {
-                shard.key: {
-                    "dim": shard.dim,
-                    "rank_shape": list(shard.rank_shape),
-                    "full_shape": list(shard.full_shape(parallel.world_size)),
-                }
-                for shard in parallel.shards
-            },
-        }
-    }
-
-
-def _dispatch_context(package: Package) -> dict:
-    rows = []
-    for variant in package.variants:
-        rows.append(
-            {
-                "constant": variant.name.upper(),
-                "functions": [f"{piece.module_name}.{variant.name}" for piece in package.pieces],
-                "size": variant.range.lo,
-                "lo": variant.range.lo,
-                "hi": 'float("inf")' if variant.range.hi is None else variant.range.hi,
-                "static": variant.static,
-            }
-        )
-    supported = [f"size {v.range.lo}" for v in package.exact_variants] + [
-        v.range.label() for v in package.range_variants
-    ]
-    return {
-        "piece_modules": [piece.module_name for piece in package.pieces],
-        "rows": rows,
-        "exact_rows": [r for r in rows if r["static"]],
-        "range_rows": [r for r in rows if not r["static"]],
-        "supported": ", ".join(supported),
-    }
-
-
-def _init_context(package: Package, fingerprint: str, features: tuple) -> dict:
+def init_context(package: Package, fingerprint: str, features: tuple) -> dict:
     dispatch = package.dispatch
     state = package.state
     inputs = [
@@ -272,7 +243,7 @@ def _init_context(package: Package, fingerprint: str, features: tuple) -> dict:
         "torch_version": package.torch_version,
         "python_version": package.python_version,
         "machine": platform.machine(),
-        "cpu_isa": package.cpu_isa,
+        "cpu_isa": package.cpu_isa.name,
         "cpu_features_literal": _literal(tuple(features)),
         "weight_keys_literal": _literal(tuple(w.key for w in package.weights)),
         "replaceable_literal": _literal(tuple(w.key for w in package.weights if w.user_supplied)),
@@ -302,22 +273,15 @@ def _init_context(package: Package, fingerprint: str, features: tuple) -> dict:
         "mutated_weights": bool(state.mutated_weights),
         "required_ops": [_literal((r.op, r.module, r.requirement)) for r in package.required_ops],
         "op_imports_literal": _literal(tuple(package.imports)),
-        "state_lines": state_lines(state),
+        "state_lines": state_lines(package),
         "export_modules": package.exports.modules if package.exports else (),
         "export_lines": package.exports.lines if package.exports else (),
     }
 
 
-def checkpoint_key(weight, prefix: str) -> str | None:
-    """The name a checkpoint gives a weight: its state-dict key less --checkpoint-prefix;
-    None for tensors only the package supplies."""
-    if not weight.user_supplied:
-        return None
-    return weight.key[len(prefix):] if prefix and weight.key.startswith(prefix) else weight.key
-
-
-def state_lines(state) -> list[str]:
+def state_lines(package: Package) -> list[str]:
     """One docstring line per input or buffer written in place: what writes it."""
+    state = package.state
     lines = []
     for name, ops in state.writers:
         kind = "input" if name in state.mutated_inputs else "buffer"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .cudagraphs import CudaGraphInput, CudaGraphsContext, render_source, sizes_literal
 from .errors import TranspileError
+from .manifest import fingerprint_of
 from .runtime import runtime_files
 from .templating import format_python
 
@@ -43,21 +44,13 @@ def sha256(data: bytes) -> str:
 
 
 def fingerprint(manifest: dict, file_hashes: dict, capture_sizes: list) -> str:
-    """The package's fingerprint, as emit.render computes it: every file but __init__.py,
-    torch, the model, the CPU features, the GPU and the capture sizes."""
+    """The package's fingerprint, as emit.render computes it (manifest.fingerprint_of), from
+    the manifest: every file but __init__.py, torch, the model, the CPU features, the GPU
+    and the capture sizes."""
     hashes = {path: digest for path, digest in sorted(file_hashes.items()) if path != "__init__.py"}
-    return sha256(
-        json.dumps(
-            {
-                "files": hashes,
-                "torch": manifest["torch"],
-                "model": manifest["model"]["sha256"],
-                "cpu_features": manifest["cpu_features"],
-                "gpu": manifest["gpu"],
-                "capture_sizes": list(capture_sizes),
-            },
-            sort_keys=True,
-        ).encode()
+    return fingerprint_of(
+        hashes, manifest["torch"], manifest["model"]["sha256"], manifest["cpu_features"], manifest["gpu"],
+        list(capture_sizes),
     )
 
 
@@ -143,7 +136,8 @@ def rerender_cuda_package(root: Path) -> list[str]:
     if not manifest_path.is_file():
         raise TranspileError(f"{root} holds no manifest.json; point at a package the transpiler wrote")
     manifest = json.loads(manifest_path.read_text())
-    if manifest.get("device") != "cuda":
+    # What is re-rendered from the record: the CUDA-graph tables, which only a CUDA package has.
+    if not (root / "cudagraphs.py").is_file():
         raise TranspileError(f"{root} is a {manifest.get('device')} package; regenerate CPU goldens by transpiling")
     if "tensor_parallel" in manifest:
         raise TranspileError(f"{root} is tensor parallel, which re-rendering from the record does not cover")

@@ -18,15 +18,6 @@ import torch.fx
 from .errors import TranspileError
 from .ir import SizeRange, Variant
 
-# The portable x86-64 levels the C++ kernels can be built for. The vector width
-# decides the generated source, so pinning it keeps output identical across
-# machines of the same level.
-CPU_ISAS = {
-    "avx2": {"march": "x86-64-v3", "simdlen": 256},
-    "avx512": {"march": "x86-64-v4", "simdlen": 512},
-    "native": {"march": "native", "simdlen": None},
-}
-
 
 @dataclass
 class InductorOutput:

@@ -7,6 +7,15 @@ classes: templates only loop and print.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:  # for annotations only: this module stays free of torch
+    import torch
+
+    from .cudagraphs import CudaGraphsContext
+    from .exports import Exports
+    from .foreign_ops import RequiredOp
+    from .targets.cpu_isa import CpuIsa
 
 
 @dataclass(frozen=True, order=True)
@@ -56,16 +65,30 @@ class TensorSpec:
 
 @dataclass
 class Kernel:
-    """A compiled kernel: its global name in the piece module and its files."""
+    """A compiled kernel: its global name in the piece module and its source. Each kind
+    (targets/cpu.py's CppKernel, targets/cuda.py's CubinKernel) names the template of the
+    piece module that loads it, the files it ships and what that module imports for it,
+    as torch.fx's CodeGen subclasses override a few named hooks."""
 
     name: str  # e.g. "range_1_16_cpp_fused_add_0"
-    kind: str  # "cpp" (a CPython extension) or "triton" (a cubin)
     source: str  # the C++ the binary was built from, or the Triton source
-    binary_path: str | None = None  # cpp: where the transpiler found the binary (build-time only)
-    binary: bytes | None = None  # triton: the cubin
-    launch: dict | None = None  # triton: what the piece template prints to launch it
-    metadata: dict | None = None  # triton: launch metadata written beside the cubin
     alias_of: str | None = None  # an earlier kernel of the piece with the same source
+
+    piece_template: ClassVar[str]  # the template of a piece module whose kernels are of this kind
+
+    def identity(self) -> str:
+        """Equal for kernels that are interchangeable (then shipped once)."""
+        return self.source
+
+    def files(self, folder: str) -> tuple[dict[str, str], dict[str, str | bytes]]:
+        """Text files and binaries (a path to copy, or bytes) of this kernel, once shipped."""
+        raise NotImplementedError
+
+    @classmethod
+    def piece_context(cls, piece: UniquePiece, shipped: list[Kernel]) -> dict[str, object]:
+        """What the piece template prints about the kernels: the names it imports from the
+        package runtime, and what it defines for each kernel."""
+        raise NotImplementedError
 
 
 @dataclass
@@ -76,9 +99,9 @@ class CompiledVariant:
     kernels: list[Kernel]
     runtime_names: list[str]  # names the function needs from the package runtime
     module_names: list[str]  # modules it needs imported (torch, math)
-    cuda_runtime_names: list[str] = field(default_factory=list)  # from the CUDA runtime
+    target_runtime_names: list[str] = field(default_factory=list)  # from the target's runtime module (cuda_runtime)
     alias_of: str | None = None  # an earlier variant of the piece with the same code
-    tuning: dict | None = None  # tuned transpiles: this variant's lockfile entry (tuning.py)
+    tuning: dict[str, object] | None = None  # tuned transpiles: this variant's lockfile entry (tuning.py)
 
 
 @dataclass
@@ -103,15 +126,15 @@ class SourceLines:
         return f"{self.path}:{','.join(spans)}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class UniquePiece:
     """A compiled piece, emitted once and called from every place it stands."""
 
     module_name: str  # "piece_0"
-    input_names: list[str]  # the names Inductor's arguments are renamed to
+    input_names: tuple[str, ...]  # the names Inductor's arguments are renamed to
     num_outputs: int
-    variants: list[CompiledVariant] = field(default_factory=list)
-    call_count: int = 0
+    variants: tuple[CompiledVariant, ...]
+    call_count: int
 
     @property
     def kernels(self) -> list[Kernel]:
@@ -183,40 +206,39 @@ class State:
         return bool(self.mutated_inputs or self.mutated_weights)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Package:
-    """All that the emitted package contains, before rendering."""
+    """All that the emitted package contains, before rendering: the last stage's result."""
 
     name: str
     model_file: str  # MODEL.py's file name
     model_sha256: str
     device: str
-    cpu_isa: str
-    march: str
+    cpu_isa: CpuIsa  # --cpu-isa
     torch_version: str
     python_version: str
-    imports: list[str]
-    split_ops: list[str]
+    imports: tuple[str, ...]
+    split_ops: tuple[str, ...]
     dispatch: DispatchDim
-    variants: list[Variant]
-    inputs: list[TensorSpec]
-    weights: list[Weight]
-    weight_tensors: dict  # key -> torch.Tensor, written to weights.safetensors
-    pieces: list[UniquePiece]
+    variants: tuple[Variant, ...]
+    inputs: tuple[TensorSpec, ...]
+    weights: tuple[Weight, ...]
+    weight_tensors: dict[str, torch.Tensor]  # key -> tensor, written to weights.safetensors
+    pieces: tuple[UniquePiece, ...]
     stitch: Stitch
     num_piece_calls: int
     num_split_calls: int
-    state: State = field(default_factory=State)
+    state: State = State()
     ships_ops: bool = False  # the package defines transpile::sdpa (ops.py)
     weights_embedded: bool = True  # --weights embed (or none: load(weights=...) required)
     checkpoint_prefix: str = ""  # state-dict key = prefix + checkpoint key (--checkpoint-prefix)
-    custom_op_splitting_ops: list = field(default_factory=list)  # made with torch.library.custom_op
-    gpu: dict = field(default_factory=dict)  # cuda: arch, cuda and triton versions
-    cuda_graphs: object = None  # cuda: cudagraphs.CudaGraphsContext of the emitted cudagraphs.py
+    custom_op_splitting_ops: tuple[str, ...] = ()  # made with torch.library.custom_op
+    gpu: dict[str, str | int] = field(default_factory=dict)  # the target's fingerprint (cuda: arch, cuda and triton versions)
+    cuda_graphs: CudaGraphsContext | None = None  # cuda: the context of the emitted cudagraphs.py
     tuning: str | None = None  # tuned transpiles: the text of tuning.json
     tensor_parallel: TensorParallel | None = None  # --tensor-parallel N
-    required_ops: list = field(default_factory=list)  # foreign_ops.RequiredOp: modules load() imports
-    exports: object = None  # exports.Exports: names MODEL.py asks __init__.py to re-export
+    required_ops: tuple[RequiredOp, ...] = ()  # ops from outside torch: the modules load() imports
+    exports: Exports | None = None  # names MODEL.py asks __init__.py to re-export
 
     @property
     def exact_variants(self) -> list[Variant]:

@@ -10,24 +10,31 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .errors import TranspileError
 from .fake_weights import parameters_as_fakes
 
+# torch.export's `dynamic_shapes`: per input, a dict of dim -> Dim (or a tuple or list of
+# them), or the same keyed by forward's argument names; None: every shape static.
+DynamicShapes = dict[str, Any] | tuple[Any, ...] | list[Any] | None
+
 
 @dataclass
 class ModelFile:
+    """MODEL.py's names, checked. Not frozen: a compile worker drops `model` once captured."""
+
     path: Path
     sha256: str
-    model: torch.nn.Module
-    example_inputs: tuple
-    dynamic_shapes: object
-    split_ops: list[str] | None
-    static_inputs: list[str] | None = None  # inputs CUDA graphs use by reference (persistent state)
-    pad_values: dict | None = None  # input name -> the value padded positions take under CUDA graphs
-    exports: dict | None = None  # names the package re-exports (transpiler/exports.py)
+    model: torch.nn.Module | None
+    example_inputs: tuple[torch.Tensor, ...]
+    dynamic_shapes: DynamicShapes
+    split_ops: tuple[str, ...] | None
+    static_inputs: tuple[str, ...] | None = None  # inputs CUDA graphs use by reference (persistent state)
+    pad_values: dict[str, int | float] | None = None  # input name -> the value padded positions take under CUDA graphs
+    exports: dict[str, object] | None = None  # names the package re-exports (transpiler/exports.py)
 
 
 def import_modules(names: list[str]) -> None:
@@ -121,8 +128,8 @@ def load_model_file(path: str | Path, imports: list[str], fake_parameters: bool 
         model=model,
         example_inputs=tuple(example_inputs),
         dynamic_shapes=module.__dict__.get("dynamic_shapes"),
-        split_ops=list(split_ops) if split_ops is not None else None,
-        static_inputs=list(static_inputs) if static_inputs is not None else None,
+        split_ops=tuple(split_ops) if split_ops is not None else None,
+        static_inputs=tuple(static_inputs) if static_inputs is not None else None,
         pad_values=dict(pad_values) if pad_values is not None else None,
         exports=dict(exports) if exports is not None else None,
     )

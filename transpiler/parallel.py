@@ -58,8 +58,8 @@ def prepare_to_compile(options):
     piece_transfer.CompilePlan). Returns the function that compiles one task of a plan."""
     import torch._inductor.compile_fx  # noqa: F401  (what the first compile would import)
 
-    from .piece_transfer import compile_planned
-    from .pipeline import distributed_context
+    from .compiling import compile_planned
+    from .prepare import distributed_context
     from .targets import get_target
 
     # --tensor-parallel: the fake process group the parent compiles under, held for the

@@ -48,7 +48,7 @@ class CompilePlan:
     """What compiling every (unique piece, variant) needs, nothing of the model's weights."""
 
     pieces: list[bytes]  # one packed graph per unique piece, in order
-    unique: list  # ir.UniquePiece of each (names, output count)
+    groups: list[tuple[str, tuple[str, ...]]]  # each piece's module name and input names
     symbol_ranges: dict  # sympy symbol -> (lo, hi or None, example size)
     dispatch_symbol: object
     tuning: object = None  # tuning.Tuning of a tuned transpile
@@ -81,23 +81,23 @@ class CompilePlan:
         return state
 
 
-def plan_of(prepared, options) -> CompilePlan:
-    """The plan of a prepared transpile (pipeline.Prepared): its unique pieces, packed."""
+def plan_of(split, options) -> CompilePlan:
+    """The plan of a split model (prepare.SplitModel): its piece groups' compiled pieces, packed."""
     return make_plan(
-        [instances[0].graph_module for instances in prepared.groups.values()],
-        prepared.unique,
-        prepared.captured.symbol_ranges,
-        prepared.dispatch_symbol,
-        prepared.tuning,
+        [group.compiled.graph_module for group in split.groups],
+        split.groups,
+        split.captured.symbol_ranges,
+        split.dispatch_symbol,
+        split.tuning,
         options.imports,
-        [str(prepared.model_file.path.resolve().parent)],
+        [str(split.model_file.path.resolve().parent)],
     )
 
 
-def make_plan(graph_modules, unique, symbol_ranges, dispatch_symbol, tuning, imports, import_paths) -> CompilePlan:
+def make_plan(graph_modules, groups, symbol_ranges, dispatch_symbol, tuning, imports, import_paths) -> CompilePlan:
     return CompilePlan(
         pieces=[pack_graph(gm) for gm in graph_modules],
-        unique=list(unique),
+        groups=[(group.module_name, tuple(group.input_names)) for group in groups],
         symbol_ranges=dict(symbol_ranges),
         dispatch_symbol=dispatch_symbol,
         tuning=tuning,
@@ -239,34 +239,3 @@ def unpack_graph(data: bytes, symbol_ranges: dict) -> torch.fx.GraphModule:
             node.meta["val"] = value_of(meta["val"])
         made[name] = node
     return torch.fx.GraphModule(torch.nn.Module(), graph)
-
-
-def compile_planned(plan: CompilePlan, target, options, piece_index: int, variant):
-    """One piece for one variant, from the plan (in this process or a worker)."""
-    from .inductor import inductor_config
-    from .pipeline import compile_threads_per_process
-    from .tuning import open_session, tuned
-
-    unique = plan.unique[piece_index]
-    session = open_session(plan.tuning, unique.module_name, variant, plan.symbol_ranges, plan.dispatch_symbol)
-    patches = target.inductor_patches(options.cpu_isa, tuned=session is not None)
-    piece = _PieceView(plan.graph(piece_index))
-    captured = _CapturedView(plan.symbol_ranges)
-    with inductor_config(patches, compile_threads_per_process(options.jobs)), tuned(session):
-        compiled = target.compile_variant(piece, unique, variant, plan.dispatch_symbol, captured, session)
-    compiled.tuning = session.finish() if session is not None else None
-    return compiled
-
-
-@dataclass
-class _PieceView:
-    """What a target's compile_variant reads of a split.Piece."""
-
-    graph_module: torch.fx.GraphModule
-
-
-@dataclass
-class _CapturedView:
-    """What a target's compile_variant reads of a capture.Capture."""
-
-    symbol_ranges: dict

@@ -5,9 +5,11 @@ Inductor's output imports its own runtime, compiles kernels when imported and de
 - kernel globals get the variant's prefix (several variants share one module);
 - `argN_1` become the piece's input names, so the code reads like the model;
 - `extern_kernels.mm(...)` becomes the torch function it stands for (`torch.mm`);
-- on CUDA, `kernel.run(a, b, n, stream=s)` becomes a call of the launcher function the
-  piece module defines for the kernel, and inputs Inductor re-aligns are re-aligned first;
-and check that every other global it reads is one the package runtime provides.
+- where the target launches its kernels itself (CUDA), `kernel.run(a, b, n, stream=s)`
+  becomes a call of the launcher function the piece module defines for the kernel, and
+  inputs Inductor re-aligns are re-aligned first;
+and check that every other global it reads is one the package runtime provides. What
+differs by device is a KernelDialect, which each target (targets/) names.
 """
 
 from __future__ import annotations
@@ -35,15 +37,20 @@ RUNTIME_NAMES = frozenset(
         "reinterpret_tensor",
     }
 )
-# Names a CUDA `call` reads that the emitted cuda_runtime module defines.
-CUDA_RUNTIME_NAMES = frozenset({"align_inputs", "empty_strided_cuda", "get_raw_stream"})
 MODULE_NAMES = frozenset({"torch", "math"})
 _BUILTINS = frozenset(dir(builtins))
-# How each device's kernels are defined: `name = async_compile.<kind>(...)`.
-KERNEL_KINDS = {"cpu": "cpp_pybinding", "cuda": "triton"}
 # Keyword arguments of `kernel.run(...)` in Inductor's CUDA wrapper. `grid=` is what older
 # Inductor passed; the emitted launcher computes the grid itself, so it is dropped.
 _RUN_KEYWORDS = frozenset({"stream", "grid"})
+
+
+@dataclass(frozen=True)
+class KernelDialect:
+    """How a target's kernels stand in Inductor's wrapper, and what its package provides."""
+
+    definition: str  # kernels are defined as `name = async_compile.<definition>(...)`
+    launched: bool = False  # `kernel.run(..., stream=s)` becomes a call of the piece's launcher
+    target_runtime_names: frozenset[str] = frozenset()  # names the target's own runtime module defines
 
 
 @dataclass
@@ -52,7 +59,7 @@ class RewrittenCall:
     neutral_source: str  # the same function with variant-independent names, to find repeats
     kernel_sources: dict[str, str]  # original kernel name -> C++ or Triton source
     runtime_names: list[str]  # names to import from the package runtime
-    cuda_runtime_names: list[str]  # names to import from the CUDA runtime
+    target_runtime_names: list[str]  # names to import from the target's runtime module
     module_names: list[str]  # modules to import (torch, math)
 
 
@@ -176,7 +183,7 @@ def _standalone(
     kernels: dict[str, str],
     kernel_prefix: str,
     extern: dict[str, str],
-    device: str,
+    dialect: KernelDialect,
     align_indices: tuple[int, ...],
 ) -> cst.FunctionDef:
     existing = {n.value for n in m.findall(call, m.Name())}
@@ -185,9 +192,9 @@ def _standalone(
         # Keep Inductor's name where the readable one is taken inside `call`.
         if new not in existing or new == old:
             renames[old] = new
-    launched = frozenset(renames[k] for k in kernels) if device == "cuda" else frozenset()
+    launched = frozenset(renames[k] for k in kernels) if dialect.launched else frozenset()
     renamed = call.visit(_Renamer(renames, extern, launched))
-    # On CUDA every use of a kernel must have been a launch: anything else (benchmarking,
+    # Where kernels are launched, every use must have been a launch: anything else (benchmarking,
     # passing the autotuner around) has no counterpart in the emitted package.
     for node in m.findall(renamed, m.Attribute(value=m.Name())):
         if node.value.value in launched:
@@ -213,11 +220,11 @@ def rewrite_call(
     function_name: str,
     input_names: list[str],
     kernel_prefix: str,
-    device: str = "cpu",
+    dialect: KernelDialect,
     align_indices: tuple[int, ...] = (),
 ) -> RewrittenCall:
     module = cst.parse_module(source_code)
-    kernels = kernel_definitions(module, KERNEL_KINDS[device])
+    kernels = kernel_definitions(module, dialect.definition)
     call = _find_call(module)
     arguments = _argument_names(call)
     if len(arguments) != len(input_names):
@@ -229,12 +236,12 @@ def rewrite_call(
         for a in m.findall(call, m.Attribute(value=m.Name("extern_kernels")))
     }
     common = (arguments, input_names, kernels)
-    function = _standalone(call, function_name, *common, kernel_prefix, extern, device, align_indices)
-    neutral = _standalone(call, "variant", *common, "", extern, device, align_indices)
+    function = _standalone(call, function_name, *common, kernel_prefix, extern, dialect, align_indices)
+    neutral = _standalone(call, "variant", *common, "", extern, dialect, align_indices)
 
     reads = _global_reads(function)
     prefixed_kernels = {f"{kernel_prefix}{k}" for k in kernels}
-    provided = RUNTIME_NAMES | (CUDA_RUNTIME_NAMES if device == "cuda" else frozenset())
+    provided = RUNTIME_NAMES | dialect.target_runtime_names
     unknown = sorted(reads - provided - MODULE_NAMES - _BUILTINS - prefixed_kernels)
     if unknown:
         raise TranspileError(
@@ -246,6 +253,6 @@ def rewrite_call(
         neutral_source=cst.Module(body=[neutral]).code,
         kernel_sources=kernels,
         runtime_names=sorted(reads & RUNTIME_NAMES),
-        cuda_runtime_names=sorted(reads & CUDA_RUNTIME_NAMES),
+        target_runtime_names=sorted(reads & dialect.target_runtime_names),
         module_names=sorted(reads & MODULE_NAMES),
     )

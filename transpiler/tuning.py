@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,27 +99,22 @@ class Tuning:
         return json.dumps({"format": FORMAT, **self.header, "pieces": entries}, indent=2, sort_keys=True) + "\n"
 
 
-def start_tuning(autotune: bool, lockfile: Path | None, device: str, cpu_isa: str) -> Tuning | None:
-    """--autotune: a tuning run; a lockfile: its replay; neither: an untuned transpile (None)."""
+def start_tuning(autotune: bool, lockfile: Path | None, header: Callable[[], dict]) -> Tuning | None:
+    """--autotune: a tuning run; a lockfile: its replay; neither: an untuned transpile (None).
+    `header()` (tuning_header): what the choices hold for, asked only when tuned."""
     if autotune and lockfile is not None:
         raise TranspileError("--autotune and --tuning: choose one (--autotune measures anew, --tuning replays FILE)")
     if not autotune and lockfile is None:
         return None
-    header = tuning_header(device, cpu_isa)
-    return Tuning("tune", header) if autotune else load_tuning(lockfile, header)
+    return Tuning("tune", header()) if autotune else load_tuning(lockfile, header())
 
 
-def tuning_header(device: str, cpu_isa: str) -> dict:
-    """What the choices hold for: a lockfile made for another device, torch or machine is refused."""
+def tuning_header(device: str, identity: dict) -> dict:
+    """What the choices hold for: a lockfile made for another device, torch or machine is
+    refused. `identity`: the target's own (targets' tuning_identity: the GPU, or the ISA)."""
     import torch
 
-    header = {"device": device, "torch": torch.__version__.split("+")[0]}
-    if device == "cuda":
-        major, minor = torch.cuda.get_device_capability()
-        header.update(gpu=torch.cuda.get_device_name(), arch=major * 10 + minor)
-    else:
-        header["cpu_isa"] = cpu_isa
-    return header
+    return {"device": device, "torch": torch.__version__.split("+")[0], **identity}
 
 
 def _parse_range(name: str) -> SizeRange | None:

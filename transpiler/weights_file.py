@@ -98,9 +98,7 @@ def _nbytes(tensor: torch.Tensor) -> int:
 
 
 def _tensor_chunks(tensor: torch.Tensor) -> Iterator[memoryview]:
-    tensor = tensor.detach()
-    if tensor.device.type != "cpu":
-        tensor = tensor.cpu()
+    tensor = tensor.detach().cpu()  # the tensor itself when it is already in host memory
     flat = tensor.contiguous().reshape(-1)
     if flat.numel() == 0:
         return

@@ -4,25 +4,38 @@ from __future__ import annotations
 
 import contextlib
 import platform
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from ..errors import TranspileError
-from ..inductor import CPU_ISAS, compile_variant, cpp_kernel_files
+from ..inductor import compile_variant, cpp_kernel_files
 from ..ir import CompiledVariant, Kernel, UniquePiece
-from ..rewrite import rewrite_call
+from ..rewrite import KernelDialect, rewrite_call
 from ..tuning import TUNING_PATCHES
+from .cpu_isa import NATIVE_CANDIDATES, CpuIsa
+
+# Inductor's C++ kernels: `name = async_compile.cpp_pybinding(...)`, called as functions.
+CPP_DIALECT = KernelDialect(definition="cpp_pybinding")
 
 
-# CPU flags (as /proc/cpuinfo names them) that code built for each x86-64 level may use.
-_X86_64_V3 = ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "sse4_1", "sse4_2", "ssse3", "popcnt")
-CPU_FEATURES = {
-    "avx2": _X86_64_V3,
-    "avx512": _X86_64_V3 + ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),
-}
-# For --cpu-isa native: the vector extensions of this machine, all of which gcc may use.
-_NATIVE_CANDIDATES = CPU_FEATURES["avx512"] + (
-    "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx512vbmi", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
-)
+@dataclass
+class CppKernel(Kernel):
+    """A C++ kernel built into a CPython extension, shipped with its source beside it."""
+
+    binary_path: str = ""  # where the transpiler found the binary (build-time only)
+
+    piece_template: ClassVar[str] = "pieces/piece.py.jinja"
+
+    def files(self, folder: str) -> tuple[dict[str, str], dict[str, str | bytes]]:
+        return {f"{folder}/{self.name}.cpp": self.source}, {f"{folder}/{self.name}.so": self.binary_path}
+
+    @classmethod
+    def piece_context(cls, piece: UniquePiece, shipped: list[Kernel]) -> dict[str, object]:
+        runtime_names = {n for v in piece.variants for n in v.runtime_names}
+        if shipped:
+            runtime_names.add("load_kernel")
+        return {"runtime_names": sorted(runtime_names)}
 
 
 # What Inductor's C++ code generation would otherwise read off the transpiling machine: the
@@ -86,67 +99,52 @@ def build_paths_mapped():
         cpp_builder._get_optimization_cflags = real
 
 
-def cpu_features(cpu_isa: str) -> tuple[str, ...]:
+def cpu_features(cpu_isa: CpuIsa) -> tuple[str, ...]:
     if platform.machine() not in ("x86_64", "AMD64"):
         return ()
-    if cpu_isa in CPU_FEATURES:
-        return CPU_FEATURES[cpu_isa]
+    if cpu_isa.features is not None:
+        return cpu_isa.features
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             flags = next(line for line in cpuinfo if line.startswith("flags")).split(":", 1)[1].split()
     except (OSError, StopIteration):
         return ()
-    return tuple(flag for flag in _NATIVE_CANDIDATES if flag in flags)
-
+    return tuple(flag for flag in NATIVE_CANDIDATES if flag in flags)
 
 
 class CpuTarget:
     name = "cpu"
+    kernel_type = CppKernel
+    init_templates: tuple[str, ...] = ()  # the shared __init__.py as it stands
 
     # --- rendering (emit.py)
 
     def extra_modules(self, package, env, common: dict) -> dict[str, str]:
         return {}
 
-    def piece_template(self) -> str:
-        return "pieces/piece.py.jinja"
-
-    def piece_context(self, piece: UniquePiece, shipped: list[Kernel]) -> dict:
-        runtime_names = {n for v in piece.variants for n in v.runtime_names}
-        if shipped:
-            runtime_names.add("load_kernel")
-        return {"runtime_names": sorted(runtime_names)}
-
-    def kernel_files(self, folder: str, kernel: Kernel) -> tuple[dict, dict]:
-        return {f"{folder}/{kernel.name}.cpp": kernel.source}, {f"{folder}/{kernel.name}.so": kernel.binary_path}
-
-    def cpu_features(self, cpu_isa: str) -> tuple[str, ...]:
+    def cpu_features(self, cpu_isa: CpuIsa) -> tuple[str, ...]:
         return cpu_features(cpu_isa)
-
-    def init_template(self) -> str:
-        return "__init__.py.jinja"
 
     def init_context(self, package) -> dict:
         return {}
 
     # --- the pipeline
 
-    def inductor_patches(self, cpu_isa: str, tuned: bool) -> dict:
+    def inductor_patches(self, cpu_isa: CpuIsa, tuned: bool) -> dict[str, object]:
         """The x86-64 level the C++ is generated and built for; tuned: GEMMs ATen against
         Inductor's C++ templates (batched matmuls: a plain matmul's template needs constant
         weights, and weights are inputs here)."""
         import torch
         import torch._inductor.config as config
 
-        isa = CPU_ISAS[cpu_isa]
-        patches: dict = {}
+        patches: dict[str, object] = {}
         if hasattr(config.cpp, "march"):
-            patches["cpp.march"] = None if isa["march"] == "native" else isa["march"]
-        elif isa["march"] != "native":
+            patches["cpp.march"] = None if cpu_isa.march == "native" else cpu_isa.march
+        elif cpu_isa.march != "native":
             raise TranspileError(
-                f"--cpu-isa {cpu_isa} needs torch >= 2.12 (found {torch.__version__}); use --cpu-isa native"
+                f"--cpu-isa {cpu_isa.name} needs torch >= 2.12 (found {torch.__version__}); use --cpu-isa native"
             )
-        patches["cpp.simdlen"] = isa["simdlen"]
+        patches["cpp.simdlen"] = cpu_isa.simdlen
         patches["cpp.threads"] = BUILD_ASSUMPTIONS["threads"]
         patches["cpp.dynamic_threads"] = True
         if hasattr(config.aot_inductor, "enable_line_tables"):
@@ -162,26 +160,29 @@ class CpuTarget:
         if options.capture_sizes is not None:
             raise TranspileError("--capture-sizes: CUDA graphs need --device cuda")
 
-    def compile_variant(self, piece, unique, variant, dispatch_symbol, captured, session=None) -> CompiledVariant:
-        return _compile_cpu(piece, unique, variant, dispatch_symbol, captured, session)
+    def compile_variant(self, group, variant, dispatch_symbol, symbol_ranges, session=None) -> CompiledVariant:
+        return _compile_cpu(group, variant, dispatch_symbol, symbol_ranges, session)
 
     def fingerprint(self) -> dict:
         return {}
 
+    def tuning_identity(self, cpu_isa: CpuIsa) -> dict:
+        return {"cpu_isa": cpu_isa.name}
+
     def build_assumptions(self) -> dict:
         return dict(BUILD_ASSUMPTIONS)
 
-    def graphs_context(self, name, captured, dispatch, dispatch_symbol, ranges, capture_sizes, state):
+    def graphs_context(self, split, capture_sizes):
         return None
 
 
-def _compile_cpu(piece, unique: UniquePiece, variant, dispatch_symbol, captured, session=None) -> CompiledVariant:
+def _compile_cpu(group, variant, dispatch_symbol, symbol_ranges, session=None) -> CompiledVariant:
     hint = session.benchmark_size if session is not None else None
     with assumed_cpu_caches(), build_paths_mapped():
-        output = compile_variant(piece.graph_module, dispatch_symbol, variant, captured.symbol_ranges, hint)
+        output = compile_variant(group.compiled.graph_module, dispatch_symbol, variant, symbol_ranges, hint)
     kernel_files = cpp_kernel_files(output.module_globals)
     prefix = f"{variant.name}_"
-    rewritten = rewrite_call(output.source_code, variant.name, unique.input_names, prefix)
+    rewritten = rewrite_call(output.source_code, variant.name, list(group.input_names), prefix, CPP_DIALECT)
     kernels = []
     for kernel_name, source in rewritten.kernel_sources.items():
         binary = kernel_files.get(kernel_name)
@@ -189,9 +190,8 @@ def _compile_cpu(piece, unique: UniquePiece, variant, dispatch_symbol, captured,
             raise TranspileError(f"Inductor did not build kernel {kernel_name}; this is a bug, run with -v")
         full_source = Path(binary).with_suffix(".cpp")
         kernels.append(
-            Kernel(
+            CppKernel(
                 name=f"{prefix}{kernel_name}",
-                kind="cpp",
                 # The exact file the binary was built from, when Inductor kept it.
                 source=full_source.read_text() if full_source.is_file() else source,
                 binary_path=binary,

@@ -4,35 +4,53 @@ fingerprint, and the context of the emitted CUDA-graph wrappers (cudagraphs.py).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from .. import capture as capture_stage
+from .. import cudagraphs
 from ..errors import TranspileError
 from ..ir import CompiledVariant, Kernel, UniquePiece
-from ..rewrite import rewrite_call
+from ..rewrite import KernelDialect, rewrite_call
+from ..runtime import runtime_files
+from ..templating import format_python
 from ..tuning import TUNING_PATCHES
 
+# Inductor's Triton kernels: `name = async_compile.triton(...)`, launched by `name.run(...,
+# stream=s)`, which becomes a call of the launcher the piece module defines; the names a
+# CUDA `call` reads that the emitted cuda_runtime module defines.
+TRITON_DIALECT = KernelDialect(
+    definition="triton",
+    launched=True,
+    target_runtime_names=frozenset({"align_inputs", "empty_strided_cuda", "get_raw_stream"}),
+)
 
-class CudaTarget:
-    name = "cuda"
 
-    # --- rendering (emit.py)
+@dataclass
+class CubinKernel(Kernel):
+    """A Triton kernel shipped as a cubin, with its Triton source and launch metadata beside it."""
 
-    def extra_modules(self, package, env, common: dict) -> dict[str, str]:
-        from ..cudagraphs import render_source
-        from ..runtime import runtime_files
+    binary: bytes = b""  # the cubin
+    launch: dict[str, object] = field(default_factory=dict)  # what the piece template prints to launch it
+    metadata: dict[str, object] = field(default_factory=dict)  # launch metadata written beside the cubin
 
-        return {
-            **runtime_files("cuda_runtime.py", "cudagraphs_runtime.py"),
-            "cudagraphs.py": render_source(package.cuda_graphs, env),
+    piece_template: ClassVar[str] = "pieces/cuda_piece.py.jinja"
+
+    def identity(self) -> str:
+        return self.source + json.dumps(self.metadata, sort_keys=True)
+
+    def files(self, folder: str) -> tuple[dict[str, str], dict[str, str | bytes]]:
+        text = {
+            f"{folder}/{self.name}.py": self.source,
+            f"{folder}/{self.name}.json": json.dumps(self.metadata, indent=2, sort_keys=True) + "\n",
         }
+        return text, {f"{folder}/{self.name}.cubin": self.binary}
 
-    def piece_template(self) -> str:
-        return "pieces/cuda_piece.py.jinja"
-
-    def piece_context(self, piece: UniquePiece, shipped: list[Kernel]) -> dict:
-        cuda_runtime_names = {n for v in piece.variants for n in v.cuda_runtime_names}
+    @classmethod
+    def piece_context(cls, piece: UniquePiece, shipped: list[Kernel]) -> dict[str, object]:
+        cuda_runtime_names = {n for v in piece.variants for n in v.target_runtime_names}
         if shipped:
             cuda_runtime_names.add("load_triton_kernel")
         return {
@@ -41,18 +59,23 @@ class CudaTarget:
             "kernels": [k.launch for k in shipped],
         }
 
-    def kernel_files(self, folder: str, kernel: Kernel) -> tuple[dict, dict]:
-        text = {
-            f"{folder}/{kernel.name}.py": kernel.source,
-            f"{folder}/{kernel.name}.json": json.dumps(kernel.metadata, indent=2, sort_keys=True) + "\n",
+
+class CudaTarget:
+    name = "cuda"
+    kernel_type = CubinKernel
+    # __init__.py's blocks for the GPU check, the cubins and CUDA graphs.
+    init_templates: tuple[str, ...] = ("targets/cuda/__init__.py.jinja",)
+
+    # --- rendering (emit.py)
+
+    def extra_modules(self, package, env, common: dict) -> dict[str, str]:
+        return {
+            **runtime_files("cuda_runtime.py", "cudagraphs_runtime.py"),
+            "cudagraphs.py": cudagraphs.render_source(package.cuda_graphs, env),
         }
-        return text, {f"{folder}/{kernel.name}.cubin": kernel.binary}
 
-    def cpu_features(self, cpu_isa: str) -> tuple[str, ...]:
+    def cpu_features(self, cpu_isa) -> tuple[str, ...]:
         return ()  # the host code is Python and torch alone
-
-    def init_template(self) -> str:
-        return "targets/cuda/__init__.py.jinja"
 
     def init_context(self, package) -> dict:
         return {
@@ -62,7 +85,7 @@ class CudaTarget:
 
     # --- the pipeline
 
-    def inductor_patches(self, cpu_isa: str, tuned: bool) -> dict:
+    def inductor_patches(self, cpu_isa, tuned: bool) -> dict[str, object]:
         import torch._inductor.config as config
 
         if tuned:
@@ -89,35 +112,37 @@ class CudaTarget:
         if not torch.cuda.is_available():
             raise TranspileError("--device cuda: no CUDA GPU is visible; transpile on the GPU the package will run on")
 
-    def compile_variant(self, piece, unique, variant, dispatch_symbol, captured, session=None) -> CompiledVariant:
-        return _compile_cuda(piece, unique, variant, dispatch_symbol, captured, session)
+    def compile_variant(self, group, variant, dispatch_symbol, symbol_ranges, session=None) -> CompiledVariant:
+        return _compile_cuda(group, variant, dispatch_symbol, symbol_ranges, session)
 
     def fingerprint(self) -> dict:
         return _gpu_fingerprint()
 
+    def tuning_identity(self, cpu_isa) -> dict:
+        major, minor = torch.cuda.get_device_capability()
+        return {"gpu": torch.cuda.get_device_name(), "arch": major * 10 + minor}
+
     def build_assumptions(self) -> dict:
         return {}
 
-    def graphs_context(self, name, captured, dispatch, dispatch_symbol, ranges, capture_sizes, state):
-        return _cuda_graphs_context(name, captured, dispatch, dispatch_symbol, ranges, capture_sizes, state)
+    def graphs_context(self, split, capture_sizes):
+        return _cuda_graphs_context(split, capture_sizes)
 
 
-def _compile_cuda(piece, unique: UniquePiece, variant, dispatch_symbol, captured, session=None) -> CompiledVariant:
+def _compile_cuda(group, variant, dispatch_symbol, symbol_ranges, session=None) -> CompiledVariant:
     from ..cuda_kernels import compile_cuda_variant, kernel_manifest, launcher_context
-    from ..emit import format_python
 
-    output = compile_cuda_variant(piece.graph_module, dispatch_symbol, variant, captured.symbol_ranges, session)
+    output = compile_cuda_variant(group.compiled.graph_module, dispatch_symbol, variant, symbol_ranges, session)
     prefix = f"{variant.name}_"
     rewritten = rewrite_call(
-        output.source_code, variant.name, unique.input_names, prefix, "cuda", output.align_indices
+        output.source_code, variant.name, list(group.input_names), prefix, TRITON_DIALECT, output.align_indices
     )
     kernels = []
     for kernel_name, kernel in sorted(output.kernels.items()):
         name = f"{prefix}{kernel_name}"
         kernels.append(
-            Kernel(
+            CubinKernel(
                 name=name,
-                kind="triton",
                 source=f"# Triton source of {name}, kept for review: the package launches the cubin\n"
                 "# beside it and never imports this file.\n" + format_python(kernel.source, f"{name}.py"),
                 binary=kernel.cubin,
@@ -137,30 +162,34 @@ def _compile_cuda(piece, unique: UniquePiece, variant, dispatch_symbol, captured
         kernels=kernels,
         runtime_names=rewritten.runtime_names,
         module_names=rewritten.module_names,
-        cuda_runtime_names=rewritten.cuda_runtime_names,
+        target_runtime_names=rewritten.target_runtime_names,
     )
 
 
-def _cuda_graphs_context(name, captured, dispatch, dispatch_symbol, ranges, capture_sizes_text, state):
-    """What the emitted cudagraphs.py needs: capture sizes and which dims to pad and slice."""
-    from .. import cudagraphs
-
-    sizes = cudagraphs.parse_capture_sizes(capture_sizes_text, ranges[0].lo, ranges[-1].hi)
+def _cuda_graphs_context(split, capture_sizes: tuple[int, ...] | None):
+    """What the emitted cudagraphs.py needs: capture sizes (the defaults, or those given,
+    inside the compiled sizes) and which dims to pad and slice."""
+    lo, hi = split.ranges[0].lo, split.ranges[-1].hi
+    if capture_sizes is None:
+        sizes = cudagraphs.default_capture_sizes(lo, hi)
+    else:
+        sizes = cudagraphs.validate_capture_sizes(list(capture_sizes), lo, hi)
+    captured = split.captured
     padded = cudagraphs.input_padded_dims(
-        captured.graph_module, dispatch_symbol, captured.user_inputs, captured.symbol_ranges
+        captured.graph_module, split.dispatch_symbol, captured.user_inputs, captured.symbol_ranges
     )
-    static = set(state.static_inputs) if state is not None else set()
+    static = set(split.state.static_inputs)
     # Counts of their own (sequences) that non-static inputs are padded along.
     counts = {p.symbol for name, p in zip(captured.user_inputs, padded) if p and not p.dispatch and name not in static}
     return cudagraphs.cudagraphs_context(
-        name,
+        split.name,
         sizes,
         capture_stage.input_specs(captured),
-        dispatch.input_index,
-        dispatch.dim,
-        cudagraphs.output_dispatch_dims(captured.graph_module, dispatch_symbol, counts),
+        split.dispatch.input_index,
+        split.dispatch.dim,
+        cudagraphs.output_dispatch_dims(captured.graph_module, split.dispatch_symbol, counts),
         padded,
-        state,
+        split.state,
         [w.key for w in captured.weights],
     )
 
