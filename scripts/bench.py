@@ -38,14 +38,20 @@ from pathlib import Path
 
 from harness import (
     format_number as fmt,
+)
+from harness import (
     format_ratio as fmt_ratio,
+)
+from harness import (
     format_summary,
     machine_info,
-    markdown_table as table,
     parse_transpile_summary,
     ratio,
     result_line,
     summarize,
+)
+from harness import (
+    markdown_table as table,
 )
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -182,9 +188,7 @@ def inputs_for_sizes(model_path: Path, imports: list[str], dispatch: dict, sizes
 
     def tied_dims(name):
         value = placeholders[name].meta["val"]
-        return [
-            d for d, s in enumerate(value.shape) if isinstance(s, torch.SymInt) and s.node.expr == symbol
-        ]
+        return [d for d, s in enumerate(value.shape) if isinstance(s, torch.SymInt) and s.node.expr == symbol]
 
     def serialize(tensors):
         return [
@@ -290,10 +294,16 @@ def release_before_call(package: Path) -> int:
                     and isinstance(following.body[0], cst.Del)
                 ):
                     assign = statement.body[0]
-                    out.append(cst.SimpleStatementLine(
-                        body=[cst.Assign(targets=[cst.AssignTarget(cst.Name("_args"))], value=assign.value.args[0].value)],
-                        leading_lines=statement.leading_lines,
-                    ))
+                    out.append(
+                        cst.SimpleStatementLine(
+                            body=[
+                                cst.Assign(
+                                    targets=[cst.AssignTarget(cst.Name("_args"))], value=assign.value.args[0].value
+                                )
+                            ],
+                            leading_lines=statement.leading_lines,
+                        )
+                    )
                     out.append(following.with_changes(leading_lines=[]))
                     call = assign.value.with_changes(args=[cst.Arg(cst.Name("_args"))])
                     out.append(cst.SimpleStatementLine(body=[assign.with_changes(value=call)]))
@@ -363,7 +373,9 @@ class Bench:
 
         log(f"work folder {self.work}")
         log("transpiling the model (Inductor cache: the harness's own folder)")
-        setup["transpile"] = transpile_once(self.runner, self.model, self.package_parent, self.args, {}, self.package_name)
+        setup["transpile"] = transpile_once(
+            self.runner, self.model, self.package_parent, self.args, {}, self.package_name
+        )
         package = self.package_parent / self.package_name
         manifest = json.loads((package / "manifest.json").read_text())
         self.manifest = manifest
@@ -395,7 +407,6 @@ class Bench:
     def check_outputs(self, setup):
         """Each package against eager at every size: the benchmark is meaningless if they differ."""
         import torch
-
         from harness import import_package, load_model_file
 
         model = load_model_file(self.model, self.args.imports).model.eval()
@@ -459,9 +470,7 @@ class Bench:
             "process_wall_torch_only_s": stats(walls["torch"]),
             "process_wall_torch_and_package_s": stats(walls["package"]),
             "process_wall_with_load_and_call_s": stats(walls["package_load"]),
-            "process_wall_delta_s": (
-                statistics.median(walls["package"]) - statistics.median(walls["torch"])
-            ),
+            "process_wall_delta_s": (statistics.median(walls["package"]) - statistics.median(walls["torch"])),
             "dynamo_inductor_after_torch": max(r["dynamo_inductor_after_torch"] for v in variants for r in runs[v]),
             "dynamo_inductor_after_import": max(r["dynamo_inductor_after_import"] for r in imported),
             "dynamo_inductor_after_first_call": max(r["dynamo_inductor_after_first_call"] for r in loaded),
@@ -495,7 +504,10 @@ class Bench:
         wall, _ = self.runner.worker("ttfo", self.common(variant="compile"))
         setup["compile_cache_fill_wall_s"] = wall
 
-        samples = {v: {"process_wall_s": [], "after_import_torch_s": [], "import_torch_s": [], "checksum": []} for v in variants}
+        samples = {
+            v: {"process_wall_s": [], "after_import_torch_s": [], "import_torch_s": [], "checksum": []}
+            for v in variants
+        }
         for r in range(self.args.repeats):
             for variant in variants:
                 env, params = {}, self.common(variant=variant)
@@ -744,8 +756,12 @@ class Bench:
         def run(L, kind, cache):
             out = self.work / f"transpile-{L}"
             result = transpile_once(
-                self.runner, self.model, out, self.args,
-                {self.args.layers_env: str(L), "TORCHINDUCTOR_CACHE_DIR": str(cache)}, self.package_name,
+                self.runner,
+                self.model,
+                out,
+                self.args,
+                {self.args.layers_env: str(L), "TORCHINDUCTOR_CACHE_DIR": str(cache)},
+                self.package_name,
             )
             if kind:
                 runs[L][kind].append(result)
@@ -861,7 +877,9 @@ def steady_table(section: dict) -> tuple[list[str], list[list[str]]]:
     thread_counts = section.get("threads", [None])
     variants = section.get("variants", ["eager", "compile", "package"])
     # Ratios to torch.compile first, then eager (the report's order before packages of other builds).
-    others = [v for v in ("compile", "eager") if v in variants] + [v for v in variants if v not in ("package", "compile", "eager")]
+    others = [v for v in ("compile", "eager") if v in variants] + [
+        v for v in variants if v not in ("package", "compile", "eager")
+    ]
     several = len(thread_counts) > 1
     header = ["size", *(["threads"] if several else [])]
     header += [VARIANT_TITLES.get(v, v) for v in variants]
@@ -957,7 +975,11 @@ def targets(results: dict) -> list[list[str]]:
                 f"stitch {fmt(base['overhead_us_per_call'], ' us', 3)}/call vs flat GraphModule "
                 f"{fmt(flat['overhead_us_per_call'], ' us', 3)}/call: {fmt_ratio(flat['overhead_vs_stitch'])}; "
                 f"vs vLLM-style {fmt(vllm['overhead_us_per_call'], ' us', 3)}/call: {fmt_ratio(vllm['overhead_vs_stitch'])}",
-                verdict(None if flat["overhead_vs_stitch"] is None else flat["overhead_vs_stitch"] >= TARGETS["stitch_vs_graphmodule"]),
+                verdict(
+                    None
+                    if flat["overhead_vs_stitch"] is None
+                    else flat["overhead_vs_stitch"] >= TARGETS["stitch_vs_graphmodule"]
+                ),
             ]
         )
     memory = sections.get("memory")
@@ -1022,7 +1044,8 @@ def render_markdown(results: dict) -> str:
     if shares:
         out.append(
             "- CPU used by other processes during each section (share of all CPUs; the harness's own "
-            "processes excluded): " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
+            "processes excluded): "
+            + ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
             + (" — **the machine was shared; expect noise**" if max(shares.values()) > 0.1 else "")
         )
     out += [
@@ -1031,9 +1054,11 @@ def render_markdown(results: dict) -> str:
     ]
     setup = results.get("setup", {})
     if "max_abs_diff_package_vs_eager" in setup:
-        out += ["", "Package vs eager, max abs difference per size: " + ", ".join(
-            f"{s}: {d:.2e}" for s, d in setup["max_abs_diff_package_vs_eager"].items()
-        )]
+        out += [
+            "",
+            "Package vs eager, max abs difference per size: "
+            + ", ".join(f"{s}: {d:.2e}" for s, d in setup["max_abs_diff_package_vs_eager"].items()),
+        ]
     s = results["sections"]
 
     if "ttfo" in s:
@@ -1062,8 +1087,10 @@ def render_markdown(results: dict) -> str:
         worst = max(abs(c - reference) / max(abs(reference), 1e-12) for values in sums.values() for c in values)
         out += [f"First outputs agree with eager's (sum of the output): largest relative difference {worst:.1e}."]
         if "aoti_compile" in setup:
-            out += [f"AOTInductor build beforehand: export {fmt(setup['aoti_compile']['export_s'], ' s')}, "
-                    f"aoti_compile_and_package {fmt(setup['aoti_compile']['compile_s'], ' s')}."]
+            out += [
+                f"AOTInductor build beforehand: export {fmt(setup['aoti_compile']['export_s'], ' s')}, "
+                f"aoti_compile_and_package {fmt(setup['aoti_compile']['compile_s'], ' s')}."
+            ]
 
     if "import" in s:
         i = s["import"]
@@ -1108,7 +1135,14 @@ def render_markdown(results: dict) -> str:
             "## Stitching overhead (trivial pieces)",
             "",
             table(
-                ["runner", "forward", "per call", "overhead: forward, all calls stubbed", "overhead per call", "overhead vs stitch"],
+                [
+                    "runner",
+                    "forward",
+                    "per call",
+                    "overhead: forward, all calls stubbed",
+                    "overhead per call",
+                    "overhead vs stitch",
+                ],
                 rows,
             ),
             "",
@@ -1172,8 +1206,18 @@ def render_markdown(results: dict) -> str:
             "## Transpile time and package size",
             "",
             table(
-                ["layers", "cold wall", "cold tool", "warm wall", "warm tool", "piece calls", "kernels",
-                 "package bytes", "files", "bytes by kind"],
+                [
+                    "layers",
+                    "cold wall",
+                    "cold tool",
+                    "warm wall",
+                    "warm tool",
+                    "piece calls",
+                    "kernels",
+                    "package bytes",
+                    "files",
+                    "bytes by kind",
+                ],
                 rows,
             ),
             "",
@@ -1197,7 +1241,9 @@ def package_option(value: str) -> tuple[str, Path]:
         raise argparse.ArgumentTypeError(f"{value!r}: give LABEL=DIR, e.g. before=/tmp/out/tiny_llama")
     path = Path(folder).resolve()
     if not (path / "__init__.py").is_file():
-        raise argparse.ArgumentTypeError(f"{folder}: no package there (no __init__.py); pass the package folder OUT/NAME")
+        raise argparse.ArgumentTypeError(
+            f"{folder}: no package there (no __init__.py); pass the package folder OUT/NAME"
+        )
     return label, path
 
 
@@ -1231,20 +1277,31 @@ def main(argv=None) -> int:
     parser.add_argument("--no-cold-transpile", action="store_true", help="skip cold-cache transpiles")
     parser.add_argument("--skip-aoti", action="store_true", help="leave AOTInductor out of time to first output")
     parser.add_argument(
-        "--wait-quiet", type=float, default=0, metavar="S",
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="S",
         help="before each section wait up to S seconds for other processes to use < 10%% of the CPUs",
     )
     parser.add_argument(
-        "--package", dest="packages", action="append", default=[], type=package_option, metavar="LABEL=DIR",
+        "--package",
+        dest="packages",
+        action="append",
+        default=[],
+        type=package_option,
+        metavar="LABEL=DIR",
         help="a package built elsewhere (DIR: the package folder, e.g. by another commit of the transpiler), "
         "measured in the steady section as package:LABEL beside this one's (repeatable)",
     )
     parser.add_argument(
-        "--steady-variants", default="eager,compile,package",
+        "--steady-variants",
+        default="eager,compile,package",
         help="variants of the steady section (default eager,compile,package; --package ones are added)",
     )
     parser.add_argument(
-        "--threads", type=thread_counts_option, default=[1],
+        "--threads",
+        type=thread_counts_option,
+        default=[1],
         help="intra-op threads (OMP_NUM_THREADS) of every measured process, all variants alike; a list (1,2) "
         "measures the steady section at each, interleaved, and the other sections at the first (default 1: on a "
         "shared machine a parallel region waits whenever another process holds one of its cores, which "

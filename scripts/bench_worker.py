@@ -72,8 +72,7 @@ def dynamo_inductor_modules():
     return sorted(
         name
         for name in list(sys.modules)
-        if name in ("torch._dynamo", "torch._inductor")
-        or name.startswith(("torch._dynamo.", "torch._inductor."))
+        if name in ("torch._dynamo", "torch._inductor") or name.startswith(("torch._dynamo.", "torch._inductor."))
     )
 
 
@@ -420,9 +419,7 @@ def mode_stitch(params):
     with open(stitch.__file__) as file:
         call_names = re.findall(r"variant\.(\w+)\(", file.read())
     if len(call_names) != len(compiled):
-        raise SystemExit(
-            f"stitch.py calls {len(call_names)} compiled pieces, split_graph found {len(compiled)}"
-        )
+        raise SystemExit(f"stitch.py calls {len(call_names)} compiled pieces, split_graph found {len(compiled)}")
     n_split_calls = sum(len([n for n in p.nodes if n.op == "call_function"]) for p in pieces if p.is_split)
     variant = dispatch.select(size)
 
@@ -440,9 +437,7 @@ def mode_stitch(params):
 
         return record
 
-    recording, _ = _build_graph_modules(
-        torch, captured, pieces, [recorder(c, f) for c, f in zip(call_names, real_fns)]
-    )
+    recording, _ = _build_graph_modules(torch, captured, pieces, [recorder(c, f) for c, f in zip(call_names, real_fns)])
     split_calls = []
 
     class SplitRecorder(torch.fx.Interpreter):

@@ -82,7 +82,7 @@ if __name__ == "__main__":
     import subprocess
 
     if len(sys.argv) == 2 and sys.argv[1].startswith("--one="):
-        print(json.dumps(profile(sys.argv[1][len("--one="):])))
+        print(json.dumps(profile(sys.argv[1][len("--one=") :])))
         sys.exit(0)
     # One fresh process per config: imports and caches of one do not flatter the next.
     for spec in sys.argv[1:]:

@@ -108,7 +108,11 @@ def table(summaries: dict, floors_us: dict) -> list[str]:
             cells.append("-" if figure is None else format_summary(figure, digits=0))
         package_name, package_median = best(summaries, case, packages)
         compile_name, compile_median = best(summaries, case, compiled)
-        ratio = f"{package_median / compile_median:.2f}x ({package_name} / {compile_name})" if package_name and compile_name else "-"
+        ratio = (
+            f"{package_median / compile_median:.2f}x ({package_name} / {compile_name})"
+            if package_name and compile_name
+            else "-"
+        )
         floor_us = floors_us.get(case)
         floor = f"{floor_us:.0f} us" if floor_us else "-"
         over = f"{package_median / floor_us:.2f}x" if floor_us and package_name else "-"
@@ -163,7 +167,11 @@ def worker(variant: str, out: Path, repeats: int, cases=None) -> dict:
             # Each call rewrites the case's slots: the same step, repeated.
             inputs = serving_batches.forward_args(serving_batches.batch(case, config, "cuda"), cache)
             results[case.label] = cuda_timings(run, lambda _index, inputs=inputs: inputs, repeats)
-            print(f"  {variant} {case.label}: {statistics.median(results[case.label]):.0f} us", file=sys.stderr, flush=True)
+            print(
+                f"  {variant} {case.label}: {statistics.median(results[case.label]):.0f} us",
+                file=sys.stderr,
+                flush=True,
+            )
     return results
 
 
@@ -206,8 +214,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--variant-timeout", type=int, default=240)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--autotune", action="store_true",
-                        help=f"also transpile with --autotune and measure {' and '.join(TUNED_VARIANTS)}")
+    parser.add_argument(
+        "--autotune",
+        action="store_true",
+        help=f"also transpile with --autotune and measure {' and '.join(TUNED_VARIANTS)}",
+    )
     parser.add_argument("--cases", default="", help="case labels to run, comma-separated (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="CPU only: build every case's inputs (tiny config)")
     options = parser.parse_args()
@@ -220,8 +231,21 @@ def main() -> int:
     gpu = torch.cuda.get_device_name()
     print(f"{gpu}, torch {torch.__version__}", flush=True)
     command = transpile_command(
-        EXAMPLE / "model.py", out, "--name", NAME, "--import", "serving_ops", "--device", "cuda",
-        "--ranges", "1-64,65-2048", "--sizes", "1", "--capture-sizes", ",".join(map(str, CAPTURE_SIZES)), "-q",
+        EXAMPLE / "model.py",
+        out,
+        "--name",
+        NAME,
+        "--import",
+        "serving_ops",
+        "--device",
+        "cuda",
+        "--ranges",
+        "1-64,65-2048",
+        "--sizes",
+        "1",
+        "--capture-sizes",
+        ",".join(map(str, CAPTURE_SIZES)),
+        "-q",
     )
     if options.jobs:
         command += ["-j", str(options.jobs)]
@@ -234,7 +258,13 @@ def main() -> int:
     if options.autotune:
         tuned_out = options.scratch / "gen-tuned"
         started = time.perf_counter()
-        tuned = [*command[: command.index("-o")], "-o", str(tuned_out), *command[command.index("-o") + 2:], "--autotune"]
+        tuned = [
+            *command[: command.index("-o")],
+            "-o",
+            str(tuned_out),
+            *command[command.index("-o") + 2 :],
+            "--autotune",
+        ]
         done = subprocess.run(tuned, cwd=ROOT, env=env)
         print(f"transpile --autotune: {time.perf_counter() - started:.1f} s, exit {done.returncode}", flush=True)
         if done.returncode == 0:
@@ -242,14 +272,19 @@ def main() -> int:
             outs.update({variant: tuned_out for variant in TUNED_VARIANTS})
             print((tuned_out / NAME / "tuning.json").read_text()[:6000], flush=True)
     tensors = json.loads((out / NAME / "manifest.json").read_text())["weights"]["tensors"].values()
-    weight_bytes = sum(math.prod(t["shape"]) * getattr(torch, t["dtype"].removeprefix("torch.")).itemsize for t in tensors)
+    weight_bytes = sum(
+        math.prod(t["shape"]) * getattr(torch, t["dtype"].removeprefix("torch.")).itemsize for t in tensors
+    )
     bandwidth = copy_bandwidth()
     sys.path.insert(0, str(EXAMPLE))
     import llama
 
     floors_us = floors(weight_bytes, bandwidth, llama.CONFIGS["1b"], torch.bfloat16.itemsize)
-    print(f"weights {weight_bytes / 1e9:.2f} GB, copy bandwidth {bandwidth / 1e9:.0f} GB/s, "
-          f"weights-read floor {weight_bytes / bandwidth * 1e6:.0f} us", flush=True)
+    print(
+        f"weights {weight_bytes / 1e9:.2f} GB, copy bandwidth {bandwidth / 1e9:.0f} GB/s, "
+        f"weights-read floor {weight_bytes / bandwidth * 1e6:.0f} us",
+        flush=True,
+    )
     rounds = []
     for round_number in range(options.rounds):
         result = {}
@@ -257,8 +292,17 @@ def main() -> int:
             started = time.perf_counter()
             try:
                 done = run_fresh(
-                    [sys.executable, __file__, "worker", variant, str(outs[variant]), str(options.repeats), options.cases],
-                    env=env, timeout=options.variant_timeout,
+                    [
+                        sys.executable,
+                        __file__,
+                        "worker",
+                        variant,
+                        str(outs[variant]),
+                        str(options.repeats),
+                        options.cases,
+                    ],
+                    env=env,
+                    timeout=options.variant_timeout,
                 )
             except subprocess.TimeoutExpired:
                 print(f"round {round_number} {variant}: did not finish in {options.variant_timeout} s", flush=True)
@@ -272,8 +316,10 @@ def main() -> int:
             print("\n".join(table(merge_rounds([*rounds, result]), floors_us)), flush=True)
         rounds.append(result)
     summaries = merge_rounds(rounds)
-    print(f"\nMedian us per call (min-max over {options.rounds} rounds x {options.repeats} calls), {gpu}; "
-          f"decode cases after {DECODE_START} cached tokens a sequence; floor: weights + KV read over the copy bandwidth")
+    print(
+        f"\nMedian us per call (min-max over {options.rounds} rounds x {options.repeats} calls), {gpu}; "
+        f"decode cases after {DECODE_START} cached tokens a sequence; floor: weights + KV read over the copy bandwidth"
+    )
     print("\n".join(table(summaries, floors_us)))
     print("JSON " + json.dumps(summaries))
     return 0

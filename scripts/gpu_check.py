@@ -44,7 +44,10 @@ def transpile(name: str, out: Path, extra=()) -> float:
     args = [str(ROOT / a) if a.startswith("examples/") else a for a in EXAMPLES[name]]
     start = time.perf_counter()
     result = subprocess.run(
-        transpile_command(args[0], out, *args[1:], "--device", "cuda", "-q", *extra), cwd=ROOT, capture_output=True, text=True
+        transpile_command(args[0], out, *args[1:], "--device", "cuda", "-q", *extra),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     seconds = time.perf_counter() - start
     record(f"transpile {name}", result.returncode == 0, f"{seconds:.1f} s {result.stderr[-2000:]}")
@@ -120,8 +123,11 @@ def check_isolation(name: str, out: Path, scratch: Path) -> dict:
         return {}
     report = result.result
     empty = not (scratch / "empty-triton").exists() and not (scratch / "empty-inductor").exists()
-    record(f"fresh-process import {name} compiles nothing", not report["bad"] and empty,
-           f"modules {report['bad']}, caches untouched {empty}")
+    record(
+        f"fresh-process import {name} compiles nothing",
+        not report["bad"] and empty,
+        f"modules {report['bad']}, caches untouched {empty}",
+    )
     return report
 
 
@@ -153,7 +159,9 @@ def time_to_first_output(out: Path, scratch: Path) -> list[str]:
     model = ROOT / "examples" / "tiny_llama" / "model.py"
     bodies = {
         "eager": EAGER_BODY.format(model=model, extra=""),
-        "torch.compile (warm cache)": EAGER_BODY.format(model=model, extra="model = torch.compile(model, dynamic=True)"),
+        "torch.compile (warm cache)": EAGER_BODY.format(
+            model=model, extra="model = torch.compile(model, dynamic=True)"
+        ),
         "emitted package": "import tiny_llama\nout = tiny_llama.load()(input_ids, positions)",
         "emitted package + piecewise graphs": "import tiny_llama\nout = tiny_llama.load(capture=True)(input_ids, positions)",
     }
@@ -221,16 +229,22 @@ def check_tuning(name: str, scratch: Path) -> None:
         for choice in [*entry.get("gemm", {}).values(), *entry.get("triton", {}).values()]
         if len(choice["us"]) > 1
     )
-    record(f"tuning run {name} records choices", triton > 0,
-           f"{gemm} GEMM and {triton} Triton choices, {changed} among several candidates; {data.get('gpu')}")
+    record(
+        f"tuning run {name} records choices",
+        triton > 0,
+        f"{gemm} GEMM and {triton} Triton choices, {changed} among several candidates; {data.get('gpu')}",
+    )
     args = [str(ROOT / a) if a.startswith("examples/") else a for a in EXAMPLES[name]]
     replay = transpile_command(args[0], replayed, *args[1:], "--device", "cuda", "-q", "--tuning", str(lockfile))
     replay[1:3] = ["-c", REPLAY_WITHOUT_BENCHMARKS]  # `python -m transpiler.cli` with the benchmarks made to fail
     result = subprocess.run(replay, cwd=ROOT, capture_output=True, text=True)
     a, b = source_files(tuned / name), source_files(replayed / name)
     differing = sorted(p for p in a.keys() | b.keys() if a.get(p) != b.get(p))
-    record(f"tuning replay {name} without benchmarks is identical", result.returncode == 0 and not differing,
-           f"rc {result.returncode}, differing: {differing[:5]} {result.stderr[-1500:]}")
+    record(
+        f"tuning replay {name} without benchmarks is identical",
+        result.returncode == 0 and not differing,
+        f"rc {result.returncode}, differing: {differing[:5]} {result.stderr[-1500:]}",
+    )
     print(lockfile.read_text()[:4000], flush=True)
     check_correctness(name, tuned)
 
@@ -240,8 +254,14 @@ def time_cuda(fn, inputs, repeats=50) -> float:
     return summarize(cuda_timings(fn, lambda _index: inputs, repeats, warmup=5))["median"]
 
 
-LATENCY_VARIANTS = ["eager", "torch.compile", "reduce-overhead", "package", "package + graphs (piecewise)",
-                    "package + graphs (full)"]
+LATENCY_VARIANTS = [
+    "eager",
+    "torch.compile",
+    "reduce-overhead",
+    "package",
+    "package + graphs (piecewise)",
+    "package + graphs (full)",
+]
 
 
 def latency_worker(name: str, out: Path, label: str) -> None:

@@ -62,7 +62,8 @@ metadata = (
 def eager_body(compiled: bool) -> str:
     """Build the model on the GPU from its config, load the state dict, call (compiled or not)."""
     call = "torch.compile(decoder, dynamic=True)" if compiled else "decoder"
-    return """
+    return (
+        """
 extra = {{}}
 import llama as m
 config, dtype = m.CONFIGS["1b"], torch.bfloat16
@@ -70,19 +71,24 @@ with torch.device("cuda"):
     decoder = m.Decoder(config).to(dtype).eval()
 from safetensors.torch import load_file
 decoder.load_state_dict(load_file({checkpoint!r}, device="cuda"), strict=False)
-forward = """ + call + """
+forward = """
+        + call
+        + """
 cache = m.new_kv_cache(config, 1, dtype, "cuda")
 width = config.max_blocks_per_seq
-""" + INPUTS + """
+"""
+        + INPUTS
+        + """
 with torch.no_grad():
     out = forward(ids, positions, cache, *metadata)
 """
-
+    )
 
 
 def package_body(load_arguments: str) -> str:
     """The package path: import, load(load_arguments), first call; load()'s stage log kept."""
-    return """
+    return (
+        """
 stages = []
 class Stages(logging.Handler):
     def emit(self, record):
@@ -91,16 +97,21 @@ logging.getLogger("serving_llama_1b").addHandler(Stages())
 logging.getLogger("serving_llama_1b").setLevel(logging.DEBUG)
 import serving_llama_1b
 imported = time.perf_counter()
-model = serving_llama_1b.load(""" + load_arguments + """)
+model = serving_llama_1b.load("""
+        + load_arguments
+        + """)
 loaded = time.perf_counter()
 cache = serving_llama_1b.new_kv_cache(1, dtype=serving_llama_1b.INPUTS[2][1], device="cuda")
 width = serving_llama_1b.INPUTS[4][2][1]
-""" + INPUTS + """
+"""
+        + INPUTS
+        + """
 out = model(ids, positions, cache, *metadata)
 torch.cuda.synchronize()
 called = time.perf_counter()
 extra = {{"import": imported - after_torch, "load": loaded - imported, "first_call": called - loaded, "stages": stages}}
 """
+    )
 
 
 BODIES = {
@@ -130,8 +141,11 @@ def dry_run() -> int:
     import torch
 
     for label, body in BODIES.items():
-        compile(PROLOGUE.format(example=str(EXAMPLE)) + body.format(checkpoint="weights.safetensors") + EPILOGUE,
-                label, "exec")
+        compile(
+            PROLOGUE.format(example=str(EXAMPLE)) + body.format(checkpoint="weights.safetensors") + EPILOGUE,
+            label,
+            "exec",
+        )
     sys.path.insert(0, str(EXAMPLE))
     import llama
 
@@ -139,7 +153,9 @@ def dry_run() -> int:
     scope = {"torch": torch, "width": config.max_blocks_per_seq}
     exec(INPUTS.replace('"cuda"', '"cpu"'), scope)
     with torch.no_grad():
-        logits = llama.build(config)(scope["ids"], scope["positions"], llama.new_kv_cache(config, 1), *scope["metadata"])
+        logits = llama.build(config)(
+            scope["ids"], scope["positions"], llama.new_kv_cache(config, 1), *scope["metadata"]
+        )
     print(f"{len(BODIES)} paths compile; first call: logits {tuple(logits.shape)}")
     return 0
 
@@ -160,15 +176,28 @@ def main() -> int:
 
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
     command = transpile_command(
-        EXAMPLE / "model.py", out, "--name", "serving_llama_1b", "--import", "serving_ops", "--device", "cuda",
-        "--ranges", "1-64,65-2048", "--sizes", "1,8",
+        EXAMPLE / "model.py",
+        out,
+        "--name",
+        "serving_llama_1b",
+        "--import",
+        "serving_ops",
+        "--device",
+        "cuda",
+        "--ranges",
+        "1-64,65-2048",
+        "--sizes",
+        "1,8",
     )
     if options.jobs:
         command += ["-j", str(options.jobs)]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     transpile_seconds = time.perf_counter() - started
-    print(f"transpile: rc {result.returncode}, {transpile_seconds:.1f} s; {result.stdout.strip()[-500:]} {result.stderr[-1500:]}", flush=True)
+    print(
+        f"transpile: rc {result.returncode}, {transpile_seconds:.1f} s; {result.stdout.strip()[-500:]} {result.stderr[-1500:]}",
+        flush=True,
+    )
     if result.returncode != 0:
         return 1
     if options.serial_check:
@@ -176,14 +205,26 @@ def main() -> int:
         from transpiler.treediff import diff_trees
 
         serial_out = options.scratch / "gen-j1"
-        serial = [*command[: command.index("-o")], "-o", str(serial_out), *command[command.index("-o") + 2:], "-j", "1"]
+        serial = [
+            *command[: command.index("-o")],
+            "-o",
+            str(serial_out),
+            *command[command.index("-o") + 2 :],
+            "-j",
+            "1",
+        ]
         started = time.perf_counter()
         result = subprocess.run(serial, cwd=ROOT, env=env, capture_output=True, text=True)
-        print(f"transpile -j 1: rc {result.returncode}, {time.perf_counter() - started:.1f} s; "
-              f"{result.stdout.strip()[-500:]} {result.stderr[-1500:]}", flush=True)
+        print(
+            f"transpile -j 1: rc {result.returncode}, {time.perf_counter() - started:.1f} s; "
+            f"{result.stdout.strip()[-500:]} {result.stderr[-1500:]}",
+            flush=True,
+        )
         if result.returncode == 0:
             differences = diff_trees(out / "serving_llama_1b", serial_out / "serving_llama_1b")
-            print(f"{'PASS' if not differences else 'FAIL'} -j default and -j 1 give the same sources: {differences[:5]}")
+            print(
+                f"{'PASS' if not differences else 'FAIL'} -j default and -j 1 give the same sources: {differences[:5]}"
+            )
     # The full checkpoint the eager paths load: the package's own weights file.
     checkpoint = out / "serving_llama_1b" / "weights.safetensors"
     rows = {}
@@ -199,20 +240,26 @@ def main() -> int:
                 print(label, json.dumps(sample)[:600], flush=True)
         rows[label] = runs
     print()
-    print(f"Time to first output, 1.1B bf16 serving decoder (8-token prefill), {torch.cuda.get_device_name()}, "
-          f"torch {torch.__version__}; seconds after `import torch`, median (min-max) of {options.runs} fresh processes")
+    print(
+        f"Time to first output, 1.1B bf16 serving decoder (8-token prefill), {torch.cuda.get_device_name()}, "
+        f"torch {torch.__version__}; seconds after `import torch`, median (min-max) of {options.runs} fresh processes"
+    )
     print("| path | first output | whole process | compiler modules loaded |")
     print("| --- | --- | --- | --- |")
     for label, runs in rows.items():
         if runs:
-            print(f"| {label} | {summary([r['after_torch'] for r in runs])} | {summary([r['whole'] for r in runs])} | "
-                  f"{max(r['compiler_modules'] for r in runs)} |")
+            print(
+                f"| {label} | {summary([r['after_torch'] for r in runs])} | {summary([r['whole'] for r in runs])} | "
+                f"{max(r['compiler_modules'] for r in runs)} |"
+            )
     for label in ("package", "package, load(weights=checkpoint)"):
         package = rows.get(label) or []
         if not package:
             continue
-        print(f"{label} stages: import {summary([r['import'] for r in package])}, load() {summary([r['load'] for r in package])}, "
-              f"first call {summary([r['first_call'] for r in package])}")
+        print(
+            f"{label} stages: import {summary([r['import'] for r in package])}, load() {summary([r['load'] for r in package])}, "
+            f"first call {summary([r['first_call'] for r in package])}"
+        )
         print(f"{label} load() stages (debug log, first run):", package[0].get("stages"))
     print(f"transpile of the package: {transpile_seconds:.1f} s")
     return 0

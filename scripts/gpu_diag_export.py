@@ -31,7 +31,9 @@ def attempt(device: str, route: bool) -> None:
     try:
         with torch.no_grad(), opaque_attention.routed(route):
             program = torch.export.export(model, inputs, dynamic_shapes=model_file.dynamic_shapes, strict=False)
-        ops = sorted({str(n.target) for n in program.graph.nodes if "sdpa" in str(n.target) or "attention" in str(n.target)})
+        ops = sorted(
+            {str(n.target) for n in program.graph.nodes if "sdpa" in str(n.target) or "attention" in str(n.target)}
+        )
         print(f"{device} route={route}: OK {ops}")
     except Exception as error:
         print(f"{device} route={route}: FAIL {str(error)[:600]}")
@@ -48,6 +50,7 @@ def main() -> int:
 
     print(torch.__version__, transformers.__version__)
     import inspect
+
     from transformers.integrations import sdpa_attention
 
     source = inspect.getsource(sdpa_attention.sdpa_attention_forward)

@@ -65,7 +65,9 @@ def make_batch(chunks, heads, kv_heads, head_dim, dtype, num_blocks, max_blocks,
 def check_case(name, chunks, heads, kv_heads, head_dim, dtype, window=-1, softcap=0.0, pad_tokens=0, pad_seqs=0):
     max_blocks = max(-(-(c + n) // BLOCK) for c, n in chunks) + 1
     num_blocks = sum(-(-(c + n) // BLOCK) for c, n in chunks) + 4
-    q, k, v, cache, metadata = make_batch(chunks, heads, kv_heads, head_dim, dtype, num_blocks, max_blocks, pad_tokens, pad_seqs)
+    q, k, v, cache, metadata = make_batch(
+        chunks, heads, kv_heads, head_dim, dtype, num_blocks, max_blocks, pad_tokens, pad_seqs
+    )
     scale = head_dim**-0.5
     layer = 1
     expected_cache = cache.clone()
@@ -100,7 +102,9 @@ def checks():
     for dtype in (bf16, fp32):
         tag = "bf16" if dtype == bf16 else "fp32"
         check_case(f"{tag} mixed prefill+decode, GQA 4, dim 128", mixed, 32, 8, 128, dtype)
-        check_case(f"{tag} mixed + 5 padded tokens + 3 padded sequences", mixed, 32, 8, 128, dtype, pad_tokens=5, pad_seqs=3)
+        check_case(
+            f"{tag} mixed + 5 padded tokens + 3 padded sequences", mixed, 32, 8, 128, dtype, pad_tokens=5, pad_seqs=3
+        )
         check_case(f"{tag} decode only, 128 sequences", [(i * 7 % 300, 1) for i in range(128)], 32, 8, 128, dtype)
         check_case(f"{tag} decode, 2 long sequences (split-KV)", [(4000, 1), (2500, 1)], 32, 8, 128, dtype)
         check_case(f"{tag} one long prefill chunk after a cached prefix", [(700, 200)], 32, 8, 128, dtype)
@@ -132,7 +136,9 @@ def graph_check():
     for target, source in zip(static, (q2, k2, v2, *metadata2)):
         target.copy_(source)
     expected_cache = cache2.clone()
-    expected = serving_ops.paged_attention_reference(q2.float(), k2.float(), v2.float(), expected_cache.float(), *metadata2, 0, dim**-0.5)
+    expected = serving_ops.paged_attention_reference(
+        q2.float(), k2.float(), v2.float(), expected_cache.float(), *metadata2, 0, dim**-0.5
+    )
     graph.replay()
     torch.cuda.synchronize()
     error = (out.float() - expected).abs().max().item()
@@ -150,7 +156,9 @@ def timings():
         for sequences in (1, 8, 32, 128):
             chunks = [(context - 1, 1)] * sequences
             max_blocks = -(-context // BLOCK)
-            q, k, v, cache, metadata = make_batch(chunks, heads, kv_heads, dim, dtype, sequences * max_blocks + 1, max_blocks)
+            q, k, v, cache, metadata = make_batch(
+                chunks, heads, kv_heads, dim, dtype, sequences * max_blocks + 1, max_blocks
+            )
             call = lambda: torch.ops.serving.paged_attention(q, k, v, cache, *metadata, 0, dim**-0.5)  # noqa: E731
             for _ in range(5):
                 call()
@@ -164,7 +172,9 @@ def timings():
                 times.append(start.elapsed_time(end) * 1000)
             median = statistics.median(times)
             read = sequences * context * kv_heads * dim * 2 * 2  # keys and values, 2 bytes
-            print(f"| {sequences} | {context} | {median:.1f} ({min(times):.1f}-{max(times):.1f}) | {read / median / 1e3:.0f} |")
+            print(
+                f"| {sequences} | {context} | {median:.1f} ({min(times):.1f}-{max(times):.1f}) | {read / median / 1e3:.0f} |"
+            )
 
 
 def dry_run():
@@ -173,7 +183,9 @@ def dry_run():
     DEVICE = "cpu"
     mixed = [(0, 37), (100, 1), (15, 1), (16, 1), (0, 1), (31, 2)]
     for dtype, tag in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
-        check_case(f"{tag} mixed + 5 padded tokens + 3 padded sequences", mixed, 32, 8, 128, dtype, pad_tokens=5, pad_seqs=3)
+        check_case(
+            f"{tag} mixed + 5 padded tokens + 3 padded sequences", mixed, 32, 8, 128, dtype, pad_tokens=5, pad_seqs=3
+        )
         check_case(f"{tag} sliding window 64, soft-capping 50", mixed, 16, 2, 64, dtype, window=64, softcap=50.0)
 
 

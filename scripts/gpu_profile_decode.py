@@ -69,8 +69,19 @@ def main() -> int:
     if not (out / NAME).is_dir():
         started = time.perf_counter()
         command = transpile_command(
-            EXAMPLE / "model.py", out, "--name", NAME, "--import", "serving_ops", "--device", "cuda",
-            "--ranges", "1-64,65-2048", "--sizes", "1", "-q",
+            EXAMPLE / "model.py",
+            out,
+            "--name",
+            NAME,
+            "--import",
+            "serving_ops",
+            "--device",
+            "cuda",
+            "--ranges",
+            "1-64,65-2048",
+            "--sizes",
+            "1",
+            "-q",
         )
         subprocess.run(command, cwd=ROOT, check=True)
         print(f"transpile {time.perf_counter() - started:.1f} s", flush=True)
@@ -85,7 +96,11 @@ def main() -> int:
     for case in steps:
         prefill = serving_batches.Case("prefill", case.sequences, PROMPT, 0)  # the sequences' prompts
         blocks = case.blocks() // case.sequences
-        model(*serving_batches.forward_args(serving_batches.batch(prefill, config, "cuda", blocks_per_sequence=blocks), cache))
+        model(
+            *serving_batches.forward_args(
+                serving_batches.batch(prefill, config, "cuda", blocks_per_sequence=blocks), cache
+            )
+        )
         inputs = serving_batches.forward_args(serving_batches.batch(case, config, "cuda"), cache)
 
         def step(index, inputs=inputs):
@@ -103,8 +118,10 @@ def main() -> int:
             wall = (time.perf_counter() - started) / steps
         events = prof.key_averages()
         gpu_total = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / steps
-        print(f"{torch.cuda.get_device_name()}: {case.label} ({case.tokens} tokens, {case.sequences} sequences) "
-              f"after {PROMPT}: wall {wall * 1e6:.0f} us, GPU busy {gpu_total:.0f} us")
+        print(
+            f"{torch.cuda.get_device_name()}: {case.label} ({case.tokens} tokens, {case.sequences} sequences) "
+            f"after {PROMPT}: wall {wall * 1e6:.0f} us, GPU busy {gpu_total:.0f} us"
+        )
         print(events.table(sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=80))
     return 0
 

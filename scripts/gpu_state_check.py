@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import serving_batches
@@ -50,10 +50,14 @@ def record(name: str, ok: bool, detail: str = "") -> None:
 
 
 def transpile(out: Path, name: str, extra: list[str], env: dict) -> bool:
-    command = transpile_command(EXAMPLE / "model.py", out, "--name", name, "--import", "serving_ops", "--device", "cuda", "-q", *extra)
+    command = transpile_command(
+        EXAMPLE / "model.py", out, "--name", name, "--import", "serving_ops", "--device", "cuda", "-q", *extra
+    )
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True)
-    record(f"transpile {name}", result.returncode == 0, f"{time.perf_counter() - started:.1f} s {result.stderr[-2000:]}")
+    record(
+        f"transpile {name}", result.returncode == 0, f"{time.perf_counter() - started:.1f} s {result.stderr[-2000:]}"
+    )
     return result.returncode == 0
 
 
@@ -86,13 +90,20 @@ def engine_loop(reference, loop: Loop, forward, device) -> None:
     if str(EXAMPLE) not in sys.path:
         sys.path.insert(0, str(EXAMPLE))
     import engine  # examples/serving_llama/engine.py
+
     config = reference.CONFIG
     generator = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, config.vocab, (n,), generator=generator).tolist() for n, _ in loop.arrivals]
     blocks = sum(-(-(n + loop.new_tokens) // serving_batches.BLOCK_SIZE) for n, _ in loop.arrivals)
     cache = reference.new_kv_cache(config, blocks, reference.DTYPE, device)
-    runner = engine.Engine(forward, cache, serving_batches.BLOCK_SIZE, config.max_blocks_per_seq,
-                           max_tokens=loop.max_tokens, chunk=loop.chunk)
+    runner = engine.Engine(
+        forward,
+        cache,
+        serving_batches.BLOCK_SIZE,
+        config.max_blocks_per_seq,
+        max_tokens=loop.max_tokens,
+        chunk=loop.chunk,
+    )
     pending = sorted(((step, i) for i, (_, step) in enumerate(loop.arrivals)), reverse=True)
     while pending or runner.has_work():
         while pending and pending[-1][0] <= runner.steps:
@@ -118,15 +129,19 @@ def decode_loop(package, reference, mode: str, loop: Loop, tolerance: float) -> 
         with torch.no_grad():
             expected = reference.model(input_ids, positions, eager_cache, *metadata)
             actual = model(input_ids, positions, kv_cache, *metadata)
-        errors.append((len(input_ids), len(metadata[2]), relative_error(actual, expected),
-                       relative_error(kv_cache, eager_cache)))
+        errors.append(
+            (len(input_ids), len(metadata[2]), relative_error(actual, expected), relative_error(kv_cache, eager_cache))
+        )
         return expected
 
     engine_loop(reference, loop, both, "cuda")
     worst = max(max(e[2], e[3]) for e in errors)
     mixed = sum(1 for tokens, sequences, _, _ in errors if 1 < sequences < tokens)
-    record(f"engine loop {mode}", worst < tolerance,
-           f"{len(errors)} steps ({mixed} mixed), worst relative error {worst:.2e} (tolerance {tolerance:g})")
+    record(
+        f"engine loop {mode}",
+        worst < tolerance,
+        f"{len(errors)} steps ({mixed} mixed), worst relative error {worst:.2e} (tolerance {tolerance:g})",
+    )
     print(f"  per step (tokens, sequences, logits, cache): {[(t, s, f'{a:.1e}', f'{c:.1e}') for t, s, a, c in errors]}")
     return errors
 
@@ -190,7 +205,9 @@ def load(out: Path, name: str, env: dict):
     return package, reference
 
 
-def run_config(out: Path, name: str, env: dict, extra: list[str], loop: Loop, tolerance: float, timings=True) -> list[str]:
+def run_config(
+    out: Path, name: str, env: dict, extra: list[str], loop: Loop, tolerance: float, timings=True
+) -> list[str]:
     if not transpile(out, name, extra, env):
         return []
     package, reference = load(out, name, env)
@@ -232,16 +249,26 @@ def main() -> int:
     print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(), flush=True)
     # Capture sizes up to 16: 3, 5 and 7 tokens replay padded graphs; 17 and 64 run past them.
     tables = run_config(
-        out, "serving_llama", {}, ["--ranges", "1-16,17-64", "--sizes", "1", "--capture-sizes", "1,2,4,8,16"],
-        TINY_LOOP, tolerance=1e-4, timings=not options.no_timings,
+        out,
+        "serving_llama",
+        {},
+        ["--ranges", "1-16,17-64", "--sizes", "1", "--capture-sizes", "1,2,4,8,16"],
+        TINY_LOOP,
+        tolerance=1e-4,
+        timings=not options.no_timings,
     )
     if options.big:
         env = SERVING_1B_ENV
         tables += [""] + run_config(
-            out, "serving_llama_1b", env, ["--ranges", "1-64,65-2048", "--sizes", "1", "--capture-sizes", "1,2,4,8,16,32,64"],
+            out,
+            "serving_llama_1b",
+            env,
+            ["--ranges", "1-64,65-2048", "--sizes", "1", "--capture-sizes", "1,2,4,8,16,32,64"],
             # bf16: Inductor fuses (RMSNorm in fp32, fewer roundings) where eager rounds every op;
             # 2.5-3.5% of the largest logit over 16 layers was measured identical in every mode.
-            BIG_LOOP, tolerance=5e-2, timings=not options.no_timings,
+            BIG_LOOP,
+            tolerance=5e-2,
+            timings=not options.no_timings,
         )
     print("\n".join(tables))
     failed = [name for name, ok in RESULTS if not ok]

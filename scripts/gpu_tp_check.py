@@ -83,25 +83,42 @@ def transpile_all(out: Path, configs, device: str, deadline: float) -> dict:
     every = [(config, *package) for config in configs for package in packages_of(config, config == configs[0])]
     for index, (config, name, ranks, split) in enumerate(every):
         command = transpile_command(
-            MODEL, out, "--name", name, "--import", "serving_ops", "--tensor-parallel", str(ranks), "-q",
+            MODEL,
+            out,
+            "--name",
+            name,
+            "--import",
+            "serving_ops",
+            "--tensor-parallel",
+            str(ranks),
+            "-q",
             *(SPLIT_OPS if split else []),
             # One process each: a compile worker would build the model on the GPU again (16 GB
             # for the 8B config at one rank), and four transpiles already share two GPUs.
-            "-j", "1",
+            "-j",
+            "1",
         )
         if device == "cuda":
             command += ["--device", "cuda", "--ranges", "2-512", "--sizes", "1", "--capture-sizes", CAPTURE_SIZES]
         else:
             command += ["--ranges", "2-64", "--sizes", "1"]
         env = {
-            **os.environ, **ENV, "PYTHONPATH": f"{os.environ.get('PYTHONPATH', '')}:{ROOT}",
-            "LLAMA_TP_CONFIG": config, "LLAMA_TP_DTYPE": "bfloat16" if device == "cuda" else "float32",
-            "LLAMA_TP_DEVICE": device, "TORCHINDUCTOR_COMPILE_THREADS": "8",
+            **os.environ,
+            **ENV,
+            "PYTHONPATH": f"{os.environ.get('PYTHONPATH', '')}:{ROOT}",
+            "LLAMA_TP_CONFIG": config,
+            "LLAMA_TP_DTYPE": "bfloat16" if device == "cuda" else "float32",
+            "LLAMA_TP_DEVICE": device,
+            "TORCHINDUCTOR_COMPILE_THREADS": "8",
         }
         if device == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = str(index % 2)
         log = open(out.parent / f"transpile-{name}.log", "w")
-        jobs[name] = (subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), time.time(), log)
+        jobs[name] = (
+            subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
+            time.time(),
+            log,
+        )
     results = {}
     for name, (process, started, log) in jobs.items():
         try:
@@ -121,8 +138,21 @@ _PORTS = iter(range(29511, 29600))  # a port of its own for each torchrun: none 
 
 def run_workers(config: str, stage: str, out: Path, device: str, deadline: float, first: bool) -> bool:
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(next(_PORTS)),
-        __file__, "--worker", config, stage, str(out), device, str(deadline), str(int(first)),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(next(_PORTS)),
+        __file__,
+        "--worker",
+        config,
+        stage,
+        str(out),
+        device,
+        str(deadline),
+        str(int(first)),
     ]
     env = {**os.environ, **ENV, "PYTHONPATH": f"{os.environ.get('PYTHONPATH', '')}:{ROOT}", "OMP_NUM_THREADS": "4"}
     try:
@@ -181,8 +211,9 @@ class Rank:
         if self.cuda:
             torch.cuda.set_device(local)
         self.device = torch.device("cuda", local) if self.cuda else torch.device("cpu")
-        os.environ.update(LLAMA_TP_CONFIG=config, LLAMA_TP_DEVICE=device,
-                          LLAMA_TP_DTYPE="bfloat16" if self.cuda else "float32")
+        os.environ.update(
+            LLAMA_TP_CONFIG=config, LLAMA_TP_DEVICE=device, LLAMA_TP_DTYPE="bfloat16" if self.cuda else "float32"
+        )
         self.out = out
         sys.path[:0] = IMPORT_PATHS
         # Before the group exists, so that the model file builds the full model (world size 1).
@@ -317,9 +348,11 @@ def stage_packages(node: Rank) -> bool:
                     logits, cached, passed, samples = float("nan"), float("nan"), False, None
                     say(f"rank {node.rank}: {type(error).__name__}: {str(error)[:1500]}")
                 ok &= passed
-                say(f"{'PASS' if passed else 'FAIL'} {name}, rank {node.rank}, {mode}: decode loop "
+                say(
+                    f"{'PASS' if passed else 'FAIL'} {name}, rank {node.rank}, {mode}: decode loop "
                     f"vs single-GPU eager, relative error logits {logits:.2e} cache {cached:.2e} (tolerance {TOLERANCE:g}); "
-                    f"load {load_s:.1f} s")
+                    f"load {load_s:.1f} s"
+                )
                 if samples:
                     path = "package" + (" (collectives split)" if split else "")
                     add_row(node, ranks, path if mode == "plain" else f"{path} + {mode} graphs", samples)

@@ -102,7 +102,9 @@ def table(samples: dict[str, list[float]], size_bytes: int) -> list[str]:
             continue
         median = summarize(values)["median"]
         ratio = format_ratio(median / floor) if floor and not label.startswith("floor") else ""
-        lines.append(f"| {label} | {format_summary(values, 1e3, digits=0)} | {size_bytes / median / 1e9:.1f} | {ratio} |")
+        lines.append(
+            f"| {label} | {format_summary(values, 1e3, digits=0)} | {size_bytes / median / 1e9:.1f} | {ratio} |"
+        )
     return lines
 
 
@@ -126,8 +128,10 @@ def main() -> int:
     import torch
 
     size = path.stat().st_size
-    print(f"Reading {size / 1e9:.2f} GB of weights onto {torch.cuda.get_device_name()} (torch {torch.__version__}), "
-          f"page cache warm, median (min-max) of {options.runs} fresh processes")
+    print(
+        f"Reading {size / 1e9:.2f} GB of weights onto {torch.cuda.get_device_name()} (torch {torch.__version__}), "
+        f"page cache warm, median (min-max) of {options.runs} fresh processes"
+    )
     print("\n".join(table(samples, size)))
     return 0
 

@@ -123,7 +123,7 @@ RESULT_MARKER = "RESULT "
 def result_line(stdout: str, marker: str = RESULT_MARKER) -> dict | None:
     """The JSON of the last stdout line that starts with `marker`, or None."""
     lines = [line for line in stdout.splitlines() if line.startswith(marker)]
-    return json.loads(lines[-1][len(marker):]) if lines else None
+    return json.loads(lines[-1][len(marker) :]) if lines else None
 
 
 @dataclass(frozen=True)
@@ -249,8 +249,13 @@ def load_model_file(path: Path | str, imports=()):
 def machine_info() -> dict:
     """CPU model, CPUs, cores, memory (lscpu and sysconf; what is unknown is left out)."""
     info: dict = {"cpu_model": platform.processor() or "unknown", "cpus": os.cpu_count()}
-    keys = {"Model name": "cpu_model", "CPU(s)": "cpus", "Core(s) per socket": "cores_per_socket",
-            "Socket(s)": "sockets", "Thread(s) per core": "threads_per_core"}
+    keys = {
+        "Model name": "cpu_model",
+        "CPU(s)": "cpus",
+        "Core(s) per socket": "cores_per_socket",
+        "Socket(s)": "sockets",
+        "Thread(s) per core": "threads_per_core",
+    }
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     except OSError:

@@ -55,10 +55,28 @@ MODEL = Path(__file__).resolve().parent / "bench_models" / "scale_decoder.py"
 # llama.Config fields; the 1b and 8b shapes are Llama's (TinyLlama 1.1B, Llama 3 8B).
 CONFIGS = {
     "tiny": {"vocab": 256, "hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "ffn": 128, "max_tokens": 64},
-    "1b": {"vocab": 32000, "hidden": 2048, "layers": 16, "heads": 32, "kv_heads": 8, "ffn": 8192, "max_tokens": 2048,
-           "max_seqs": 256, "max_blocks_per_seq": 256},
-    "8b": {"vocab": 128256, "hidden": 4096, "layers": 32, "heads": 32, "kv_heads": 8, "ffn": 14336,
-           "max_tokens": 2048, "max_seqs": 256, "max_blocks_per_seq": 256},
+    "1b": {
+        "vocab": 32000,
+        "hidden": 2048,
+        "layers": 16,
+        "heads": 32,
+        "kv_heads": 8,
+        "ffn": 8192,
+        "max_tokens": 2048,
+        "max_seqs": 256,
+        "max_blocks_per_seq": 256,
+    },
+    "8b": {
+        "vocab": 128256,
+        "hidden": 4096,
+        "layers": 32,
+        "heads": 32,
+        "kv_heads": 8,
+        "ffn": 14336,
+        "max_tokens": 2048,
+        "max_seqs": 256,
+        "max_blocks_per_seq": 256,
+    },
 }
 # Four variants at every size: two ranges of the token count and two exact sizes.
 RANGES = {"tiny": "1-16,17-64", "1b": "1-64,65-2048", "8b": "1-64,65-2048"}
@@ -97,7 +115,9 @@ def parse_config(text: str) -> Scale:
     """'1b' or '1b:32' -> Scale; unknown names and bad depths are refused."""
     base, _, layers = text.partition(":")
     if base not in CONFIGS:
-        raise argparse.ArgumentTypeError(f"{text!r}: unknown configuration; give one of {', '.join(CONFIGS)} (or NAME:LAYERS)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: unknown configuration; give one of {', '.join(CONFIGS)} (or NAME:LAYERS)"
+        )
     fields = dict(CONFIGS[base])
     if layers:
         if not layers.isdigit() or int(layers) < 1:
@@ -136,7 +156,7 @@ def parent_pids(stat_lines: dict[int, str]) -> dict[int, int]:
     and parentheses: the fields after the last ')' are state, ppid, ...)."""
     parents = {}
     for pid, line in stat_lines.items():
-        fields = line[line.rfind(")") + 2:].split()
+        fields = line[line.rfind(")") + 2 :].split()
         if len(fields) > 1 and fields[1].isdigit():
             parents[pid] = int(fields[1])
     return parents
@@ -193,8 +213,23 @@ class TreeSampler(threading.Thread):
 def transpile_once(scale: Scale, weights: str, jobs: int, out: Path, cache: Path, dtype: str) -> dict:
     """One transpile in a fresh process: wall, stage times, peak RSS (parent, largest worker,
     whole tree sampled); raises RuntimeError with the tail of its output when it fails."""
-    options = [str(MODEL), "-o", str(out), "--name", "scale", "--import", "serving_ops",
-               "--ranges", RANGES[scale.base], "--sizes", SIZES, "--weights", weights, "-j", str(jobs)]
+    options = [
+        str(MODEL),
+        "-o",
+        str(out),
+        "--name",
+        "scale",
+        "--import",
+        "serving_ops",
+        "--ranges",
+        RANGES[scale.base],
+        "--sizes",
+        SIZES,
+        "--weights",
+        weights,
+        "-j",
+        str(jobs),
+    ]
     env = {
         **os.environ,
         "SCALE_CONFIG": json.dumps(scale.fields),
@@ -203,8 +238,14 @@ def transpile_once(scale: Scale, weights: str, jobs: int, out: Path, cache: Path
         "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), str(SERVING_EXAMPLE), os.environ.get("PYTHONPATH")] if p),
     }
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-c", CHILD, *options], env=env, cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", CHILD, *options],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     sampler = TreeSampler(process.pid)
     sampler.start()
     stdout, stderr = process.communicate()
@@ -246,8 +287,19 @@ def results_table(runs: dict, scales: dict[str, Scale], dtype: str) -> str:
     for samples in runs.values():
         for run in samples:
             stage_names += [s for s in run["stages"] if s not in stage_names]
-    header = ["config", "layers", "params", "weights", "-j", "wall s", *(f"{s} s" for s in stage_names),
-              "parent peak RSS GiB", "largest worker GiB", "all processes GiB (sampled)", "weights GiB"]
+    header = [
+        "config",
+        "layers",
+        "params",
+        "weights",
+        "-j",
+        "wall s",
+        *(f"{s} s" for s in stage_names),
+        "parent peak RSS GiB",
+        "largest worker GiB",
+        "all processes GiB (sampled)",
+        "weights GiB",
+    ]
     rows = []
     gib = 1 / 2**20  # KiB -> GiB
 
@@ -258,16 +310,21 @@ def results_table(runs: dict, scales: dict[str, Scale], dtype: str) -> str:
         config, weights, jobs = key.split(" | ")
         scale = scales[config]
         params = parameter_count(scale.fields)
-        rows.append([
-            config, scale.layers, f"{params / 1e9:.2f}B" if params >= 1e8 else f"{params / 1e6:.2f}M", weights,
-            jobs.removeprefix("-j "),
-            cell([r["wall_s"] for r in samples]),
-            *(cell([r["stages"].get(s) for r in samples]) for s in stage_names),
-            cell([r["parent_peak_kib"] for r in samples], gib, 2),
-            cell([r["worker_peak_kib"] for r in samples], gib, 2) if jobs != "-j 1" else "-",
-            cell([r["tree_peak_kib"] for r in samples], gib, 2),
-            format_number(params * DTYPE_BYTES[dtype] / 2**30, digits=2),
-        ])
+        rows.append(
+            [
+                config,
+                scale.layers,
+                f"{params / 1e9:.2f}B" if params >= 1e8 else f"{params / 1e6:.2f}M",
+                weights,
+                jobs.removeprefix("-j "),
+                cell([r["wall_s"] for r in samples]),
+                *(cell([r["stages"].get(s) for r in samples]) for s in stage_names),
+                cell([r["parent_peak_kib"] for r in samples], gib, 2),
+                cell([r["worker_peak_kib"] for r in samples], gib, 2) if jobs != "-j 1" else "-",
+                cell([r["tree_peak_kib"] for r in samples], gib, 2),
+                format_number(params * DTYPE_BYTES[dtype] / 2**30, digits=2),
+            ]
+        )
     return markdown_table(header, rows)
 
 
@@ -285,25 +342,46 @@ def target_rows(runs: dict, scales: dict[str, Scale], dtype: str) -> list[list[s
     for c8 in by("8b"):
         for c1 in full_1b:
             for jobs in (1, 2):
-                r = ratio(median_of(runs, run_key(c8, "none", jobs), "wall_s"), median_of(runs, run_key(c1, "none", jobs), "wall_s"))
+                r = ratio(
+                    median_of(runs, run_key(c8, "none", jobs), "wall_s"),
+                    median_of(runs, run_key(c1, "none", jobs), "wall_s"),
+                )
                 if r is not None:
-                    rows.append([f"{c8} / {c1} transpile time, --weights none -j {jobs} <= {TARGETS['8b_vs_1b_time']}x",
-                                 format_ratio(r), verdict(r <= TARGETS["8b_vs_1b_time"])])
+                    rows.append(
+                        [
+                            f"{c8} / {c1} transpile time, --weights none -j {jobs} <= {TARGETS['8b_vs_1b_time']}x",
+                            format_ratio(r),
+                            verdict(r <= TARGETS["8b_vs_1b_time"]),
+                        ]
+                    )
         for jobs in (1, 2):
             peak = median_of(runs, run_key(c8, "none", jobs), "tree_peak_kib")
             if peak is not None:
                 gib = peak / 2**20
-                rows.append([f"{c8} peak RSS, all processes, --weights none -j {jobs} < {TARGETS['8b_peak_rss_gib']} GiB",
-                             f"{gib:.2f} GiB", verdict(gib < TARGETS["8b_peak_rss_gib"])])
+                rows.append(
+                    [
+                        f"{c8} peak RSS, all processes, --weights none -j {jobs} < {TARGETS['8b_peak_rss_gib']} GiB",
+                        f"{gib:.2f} GiB",
+                        verdict(gib < TARGETS["8b_peak_rss_gib"]),
+                    ]
+                )
     for base in ("tiny", "1b", "8b"):
         depths = sorted({scales[c].layers for c in by(base)})
         if len(depths) > 1:
             shallow, deep = by(base, depths[0])[0], by(base, depths[-1])[0]
             for weights in ("none", "embed"):
-                r = ratio(median_of(runs, run_key(deep, weights, 1), "wall_s"), median_of(runs, run_key(shallow, weights, 1), "wall_s"))
+                r = ratio(
+                    median_of(runs, run_key(deep, weights, 1), "wall_s"),
+                    median_of(runs, run_key(shallow, weights, 1), "wall_s"),
+                )
                 if r is not None:
-                    rows.append([f"{deep} / {shallow} transpile time, --weights {weights} -j 1 <= {TARGETS['32_vs_2_layers_time']}x",
-                                 format_ratio(r), verdict(r <= TARGETS["32_vs_2_layers_time"])])
+                    rows.append(
+                        [
+                            f"{deep} / {shallow} transpile time, --weights {weights} -j 1 <= {TARGETS['32_vs_2_layers_time']}x",
+                            format_ratio(r),
+                            verdict(r <= TARGETS["32_vs_2_layers_time"]),
+                        ]
+                    )
     for config, scale in scales.items():
         weight_kib = parameter_count(scale.fields) * DTYPE_BYTES[dtype] / 1024
         if weight_kib < MIN_WEIGHTS_FOR_RSS_TARGET_KIB:
@@ -313,29 +391,50 @@ def target_rows(runs: dict, scales: dict[str, Scale], dtype: str) -> list[list[s
             r = ratio(embedded, weight_kib)
             if r is not None:
                 without = median_of(runs, run_key(config, "none", jobs), "parent_peak_kib")
-                extra = "" if without is None else f" (over --weights none: {format_ratio(ratio(embedded - without, weight_kib))})"
-                rows.append([f"{config} --weights embed -j {jobs}: parent peak RSS <= {TARGETS['embed_rss_vs_weights']}x the weights",
-                             format_ratio(r) + extra, verdict(r <= TARGETS["embed_rss_vs_weights"])])
+                extra = (
+                    ""
+                    if without is None
+                    else f" (over --weights none: {format_ratio(ratio(embedded - without, weight_kib))})"
+                )
+                rows.append(
+                    [
+                        f"{config} --weights embed -j {jobs}: parent peak RSS <= {TARGETS['embed_rss_vs_weights']}x the weights",
+                        format_ratio(r) + extra,
+                        verdict(r <= TARGETS["embed_rss_vs_weights"]),
+                    ]
+                )
     for config in full_1b:
         for weights in ("none", "embed"):
-            r = ratio(median_of(runs, run_key(config, weights, 1), "wall_s"), median_of(runs, run_key(config, weights, 2), "wall_s"))
+            r = ratio(
+                median_of(runs, run_key(config, weights, 1), "wall_s"),
+                median_of(runs, run_key(config, weights, 2), "wall_s"),
+            )
             if r is not None:
-                rows.append([f"{config} --weights {weights}: -j 2 >= {TARGETS['j2_vs_j1_speedup']}x faster than -j 1",
-                             format_ratio(r), verdict(r >= TARGETS["j2_vs_j1_speedup"])])
+                rows.append(
+                    [
+                        f"{config} --weights {weights}: -j 2 >= {TARGETS['j2_vs_j1_speedup']}x faster than -j 1",
+                        format_ratio(r),
+                        verdict(r >= TARGETS["j2_vs_j1_speedup"]),
+                    ]
+                )
     return rows
 
 
 # --- the run ---------------------------------------------------------------------------------
 
 
-def plan(scales: list[Scale], weights: list[str], jobs: list[int], dtype: str, max_embed_gb: float) -> tuple[list, list[str]]:
+def plan(
+    scales: list[Scale], weights: list[str], jobs: list[int], dtype: str, max_embed_gb: float
+) -> tuple[list, list[str]]:
     """(config, weights, jobs) of every timed transpile, and a line for each one skipped."""
     runs, skipped = [], []
     for scale in scales:
         weight_gb = parameter_count(scale.fields) * DTYPE_BYTES[dtype] / 1e9
         for mode in weights:
             if mode == "embed" and weight_gb > max_embed_gb:
-                skipped.append(f"{scale.label} --weights embed: {weight_gb:.1f} GB of weights > --max-embed-gb {max_embed_gb:g}")
+                skipped.append(
+                    f"{scale.label} --weights embed: {weight_gb:.1f} GB of weights > --max-embed-gb {max_embed_gb:g}"
+                )
                 continue
             runs += [(scale, mode, j) for j in jobs]
     return runs, skipped
@@ -343,21 +442,30 @@ def plan(scales: list[Scale], weights: list[str], jobs: list[int], dtype: str, m
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", type=lambda v: [parse_config(c) for c in v.split(",")],
-                        default=[parse_config(c) for c in ("1b", "8b", "1b:2", "1b:32")],
-                        help="NAME or NAME:LAYERS, comma-separated (default 1b,8b,1b:2,1b:32; names: "
-                        + ", ".join(CONFIGS) + ")")
+    parser.add_argument(
+        "--configs",
+        type=lambda v: [parse_config(c) for c in v.split(",")],
+        default=[parse_config(c) for c in ("1b", "8b", "1b:2", "1b:32")],
+        help="NAME or NAME:LAYERS, comma-separated (default 1b,8b,1b:2,1b:32; names: " + ", ".join(CONFIGS) + ")",
+    )
     parser.add_argument("--weights", default="none,embed", help="--weights modes (default none,embed)")
     parser.add_argument("--jobs", default="1,2", help="-j values (default 1,2)")
     parser.add_argument("--rounds", type=int, default=1, help="times each transpile runs, interleaved (default 1)")
     parser.add_argument("--cache", choices=("warm", "cold"), default="warm")
-    parser.add_argument("--cache-dir", type=Path,
-                        help="with --cache warm: this Inductor cache folder (kept; default: a fresh one in the work folder)")
-    parser.add_argument("--no-warm-up", action="store_true",
-                        help="with --cache-dir: the folder is warm already, skip the untimed transpiles")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="with --cache warm: this Inductor cache folder (kept; default: a fresh one in the work folder)",
+    )
+    parser.add_argument(
+        "--no-warm-up",
+        action="store_true",
+        help="with --cache-dir: the folder is warm already, skip the untimed transpiles",
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bfloat16")
-    parser.add_argument("--max-embed-gb", type=float, default=4.0,
-                        help="skip --weights embed where the weights are larger (default 4)")
+    parser.add_argument(
+        "--max-embed-gb", type=float, default=4.0, help="skip --weights embed where the weights are larger (default 4)"
+    )
     parser.add_argument("--out", type=Path, help="also write the tables to FILE (and the samples to FILE.json)")
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one, removed)")
     options = parser.parse_args(argv)
@@ -400,8 +508,12 @@ def main(argv=None) -> int:
                     if options.cache == "cold":
                         shutil.rmtree(cache, ignore_errors=True)
                 runs[run_key(scale.label, mode, j)].append(run)
-                print(f"round {round_index + 1}: {scale.label} --weights {mode} -j {j}: {run['wall_s']:.1f} s, "
-                      f"stages {run['stages']}, parent {run['parent_peak_kib'] / 2**20:.2f} GiB", file=sys.stderr, flush=True)
+                print(
+                    f"round {round_index + 1}: {scale.label} --weights {mode} -j {j}: {run['wall_s']:.1f} s, "
+                    f"stages {run['stages']}, parent {run['parent_peak_kib'] / 2**20:.2f} GiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         if not options.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -51,8 +51,14 @@ def cases(decode_sizes=(1, 2, 8, 32, 64), prefill_sizes=(128, 512, 2048), cached
     return listed
 
 
-def batch(case: Case, config, device="cpu", block_size: int = BLOCK_SIZE, seed: int = 0,
-          blocks_per_sequence: int | None = None):
+def batch(
+    case: Case,
+    config,
+    device="cpu",
+    block_size: int = BLOCK_SIZE,
+    seed: int = 0,
+    blocks_per_sequence: int | None = None,
+):
     """The forward's inputs but the cache: (input_ids, positions, slot_mapping, block_table,
     seq_lens, query_start_loc), int64 on `device`. Sequence s owns blocks
     s * blocks_per_sequence onwards (default: the blocks its length needs); give a later
@@ -66,8 +72,10 @@ def batch(case: Case, config, device="cpu", block_size: int = BLOCK_SIZE, seed: 
             f"more than the config's {config.max_blocks_per_seq}"
         )
     if case.tokens > config.max_tokens or case.sequences > config.max_seqs:
-        raise ValueError(f"{case.label}: {case.tokens} tokens in {case.sequences} sequences exceed the config's "
-                         f"{config.max_tokens} tokens, {config.max_seqs} sequences")
+        raise ValueError(
+            f"{case.label}: {case.tokens} tokens in {case.sequences} sequences exceed the config's "
+            f"{config.max_tokens} tokens, {config.max_seqs} sequences"
+        )
     positions = torch.arange(case.cached, case.cached + case.new).repeat(case.sequences)
     sequence = torch.arange(case.sequences).repeat_interleave(case.new)
     table = torch.full((case.sequences, config.max_blocks_per_seq), -1, dtype=torch.int64)

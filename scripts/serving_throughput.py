@@ -33,19 +33,33 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "serving_llama"
 sys.path.insert(0, str(EXAMPLE))
 
-import torch  # noqa: E402
-
 import engine  # noqa: E402
 import llama  # noqa: E402
 import serving_ops  # noqa: E402
+import torch  # noqa: E402
 
 CONCURRENCY = (1, 8, 32, 128)
 
 
 def transpile(out: Path, device: str, name: str) -> Path:
     command = [
-        sys.executable, "-m", "transpiler.cli", str(EXAMPLE / "model.py"), "--name", name, "--import", "serving_ops",
-        "--device", device, "--ranges", "1-16,17-128", "--sizes", "1,8,32,128", "-o", str(out), "-q",
+        sys.executable,
+        "-m",
+        "transpiler.cli",
+        str(EXAMPLE / "model.py"),
+        "--name",
+        name,
+        "--import",
+        "serving_ops",
+        "--device",
+        device,
+        "--ranges",
+        "1-16,17-128",
+        "--sizes",
+        "1,8,32,128",
+        "-o",
+        str(out),
+        "-q",
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(EXAMPLE), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -95,14 +109,17 @@ def floor_us(model, config, sequences, context, dtype) -> float | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--package", type=Path, help="OUT folder holding the transpiled package (default: transpile now)")
+    parser.add_argument(
+        "--package", type=Path, help="OUT folder holding the transpiled package (default: transpile now)"
+    )
     parser.add_argument("--prompt", type=int, default=32, help="tokens cached per sequence before decoding")
     parser.add_argument("--steps", type=int, default=8, help="decode steps a round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument(
-        "--threads", type=int,
+        "--threads",
+        type=int,
         help="torch threads (default: torch's); on a CPU shared with other jobs, OpenMP's spinning threads "
         "make small ops orders of magnitude slower, so 1 gives the figures that mean something there",
     )
@@ -114,7 +131,9 @@ def main() -> int:
     device = args.device
     name = "serving_llama" if device == "cpu" else "serving_llama_cuda"
     if args.prompt + args.steps > config.max_blocks_per_seq * serving_ops.BLOCK_SIZE:
-        raise SystemExit(f"--prompt + --steps must fit a sequence's {config.max_blocks_per_seq * serving_ops.BLOCK_SIZE} positions")
+        raise SystemExit(
+            f"--prompt + --steps must fit a sequence's {config.max_blocks_per_seq * serving_ops.BLOCK_SIZE} positions"
+        )
 
     model = llama.build(config, dtype).to(device)
     modes = {"eager": model}
@@ -131,9 +150,15 @@ def main() -> int:
     if not args.no_compile:
         modes["torch.compile"] = torch.compile(model, dynamic=True)
 
-    machine = torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()}-core CPU, {torch.get_num_threads()} torch thread(s), load average {os.getloadavg()[0]:.1f}"
-    print(f"serving_llama {os.environ.get('SERVING_CONFIG', 'tiny')} {dtype}, {machine}, torch {torch.__version__}; "
-          f"{args.prompt}-token prompts, {args.steps} decode steps a round, {args.rounds} rounds")
+    machine = (
+        torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"{os.cpu_count()}-core CPU, {torch.get_num_threads()} torch thread(s), load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"serving_llama {os.environ.get('SERVING_CONFIG', 'tiny')} {dtype}, {machine}, torch {torch.__version__}; "
+        f"{args.prompt}-token prompts, {args.steps} decode steps a round, {args.rounds} rounds"
+    )
     for note in notes:
         print(note)
     print("\n| sequences | mode | tokens/s, median (min-max) | x eager |")
@@ -148,8 +173,15 @@ def main() -> int:
             table = prefill[3]
             for s in range(sequences):
                 lo, hi = int(prefill[5][s]), int(prefill[5][s + 1])
-                model(prefill[0][lo:hi], prefill[1][lo:hi], prefilled, prefill[2][lo:hi], table[s : s + 1],
-                      prefill[4][s : s + 1], torch.tensor([0, hi - lo], device=device))
+                model(
+                    prefill[0][lo:hi],
+                    prefill[1][lo:hi],
+                    prefilled,
+                    prefill[2][lo:hi],
+                    table[s : s + 1],
+                    prefill[4][s : s + 1],
+                    torch.tensor([0, hi - lo], device=device),
+                )
         run_modes = dict(modes)
         if device == "cuda" and loaded is not None:
             for mode in ("piecewise", "full"):
@@ -165,7 +197,9 @@ def main() -> int:
             forward, cache = entry if isinstance(entry, tuple) else (entry, prefilled.clone())
             caches[mode] = (forward, cache)
             with torch.no_grad():
-                run_round(forward, cache.clone() if not isinstance(entry, tuple) else cache, decode[:2], device)  # warm-up
+                run_round(
+                    forward, cache.clone() if not isinstance(entry, tuple) else cache, decode[:2], device
+                )  # warm-up
         times = {mode: [] for mode in caches}
         for _ in range(args.rounds):
             for mode, (forward, cache) in caches.items():
@@ -176,10 +210,14 @@ def main() -> int:
         eager_median = statistics.median(rates["eager"])
         for mode, samples in rates.items():
             median = statistics.median(samples)
-            print(f"| {sequences} | {mode} | {median:.0f} ({min(samples):.0f}-{max(samples):.0f}) | {median / eager_median:.2f}x |")
+            print(
+                f"| {sequences} | {mode} | {median:.0f} ({min(samples):.0f}-{max(samples):.0f}) | {median / eager_median:.2f}x |"
+            )
         if device == "cuda":
             floor = floor_us(model, config, sequences, args.prompt + args.steps, dtype)
-            print(f"| {sequences} | floor (weights + KV read per step / copy bandwidth) | {sequences / (floor / 1e6):.0f} | |")
+            print(
+                f"| {sequences} | floor (weights + KV read per step / copy bandwidth) | {sequences / (floor / 1e6):.0f} | |"
+            )
     return 0
 
 

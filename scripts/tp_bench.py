@@ -51,8 +51,20 @@ def timed(run, before=None) -> float:
 
 def transpile(out: Path, name: str, world_size: int, extra: list[str]) -> None:
     command = transpile_command(
-        MODEL, out, "--name", name, "--import", "serving_ops", "--tensor-parallel", str(world_size),
-        "--ranges", "1-16,17-64", "--sizes", "1", "-q", *extra,
+        MODEL,
+        out,
+        "--name",
+        name,
+        "--import",
+        "serving_ops",
+        "--tensor-parallel",
+        str(world_size),
+        "--ranges",
+        "1-16,17-64",
+        "--sizes",
+        "1",
+        "-q",
+        *extra,
     )
     subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
@@ -84,11 +96,21 @@ def rank_main(spec_path: str, rank: int) -> int:
                     samples[(name, size)].append(elapsed)
     if rank == 0:
         rows = [
-            [size, cell(samples[("inside", size)]), cell(samples[("split", size)]),
-             format_ratio(ratio(summarize(samples[("split", size)])["median"], summarize(samples[("inside", size)])["median"]))]
+            [
+                size,
+                cell(samples[("inside", size)]),
+                cell(samples[("split", size)]),
+                format_ratio(
+                    ratio(summarize(samples[("split", size)])["median"], summarize(samples[("inside", size)])["median"])
+                ),
+            ]
             for size in SIZES
         ]
-        print(markdown_table(["tokens", "collectives inside pieces", "collectives as splitting ops", "split / inside"], rows))
+        print(
+            markdown_table(
+                ["tokens", "collectives inside pieces", "collectives as splitting ops", "split / inside"], rows
+            )
+        )
     dist.destroy_process_group()
     return 0
 
@@ -107,10 +129,16 @@ def main() -> int:
         for name, extra in VARIANTS.items():
             transpile(out, f"llama_tp_{name}", options.world_size, extra)
         spec = Path(scratch) / "spec.json"
-        spec.write_text(json.dumps({
-            "world_size": options.world_size, "repeats": options.repeats, "store": str(Path(scratch) / "store"),
-            "paths": [str(out), str(ROOT / "examples" / "serving_llama")],
-        }))
+        spec.write_text(
+            json.dumps(
+                {
+                    "world_size": options.world_size,
+                    "repeats": options.repeats,
+                    "store": str(Path(scratch) / "store"),
+                    "paths": [str(out), str(ROOT / "examples" / "serving_llama")],
+                }
+            )
+        )
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
         ranks = [
             subprocess.Popen([sys.executable, __file__, "--rank", str(spec), str(rank)], env=env)

@@ -7,7 +7,6 @@ import shutil
 import textwrap
 
 import torch
-
 from conftest import EXAMPLES, ROOT, imported_package, run_cli
 
 NEW_USER_MODEL = textwrap.dedent(

@@ -60,7 +60,9 @@ def test_custom_op_splitting_op_is_noted_and_called_without_dynamo(tmp_path, cap
     (tmp_path / "coldstart_ops.py").write_text(OPS)
     (tmp_path / "model.py").write_text(MODEL)
     out = tmp_path / "out"
-    assert run_cli([str(tmp_path / "model.py"), "--name", "coldstart", "--import", "coldstart_ops", "-o", str(out)]) == 0
+    assert (
+        run_cli([str(tmp_path / "model.py"), "--name", "coldstart", "--import", "coldstart_ops", "-o", str(out)]) == 0
+    )
     summary = capsys.readouterr().out
     assert "note: splitting op coldstart::scale is made with torch.library.custom_op" in summary
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(out), str(tmp_path)])}

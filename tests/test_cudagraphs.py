@@ -27,9 +27,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from transpiler.cudagraphs import (
+    PaddedDim,
     cudagraphs_context,
     default_capture_sizes,
-    PaddedDim,
     input_padded_dims,
     output_dispatch_dims,
     parse_capture_sizes,

@@ -15,12 +15,12 @@ import uuid
 import black
 import pytest
 import torch
-
 from test_cudagraphs import FakeMachinery
+
 from transpiler.cudagraphs import cudagraphs_context, render_source
 from transpiler.errors import TranspileError
-from transpiler.runtime import runtime_files
 from transpiler.ir import State
+from transpiler.runtime import runtime_files
 
 ROWS = 9  # 8 slots and a scratch row
 
@@ -35,7 +35,7 @@ def _write(h, cache, slots):
 
 _LIB.impl("write", _write, "CompositeExplicitAutograd")
 
-PIECES_PY = '''
+PIECES_PY = """
 import torch
 
 
@@ -55,9 +55,9 @@ def make_piece_1(variant):
         return (torch.mm(h, w1) + cache[:-1].sum(0),)
 
     return piece_1
-'''
+"""
 
-DISPATCH_PY = '''
+DISPATCH_PY = """
 from typing import Callable, NamedTuple
 
 from . import pieces
@@ -75,9 +75,9 @@ def select(size: int) -> Variant:
     if not 1 <= size <= 16:
         raise ValueError(f"size {size} outside 1-16")
     return VARIANT
-'''
+"""
 
-STITCH_PY = '''
+STITCH_PY = """
 import torch
 
 from . import dispatch
@@ -91,7 +91,7 @@ def forward(weights, x, slots, cache, select=dispatch.select):
     (out,) = variant.piece_1([w1, h, cache])
     del h
     return out
-'''
+"""
 
 INPUTS = [("x", "torch.float32", (None, 4)), ("slots", "torch.int64", (None,)), ("cache", "torch.float32", (ROWS, 4))]
 STATE = State(

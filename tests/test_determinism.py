@@ -8,13 +8,29 @@ import subprocess
 import sys
 
 from conftest import ROOT
+
 from transpiler.treediff import source_files
 
 
 def _transpile(cwd, out, seed, model, jobs=1):
     env = {**os.environ, "PYTHONHASHSEED": str(seed)}
-    command = [sys.executable, "-m", "transpiler.cli", str(model), "-o", str(out), "--name", "mlp",
-               "--ranges", "1-32,33-128", "--sizes", "4", "-q", "-j", str(jobs)]
+    command = [
+        sys.executable,
+        "-m",
+        "transpiler.cli",
+        str(model),
+        "-o",
+        str(out),
+        "--name",
+        "mlp",
+        "--ranges",
+        "1-32,33-128",
+        "--sizes",
+        "4",
+        "-q",
+        "-j",
+        str(jobs),
+    ]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-
 from conftest import run_cli
 
 GOOD_HEADER = """
@@ -21,11 +20,14 @@ class Net(torch.nn.Module):
     def forward(self, x):
         return self.linear(x).relu()
 """
-GOOD = GOOD_HEADER + """
+GOOD = (
+    GOOD_HEADER
+    + """
 model = Net()
 example_inputs = (torch.randn(4, 8),)
 dynamic_shapes = ({0: Dim("batch", min=1, max=64)},)
 """
+)
 
 CASES = {
     "missing file": (None, [], "no such file"),
@@ -33,7 +35,11 @@ CASES = {
     "raises at import": ("raise RuntimeError('no GPU here')\n", [], "raised RuntimeError when imported: no GPU here"),
     "no model": ("import torch\nexample_inputs = (torch.randn(2),)\n", [], "does not define `model`"),
     "no example_inputs": (GOOD_HEADER + "model = Net()\n", [], "does not define `example_inputs`"),
-    "model not a module": ("import torch\nmodel = 3\nexample_inputs = (torch.randn(2),)\n", [], "not a torch.nn.Module"),
+    "model not a module": (
+        "import torch\nmodel = 3\nexample_inputs = (torch.randn(2),)\n",
+        [],
+        "not a torch.nn.Module",
+    ),
     "inputs not tensors": (GOOD_HEADER + "model = Net()\nexample_inputs = (1, 2)\n", [], "must be a tuple of tensors"),
     "data-dependent control flow": (
         GOOD_HEADER.replace("return self.linear(x).relu()", "return x if x.sum() > 0 else -x")
@@ -47,7 +53,11 @@ CASES = {
     "range outside the dim": (GOOD, ["--ranges", "1-16,17-100"], "falls outside x dim 0's bounds [1, 64]"),
     "malformed range": (GOOD, ["--ranges", "16-1"], "is not LO-HI"),
     "size outside the dim": (GOOD, ["--sizes", "65"], "--sizes: 65 falls outside"),
-    "no dynamic dim": (GOOD_HEADER + "model = Net()\nexample_inputs = (torch.randn(4, 8),)\n", [], "no input has a dynamic dimension"),
+    "no dynamic dim": (
+        GOOD_HEADER + "model = Net()\nexample_inputs = (torch.randn(4, 8),)\n",
+        [],
+        "no input has a dynamic dimension",
+    ),
     "dispatch dim not dynamic": (GOOD, ["--dispatch-dim", "x:1"], "that dimension is not dynamic"),
     "dispatch input unknown": (GOOD, ["--dispatch-dim", "y:0"], "no input 'y'"),
     "bad package name": (GOOD, ["--name", "not-an-identifier"], "not a Python identifier"),
@@ -56,7 +66,11 @@ CASES = {
     "unknown static input": (GOOD, ["--static-inputs", "cache"], "static input 'cache' is not an input of forward"),
     "bad static_inputs": (GOOD + "static_inputs = 'x'\n", [], "`static_inputs` must be a tuple of input names"),
     "bad pad_values": (GOOD + "pad_values = {'x': 'zero'}\n", [], "`pad_values` must map input names to numbers"),
-    "pad value for an unknown input": (GOOD + "pad_values = {'slots': -1}\n", [], "pad value for 'slots', which is not an input"),
+    "pad value for an unknown input": (
+        GOOD + "pad_values = {'slots': -1}\n",
+        [],
+        "pad value for 'slots', which is not an input",
+    ),
     "splitting op writes a view": (
         "import torch\n"
         "lib = torch.library.Library('viewwrite', 'DEF')\n"
@@ -210,7 +224,12 @@ def test_runtime_asserts_are_dropped_only_when_they_hold_over_the_range():
 
     args = (torch.randn(8, 4),)
     # The view needs an even size, which fails inside 1-64: the asserts stay and it is refused.
-    fails = torch.export.export(Even(), args, dynamic_shapes=({0: Dim("n", min=1, max=64)},), strict=False,
-                                prefer_deferred_runtime_asserts_over_guards=True)
+    fails = torch.export.export(
+        Even(),
+        args,
+        dynamic_shapes=({0: Dim("n", min=1, max=64)},),
+        strict=False,
+        prefer_deferred_runtime_asserts_over_guards=True,
+    )
     assert not drop_proven_asserts(fails)
     assert any(n.target is torch.ops.aten._assert_scalar.default for n in fails.graph.nodes)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import EXAMPLE_PATHS, EXAMPLES, ROOT, boundary_sizes, imported_package, inputs_at, load_model_module
+
 from transpiler.treediff import diff_trees
 
 REGENERATE = "scripts/regen-goldens"
@@ -41,7 +41,9 @@ def test_outputs_equal_eager_at_range_boundaries(name, example_out):
             with torch.no_grad():
                 expected = eager(*inputs)
             actual = compiled(*inputs)
-            torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=lambda m, size=size: f"size {size}: {m}")
+            torch.testing.assert_close(
+                actual, expected, rtol=1e-4, atol=1e-5, msg=lambda m, size=size: f"size {size}: {m}"
+            )
 
 
 def test_load_with_state_dict_uses_those_weights(example_out):

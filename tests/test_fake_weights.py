@@ -21,7 +21,7 @@ from transpiler.model_file import load_model_file
 # A decoder-like block: parameters made on the meta device, moved with to_empty and cast
 # with .to(dtype) (as examples/serving_llama does), a rotary table computed in __init__ (a
 # non-persistent buffer: real, and shipped), a persistent buffer, tied weights, tp_dim.
-ROTARY_MODEL = '''
+ROTARY_MODEL = """
 import torch
 from torch import nn
 
@@ -63,7 +63,7 @@ model = build()
 example_inputs = (torch.randint(0, 64, (1, 6)), torch.arange(6).unsqueeze(0))
 _tokens = torch.export.Dim("tokens", min=1, max=32)
 dynamic_shapes = ({1: _tokens}, {1: _tokens})
-'''
+"""
 
 
 @pytest.fixture
@@ -92,7 +92,20 @@ def test_the_package_equals_a_real_weights_transpile_and_matches_eager(rotary_mo
     from transpiler import model_file
     from transpiler.treediff import diff_trees
 
-    args = [str(rotary_model), "--name", "rotary", "--weights", "none", "--ranges", "1-8,9-32", "--sizes", "1", "-j", "1", "-q"]
+    args = [
+        str(rotary_model),
+        "--name",
+        "rotary",
+        "--weights",
+        "none",
+        "--ranges",
+        "1-8,9-32",
+        "--sizes",
+        "1",
+        "-j",
+        "1",
+        "-q",
+    ]
     assert main([*args, "-o", str(tmp_path / "fake")]) == 0
     # The same transpile with real parameters (what --weights none did before).
     with monkeypatch.context() as patch:
@@ -116,8 +129,21 @@ def _refused(tmp_path, source: str) -> str:
     path.parent.mkdir()
     path.write_text(textwrap.dedent(source))
     result = subprocess.run(
-        [sys.executable, "-m", "transpiler.cli", str(path), "-o", str(tmp_path / "out"), "--weights", "none", "-j", "1"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "transpiler.cli",
+            str(path),
+            "-o",
+            str(tmp_path / "out"),
+            "--weights",
+            "none",
+            "-j",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2, result.stderr
     assert not (tmp_path / "out").exists()
@@ -127,7 +153,9 @@ def _refused(tmp_path, source: str) -> str:
 
 
 def test_a_constructor_that_reads_a_parameter_value_is_refused_in_one_line(tmp_path):
-    line = _refused(tmp_path, '''
+    line = _refused(
+        tmp_path,
+        """
         import torch
         class M(torch.nn.Module):
             def __init__(self):
@@ -139,12 +167,15 @@ def test_a_constructor_that_reads_a_parameter_value_is_refused_in_one_line(tmp_p
         model = M()
         example_inputs = (torch.randn(2, 4),)
         dynamic_shapes = ({0: torch.export.Dim("b", min=1, max=8)},)
-    ''')
+    """,
+    )
     assert "reads a parameter's value while it builds the model" in line and "--weights embed" in line
 
 
 def test_a_shipped_buffer_computed_from_parameters_is_refused_in_one_line(tmp_path):
-    line = _refused(tmp_path, '''
+    line = _refused(
+        tmp_path,
+        """
         import torch
         class M(torch.nn.Module):
             def __init__(self):
@@ -156,7 +187,8 @@ def test_a_shipped_buffer_computed_from_parameters_is_refused_in_one_line(tmp_pa
         model = M()
         example_inputs = (torch.randn(2, 4),)
         dynamic_shapes = ({0: torch.export.Dim("b", min=1, max=8)},)
-    ''')
+    """,
+    )
     assert "frozen is computed from parameters" in line and "--weights embed" in line
 
 
@@ -164,19 +196,21 @@ def test_building_a_model_with_fakes_holds_no_parameter_memory(tmp_path):
     """1 GiB of parameters, initialized with nn.init (which writes every page when real):
     built with fakes, the process's peak resident memory grows by far less."""
     path = tmp_path / "big.py"
-    path.write_text(textwrap.dedent('''
+    path.write_text(
+        textwrap.dedent("""
         import torch
         model = torch.nn.Sequential(*[torch.nn.Linear(8192, 8192, bias=False) for _ in range(4)])
         for p in model.parameters():
             torch.nn.init.normal_(p)
         example_inputs = (torch.randn(2, 8192),)
-    '''))
-    script = textwrap.dedent(f'''
+    """)
+    )
+    script = textwrap.dedent(f"""
         import resource, torch
         from transpiler.model_file import load_model_file
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         load_model_file({str(path)!r}, [], fake_parameters=True)
         print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
-    ''')
+    """)
     grown_mib = int(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout)
     assert grown_mib < 200, grown_mib

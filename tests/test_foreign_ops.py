@@ -16,7 +16,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT
 
 FOLDER = ROOT / "tests" / "foreign_ops"
@@ -24,17 +23,36 @@ FOLDER = ROOT / "tests" / "foreign_ops"
 
 def _python(code: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
     out = tmp_path_factory.mktemp("foreign")
     result = subprocess.run(
-        [sys.executable, "-m", "transpiler.cli", str(FOLDER / "model.py"), "-o", str(out), "--name", "thirdparty",
-         "--ranges", "1-64", "-j", "1", "--wheel", str(out / "dist")],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=out,
+        [
+            sys.executable,
+            "-m",
+            "transpiler.cli",
+            str(FOLDER / "model.py"),
+            "-o",
+            str(out),
+            "--name",
+            "thirdparty",
+            "--ranges",
+            "1-64",
+            "-j",
+            "1",
+            "--wheel",
+            str(out / "dist"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=out,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result.stdout
@@ -51,7 +69,10 @@ def test_a_traceable_custom_op_is_compiled_not_imported(package):
         {"op": "opaquelib::soft_clamp", "module": "opaque_ops", "requirement": None},
     ]
     assert "thirdparty::grouped_rows is kept as an op (its body cannot be traced: it reads tensor values" in summary
-    assert "opaquelib::soft_clamp is kept as an op (not made with torch.library.custom_op): the package imports opaque_ops at load()" in summary
+    assert (
+        "opaquelib::soft_clamp is kept as an op (not made with torch.library.custom_op): the package imports opaque_ops at load()"
+        in summary
+    )
 
 
 _RUN = """
@@ -85,7 +106,9 @@ def test_load_refuses_in_one_line_naming_the_op_and_module(package):
     result = _python("import sys; sys.path.insert(0, sys.argv[1]); import thirdparty; thirdparty.load()", str(out))
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError: the model calls op thirdparty::grouped_rows, which module traceable_ops registers"), last
+    assert last.startswith(
+        "ImportError: the model calls op thirdparty::grouped_rows, which module traceable_ops registers"
+    ), last
     assert "put the folder holding traceable_ops on sys.path" in last
 
 
@@ -134,7 +157,7 @@ def test_the_wheel_built_by_the_command_names_what_the_ops_need(package):
     assert '("opaquelib::soft_clamp", "opaque_ops", None)' in init
 
 
-_OP_IN_MODEL_FILE = '''
+_OP_IN_MODEL_FILE = """
 import torch
 lib = torch.library.Library("inmodel", "DEF")
 lib.define("twice(Tensor x) -> Tensor")
@@ -150,7 +173,7 @@ class M(torch.nn.Module):
 model = M()
 example_inputs = (torch.randn(4, 8),)
 dynamic_shapes = ({0: torch.export.Dim("n", min=1, max=8)},)
-'''
+"""
 
 
 def test_an_op_registered_by_the_model_file_itself_is_refused_in_one_line(tmp_path, capsys):
@@ -160,5 +183,7 @@ def test_an_op_registered_by_the_model_file_itself_is_refused_in_one_line(tmp_pa
     assert run_cli([str(tmp_path / "model.py"), "-o", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
-    assert "op inmodel::twice is registered by MODEL.py itself" in error and "move its registration into a module" in error
+    assert (
+        "op inmodel::twice is registered by MODEL.py itself" in error and "move its registration into a module" in error
+    )
     assert not (tmp_path / "out").exists()

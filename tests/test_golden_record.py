@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import ROOT
 from test_targets import as_cuda, cpu_package  # noqa: F401  (the fixture: the mlp example's Package)
+
 from transpiler.golden_record import CUDA_MODULES, fingerprint, graph_tables, rerender_cuda_package, sha256
 from transpiler.runtime import MODULES, runtime_files
 
@@ -25,7 +25,9 @@ def _id(root):
 
 
 def test_the_record_holds_cpu_and_cuda_goldens():
-    assert len(GOLDENS) >= 10 and any(json.loads((r / "manifest.json").read_text())["device"] == "cuda" for r in GOLDENS)
+    assert len(GOLDENS) >= 10 and any(
+        json.loads((r / "manifest.json").read_text())["device"] == "cuda" for r in GOLDENS
+    )
 
 
 @pytest.mark.parametrize("root", GOLDENS, ids=_id)
@@ -41,7 +43,9 @@ def test_runtime_modules_are_verbatim_copies_of_their_source(root):
     shipped = {name for name in MODULES if (root / name).is_file()}
     assert shipped == expected, f"{_id(root)} ships {sorted(shipped)}, expected {sorted(expected)}; {STALE}"
     for name, source in runtime_files(*sorted(shipped)).items():
-        assert (root / name).read_text() == source, f"{_id(root)}/{name} differs from transpiler/runtime/{name}; {STALE}"
+        assert (root / name).read_text() == source, (
+            f"{_id(root)}/{name} differs from transpiler/runtime/{name}; {STALE}"
+        )
 
 
 @pytest.mark.parametrize("root", GOLDENS, ids=_id)

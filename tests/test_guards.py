@@ -19,7 +19,9 @@ def _env(*exprs):
 
 
 def test_guard_true_across_the_range_passes():
-    _check_guards_hold(_env(sympy.Ge(SIZE, 1), sympy.Le(SIZE, 16)), SIZE, Variant("range_1_16", SizeRange(1, 16), False))
+    _check_guards_hold(
+        _env(sympy.Ge(SIZE, 1), sympy.Le(SIZE, 16)), SIZE, Variant("range_1_16", SizeRange(1, 16), False)
+    )
 
 
 def test_guard_failing_inside_the_range_names_the_size():
@@ -36,7 +38,9 @@ def test_large_and_unbounded_ranges_are_sampled_including_the_top():
 
 
 def test_guards_on_other_symbols_are_not_the_dispatch_size():
-    _check_guards_hold(_env(sympy.Gt(OTHER, 100), sympy.Gt(SIZE + OTHER, 1000)), SIZE, Variant("r", SizeRange(1, 16), False))
+    _check_guards_hold(
+        _env(sympy.Gt(OTHER, 100), sympy.Gt(SIZE + OTHER, 1000)), SIZE, Variant("r", SizeRange(1, 16), False)
+    )
 
 
 def _parts(exc_info):

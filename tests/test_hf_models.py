@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import ROOT, imported_package, load_model_module, run_cli
 
 MODEL = ROOT / "examples" / "hf_llama" / "model.py"

@@ -14,7 +14,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import EXAMPLE_PATHS, ROOT, imported_package, run_cli, transpile_once
 
 transformers = pytest.importorskip("transformers")
@@ -22,18 +21,33 @@ sys.path.insert(0, str(ROOT / "examples" / "serving_llama"))  # serving_ops: the
 from transpiler import hf_serving  # noqa: E402
 from transpiler.errors import TranspileError  # noqa: E402
 
-TINY = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, max_position_embeddings=256)
+TINY = dict(
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=256,
+)
 CONFIGS = {
     "llama": dict(TINY),
     "qwen2": dict(TINY),
     "qwen3": dict(TINY),
     "mistral": dict(TINY, sliding_window=8),
     "phi3": dict(TINY, pad_token_id=0, sliding_window=8),
-    "gemma2": dict(TINY, sliding_window=8, attn_logit_softcapping=1.0, final_logit_softcapping=0.5, initializer_range=0.3,
-                   query_pre_attn_scalar=8),
-    "gemma3_text": dict(TINY, sliding_window=8, layer_types=["sliding_attention", "full_attention"],
-                        query_pre_attn_scalar=8),
+    "gemma2": dict(
+        TINY,
+        sliding_window=8,
+        attn_logit_softcapping=1.0,
+        final_logit_softcapping=0.5,
+        initializer_range=0.3,
+        query_pre_attn_scalar=8,
+    ),
+    "gemma3_text": dict(
+        TINY, sliding_window=8, layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=8
+    ),
 }
 # (prompt length, arrival step): past the sliding window and the block size.
 ARRIVALS = [(5, 0), (20, 0), (11, 2), (1, 3)]
@@ -41,7 +55,9 @@ NEW_TOKENS = 12
 
 
 def _engine():
-    spec = importlib.util.spec_from_file_location("hf_serving_engine", ROOT / "examples" / "serving_llama" / "engine.py")
+    spec = importlib.util.spec_from_file_location(
+        "hf_serving_engine", ROOT / "examples" / "serving_llama" / "engine.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -56,10 +72,15 @@ def _generate(reference, prompt, new_tokens):
     """transformers' greedy generate on one sequence: its tokens and the logits of each step."""
     with torch.no_grad():
         result = reference.generate(
-            torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False, output_logits=True,
-            return_dict_in_generate=True, pad_token_id=0, eos_token_id=None,
+            torch.tensor([prompt]),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+            eos_token_id=None,
         )
-    return result.sequences[0, len(prompt):].tolist(), torch.cat(result.logits)
+    return result.sequences[0, len(prompt) :].tolist(), torch.cat(result.logits)
 
 
 def _reference(model):
@@ -119,9 +140,20 @@ def test_transpiled_hf_package_loads_its_checkpoint_and_equals_generate(shared_d
         built = hf_serving.build_model(config, seed=4)
         built.decoder.save_pretrained(folder)  # config.json and model.safetensors, the checkpoint's own keys
     # transpile --hf FOLDER (implies --import serving_ops and --checkpoint-prefix decoder.)
-    out = transpile_once(shared_dir, "hf_gemma2", [
-        "--hf", str(folder), "--name", "hf_gemma2", "--ranges", "1-16,17-128", "--weights", "none",
-    ])
+    out = transpile_once(
+        shared_dir,
+        "hf_gemma2",
+        [
+            "--hf",
+            str(folder),
+            "--name",
+            "hf_gemma2",
+            "--ranges",
+            "1-16,17-128",
+            "--weights",
+            "none",
+        ],
+    )
     eager = hf_serving.build_model(hf_serving.load_config(folder), weights=folder)
     with imported_package(out, "hf_gemma2", EXAMPLE_PATHS) as package:
         package_model = package.load(weights=folder)
@@ -144,7 +176,9 @@ def test_unsupported_architectures_and_features_are_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_layer": 2}')
     with pytest.raises(TranspileError, match="model_type 'gpt2' is not supported by --hf: .* \\(supported: gemma2, "):
         hf_serving.load_config(tmp_path)
-    config = transformers.AutoConfig.for_model("gemma3_text", **CONFIGS["gemma3_text"], use_bidirectional_attention=True)
+    config = transformers.AutoConfig.for_model(
+        "gemma3_text", **CONFIGS["gemma3_text"], use_bidirectional_attention=True
+    )
     with pytest.raises(TranspileError, match="bidirectional attention"):
         hf_serving.build_model(config)
     with pytest.raises(TranspileError, match="no config.json"):

@@ -45,9 +45,7 @@ def _device_names_used(path) -> list[str]:
 def test_no_device_name_is_compared_outside_the_targets():
     # transpiler/runtime/ is the emitted packages' code (copied into them), which asks torch
     # where tensors are at run time; it is not the transpiler's.
-    modules = [
-        p for p in PACKAGE.rglob("*.py") if not {"targets", "runtime"} & set(p.relative_to(PACKAGE).parts)
-    ]
+    modules = [p for p in PACKAGE.rglob("*.py") if not {"targets", "runtime"} & set(p.relative_to(PACKAGE).parts)]
     assert len(modules) > 20
     assert [line for path in modules for line in _device_names_used(path)] == []
 
@@ -55,7 +53,7 @@ def test_no_device_name_is_compared_outside_the_targets():
 def test_the_check_finds_a_device_comparison(tmp_path):
     branchy = tmp_path / "branchy.py"
     branchy.write_text('def f(device):\n    return 1 if device == "cuda" else {"cpu": 2}\n')
-    assert _device_names_used(branchy) == ['branchy.py:2: compares with \'cuda\'', "branchy.py:2: a table keyed by 'cpu'"]
+    assert _device_names_used(branchy) == ["branchy.py:2: compares with 'cuda'", "branchy.py:2: a table keyed by 'cpu'"]
 
 
 def test_a_new_target_is_one_entry_in_the_table(monkeypatch):
@@ -75,8 +73,18 @@ def test_every_registered_target_answers_the_same_questions():
         target = get_target(device)  # the CUDA target is looked up on a CPU machine too
         assert target.name == device
         assert target.kernel_type.piece_template.startswith("pieces/")
-        for hook in ("check", "compile_variant", "inductor_patches", "fingerprint", "tuning_identity",
-                     "build_assumptions", "graphs_context", "extra_modules", "cpu_features", "init_context"):
+        for hook in (
+            "check",
+            "compile_variant",
+            "inductor_patches",
+            "fingerprint",
+            "tuning_identity",
+            "build_assumptions",
+            "graphs_context",
+            "extra_modules",
+            "cpu_features",
+            "init_context",
+        ):
             assert callable(getattr(target, hook)), (device, hook)
 
 

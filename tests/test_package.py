@@ -12,7 +12,6 @@ import textwrap
 
 import pytest
 import torch
-
 from conftest import EXAMPLE_PATHS, ROOT, imported_package
 
 ISOLATED_RUN = textwrap.dedent(
@@ -70,7 +69,11 @@ def test_import_and_call_compile_nothing(name, example_out, tmp_path):
         (tmp_path / tool).symlink_to(failing)
     result = subprocess.run(
         [sys.executable, "-c", ISOLATED_RUN, name, str(ROOT / "examples" / name)],
-        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
@@ -181,7 +184,9 @@ def test_manifest_records_hashes_of_every_file(example_out):
     for relative, digest in {**manifest["files"], **binaries}.items():
         assert hashlib.sha256((root / relative).read_bytes()).hexdigest() == digest, relative
     assert manifest["ranges"] == [[1, 16], [17, 256]] and manifest["sizes"] == [1, 8]
-    assert manifest["model"]["sha256"] == hashlib.sha256((ROOT / "examples/tiny_llama/model.py").read_bytes()).hexdigest()
+    assert (
+        manifest["model"]["sha256"] == hashlib.sha256((ROOT / "examples/tiny_llama/model.py").read_bytes()).hexdigest()
+    )
     assert manifest["torch"] == torch.__version__.split("+")[0]
     assert manifest["cpu_isa"] == "avx2"
 

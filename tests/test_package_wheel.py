@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, boundary_sizes, imported_package, inputs_at, load_model_module, run_cli
 from test_targets import as_cuda, cpu_package  # noqa: F401  (the fixture)
+
 from transpiler.package_wheel import build_wheel, requirements
 
 
@@ -51,8 +51,10 @@ def test_the_wheel_is_reproducible_tagged_and_pinned(example_out, tmp_path):
         i.filename for i in infos if ".dist-info/" not in i.filename
     )
     assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
-    shipped = {p.relative_to(package).as_posix() for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-    assert {p[len("mlp/"):] for p in entries if p.startswith("mlp/")} == shipped  # binaries included
+    shipped = {
+        p.relative_to(package).as_posix() for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert {p[len("mlp/") :] for p in entries if p.startswith("mlp/")} == shipped  # binaries included
     metadata = next(v for k, v in entries.items() if k.endswith("METADATA")).decode()
     assert f"Requires-Dist: torch=={torch.__version__.split('+')[0]}" in metadata.splitlines()
     assert f"Requires-Python: =={sys.version_info.major}.{sys.version_info.minor}.*" in metadata
@@ -88,25 +90,44 @@ def test_pip_installs_the_wheel_into_a_fresh_venv_and_it_runs_from_site_packages
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
     python = venv / "bin" / "python"
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     # torch, and only what a .pth adds, from this environment: nothing is downloaded.
     (Path(site) / "torch_from_outside.pth").write_text(str(Path(torch.__file__).parent.parent) + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     # --no-deps: pip would also resolve torch's own requirements, which that environment
     # need not hold in full (setuptools); the wheel's pin on torch is checked below instead.
-    install = subprocess.run([python, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", str(wheel)],
-                             capture_output=True, text=True, env=env, cwd=tmp_path)
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", str(wheel)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert install.returncode == 0, install.stdout + install.stderr
     pinned = subprocess.run(
         [python, "-c", "from importlib.metadata import requires, version; print(requires('mlp'), version('torch'))"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=True,
     ).stdout.split()
     assert pinned[0] == f"['torch=={torch.__version__.split('+')[0]}']" and pinned[1] == torch.__version__
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = subprocess.run([python, "-c", _RUN, str(tmp_path / "cases.pt")], capture_output=True, text=True,
-                            env=env, cwd=elsewhere, timeout=600)
+    result = subprocess.run(
+        [python, "-c", _RUN, str(tmp_path / "cases.pt")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=elsewhere,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"ran {len(inputs)} sizes equal to eager from {site}/mlp/__init__.py" in result.stdout
     # load()'s checks hold in site-packages: a missing binary is refused by name.
@@ -135,10 +156,18 @@ def test_a_cuda_package_wheel_ships_its_cubins_and_pins_triton(cpu_package, tmp_
 
 
 def test_the_distributions_of_op_modules_are_required():
-    manifest = {"torch": "2.13.0", "gpu": {}, "required_ops": [
-        {"op": "transformers::grouped_mm_fallback", "module": "transformers.integrations.moe", "requirement": "transformers==5.23.0"},
-        {"op": "mine::op", "module": "my_ops", "requirement": None},
-    ]}
+    manifest = {
+        "torch": "2.13.0",
+        "gpu": {},
+        "required_ops": [
+            {
+                "op": "transformers::grouped_mm_fallback",
+                "module": "transformers.integrations.moe",
+                "requirement": "transformers==5.23.0",
+            },
+            {"op": "mine::op", "module": "my_ops", "requirement": None},
+        ],
+    }
     assert requirements(manifest) == ["torch==2.13.0", "transformers==5.23.0"]
 
 

@@ -15,7 +15,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import EXAMPLE_PATHS, EXAMPLES, ROOT, imported_package, load_model_module
 
 SERVING = ROOT / "examples" / "serving_llama"
@@ -101,7 +100,9 @@ def test_continuous_batching_matches_each_sequence_alone(serving):
             )
         alone = _alone(engine, eager, config, late_prompt, 8)
         assert runner.finished["late"].output == alone.output
-        torch.testing.assert_close(torch.stack(runner.finished["late"].logits), torch.stack(alone.logits), rtol=0, atol=1e-4)
+        torch.testing.assert_close(
+            torch.stack(runner.finished["late"].logits), torch.stack(alone.logits), rtol=0, atol=1e-4
+        )
 
 
 def _valid_call(config, cache_blocks=8):
@@ -123,8 +124,16 @@ def _valid_call(config, cache_blocks=8):
 
 def _call(q, k, v, cache, metadata, layer=0):
     return torch.ops.serving.paged_attention(
-        q, k, v, cache, metadata["slot_mapping"], metadata["block_table"], metadata["seq_lens"],
-        metadata["query_start_loc"], layer, 0.25,
+        q,
+        k,
+        v,
+        cache,
+        metadata["slot_mapping"],
+        metadata["block_table"],
+        metadata["seq_lens"],
+        metadata["query_start_loc"],
+        layer,
+        0.25,
     )
 
 
@@ -153,22 +162,42 @@ def test_reference_op_matches_dense_attention(serving):
 
 
 BAD_METADATA = [
-    ("block table past the cache", {"block_table": torch.tensor([[2, -1, -1], [0, 8, -1]])},
-     "block_table row 1 points to block 8, outside the cache's 8 blocks"),
-    ("unassigned block", {"block_table": torch.tensor([[2, -1, -1], [0, -1, -1]])},
-     "block_table row 1 points to block -1"),
-    ("sequence longer than its blocks", {"seq_lens": torch.tensor([3, 49]), "slot_mapping": torch.tensor([32, 33, 34, 80])},
-     "sequence 1 has length 49, longer than its 3 blocks of 16"),
-    ("seq_lens of the wrong length", {"seq_lens": torch.tensor([3, 17, 1])},
-     "seq_lens has shape (3,) for 2 block-table rows"),
-    ("query_start_loc of the wrong length", {"query_start_loc": torch.tensor([0, 4])},
-     "query_start_loc has shape (2,) for 2 sequences"),
-    ("slot_mapping of the wrong length", {"slot_mapping": torch.tensor([32, 33, 34])},
-     "slot_mapping has shape (3,) for 4 tokens"),
-    ("slot outside the block table", {"slot_mapping": torch.tensor([32, 33, 35, 80])},
-     "slot_mapping[2] is 35, but sequence 0's block table puts position 2 at slot 34"),
-    ("more new tokens than seq_len", {"seq_lens": torch.tensor([2, 17])},
-     "sequence 0 has 3 new tokens but seq_len 2"),
+    (
+        "block table past the cache",
+        {"block_table": torch.tensor([[2, -1, -1], [0, 8, -1]])},
+        "block_table row 1 points to block 8, outside the cache's 8 blocks",
+    ),
+    (
+        "unassigned block",
+        {"block_table": torch.tensor([[2, -1, -1], [0, -1, -1]])},
+        "block_table row 1 points to block -1",
+    ),
+    (
+        "sequence longer than its blocks",
+        {"seq_lens": torch.tensor([3, 49]), "slot_mapping": torch.tensor([32, 33, 34, 80])},
+        "sequence 1 has length 49, longer than its 3 blocks of 16",
+    ),
+    (
+        "seq_lens of the wrong length",
+        {"seq_lens": torch.tensor([3, 17, 1])},
+        "seq_lens has shape (3,) for 2 block-table rows",
+    ),
+    (
+        "query_start_loc of the wrong length",
+        {"query_start_loc": torch.tensor([0, 4])},
+        "query_start_loc has shape (2,) for 2 sequences",
+    ),
+    (
+        "slot_mapping of the wrong length",
+        {"slot_mapping": torch.tensor([32, 33, 34])},
+        "slot_mapping has shape (3,) for 4 tokens",
+    ),
+    (
+        "slot outside the block table",
+        {"slot_mapping": torch.tensor([32, 33, 35, 80])},
+        "slot_mapping[2] is 35, but sequence 0's block table puts position 2 at slot 34",
+    ),
+    ("more new tokens than seq_len", {"seq_lens": torch.tensor([2, 17])}, "sequence 0 has 3 new tokens but seq_len 2"),
 ]
 
 

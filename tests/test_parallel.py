@@ -170,8 +170,13 @@ def test_workers_get_the_pieces_and_never_run_the_model_file(tmp_path):
 
     def options(jobs):
         return Options(
-            model_path=model, name="serving", imports=("serving_ops",), ranges=parse_ranges("1-16,17-128"),
-            sizes=parse_sizes("1"), weights="none", jobs=jobs,
+            model_path=model,
+            name="serving",
+            imports=("serving_ops",),
+            ranges=parse_ranges("1-16,17-128"),
+            sizes=parse_sizes("1"),
+            weights="none",
+            jobs=jobs,
         )
 
     rendered_here, _ = transpile(options(1))

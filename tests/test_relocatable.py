@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from conftest import ROOT, boundary_sizes, imported_package, inputs_at, load_model_module
 
 _CALL = """
@@ -55,11 +54,17 @@ def test_a_copied_package_runs_from_a_read_only_folder(example_out):
         for path in [folder, *folder.rglob("*")]:
             path.chmod(0o555 if path.is_dir() else 0o444)
         env = {**os.environ, "HOME": str(folder), "PYTHONPATH": ""}
-        probe = _read_only([sys.executable, "-c", "open(__import__('sys').argv[1] + '/probe', 'w')", str(folder)], folder)
+        probe = _read_only(
+            [sys.executable, "-c", "open(__import__('sys').argv[1] + '/probe', 'w')", str(folder)], folder
+        )
         assert subprocess.run(probe, capture_output=True).returncode != 0, "the folder is still writable"
         result = subprocess.run(
-            _read_only([sys.executable, "-c", _CALL, str(folder)], folder), cwd=folder, env=env,
-            capture_output=True, text=True, timeout=600,
+            _read_only([sys.executable, "-c", _CALL, str(folder)], folder),
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"ran {len(cases)} sizes equal to eager" in result.stdout

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT
+
 from transpiler.treediff import diff_trees
 
 MODEL = ROOT / "examples" / "mlp" / "model.py"
@@ -29,8 +29,17 @@ ARGS = ["--name", "mlp", "--ranges", "1-32,33-128", "-q"]
 # Variables of the calling environment that the contract says do not matter: each run sets
 # its own (or none).
 _CONTRACT_VARIABLES = (
-    "HOME", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "LANGUAGE", "OMP_NUM_THREADS", "PYTHONHASHSEED",
-    "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "TORCHINDUCTOR_CACHE_DIR",
+    "HOME",
+    "TMPDIR",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LANGUAGE",
+    "OMP_NUM_THREADS",
+    "PYTHONHASHSEED",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "TORCHINDUCTOR_CACHE_DIR",
 )
 
 
@@ -50,8 +59,13 @@ def _run(env: dict, cwd: Path, cores: set[int], umask: int, args: list[str]) -> 
         os.umask(umask)
 
     return subprocess.Popen(
-        [sys.executable, "-m", "transpiler.cli", *args], cwd=cwd, env=env, preexec_fn=confine,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "transpiler.cli", *args],
+        cwd=cwd,
+        env=env,
+        preexec_fn=confine,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -75,13 +89,21 @@ def two_builds(tmp_path_factory):
     # The two-core run keeps the suite's shared Inductor cache (a build made elsewhere, or its
     # own); the one-core run builds every kernel afresh in its TMPDIR.
     two_env = _environment(
-        two, LANG="C.UTF-8", LC_ALL="C.UTF-8", PYTHONHASHSEED="4242",
+        two,
+        LANG="C.UTF-8",
+        LC_ALL="C.UTF-8",
+        PYTHONHASHSEED="4242",
         TORCHINDUCTOR_CACHE_DIR=os.environ.get("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor")),
     )
     runs = [
         _run(one_env, one / "cwd", {CORES[0]}, 0o077, [str(MODEL), "-o", str(one / "out"), *ARGS, "-j", "1"]),
-        _run(two_env, two / "cwd", set(CORES[:2]), 0o022,
-             [os.path.relpath(MODEL, two / "cwd"), "-o", "../out", *ARGS, "-j", "2"]),
+        _run(
+            two_env,
+            two / "cwd",
+            set(CORES[:2]),
+            0o022,
+            [os.path.relpath(MODEL, two / "cwd"), "-o", "../out", *ARGS, "-j", "2"],
+        ),
     ]
     for result in map(_finish, runs):
         assert result.returncode == 0, result.stderr[-2000:]
@@ -96,8 +118,15 @@ def test_one_core_and_two_cores_emit_the_same_tree(two_builds):
 
 def test_a_golden_built_on_one_core_passes_check_on_two(two_builds):
     two = two_builds["two_root"]
-    result = _finish(_run(two_builds["two_env"], two / "cwd", set(CORES[:2]), 0o022,
-                          [str(MODEL), "-o", str(two_builds["one"].parent), *ARGS, "--check"]))
+    result = _finish(
+        _run(
+            two_builds["two_env"],
+            two / "cwd",
+            set(CORES[:2]),
+            0o022,
+            [str(MODEL), "-o", str(two_builds["one"].parent), *ARGS, "--check"],
+        )
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
 
 
@@ -147,6 +176,10 @@ def test_a_cpu_with_other_cache_sizes_emits_the_same_tuned_gemms(example_out):
     args = [str(ROOT / a) if a.startswith("examples/") else a for a in EXAMPLES["grouped_mlp"]]
     args += ["--tuning", str(ROOT / "generated" / "grouped_mlp" / "tuning.json"), "-o", str(out), "--check", "-j", "1"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", _OTHER_CPU, *args], capture_output=True, text=True, env=env, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-c", _OTHER_CPU, *args], capture_output=True, text=True, env=env, timeout=900
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    assert json.loads((out / "grouped_mlp" / "manifest.json").read_text())["build_assumptions"]["l2_cache_bytes"] == 524288
+    assert (
+        json.loads((out / "grouped_mlp" / "manifest.json").read_text())["build_assumptions"]["l2_cache_bytes"] == 524288
+    )

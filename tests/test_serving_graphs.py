@@ -46,15 +46,22 @@ def serving_graphs():
     )
     prepared = pipeline.prepare(options)
     return CudaTarget().graphs_context(
-        prepared.name, prepared.captured, prepared.dispatch, prepared.dispatch_symbol, prepared.ranges,
-        CAPTURE_SIZES, prepared.state,
+        prepared.name,
+        prepared.captured,
+        prepared.dispatch,
+        prepared.dispatch_symbol,
+        prepared.ranges,
+        CAPTURE_SIZES,
+        prepared.state,
     )
 
 
 def test_the_serving_example_gets_graph_tables(serving_graphs):
     rows = {row.name: row for row in serving_graphs.inputs}
-    printed = {name: (row.shape_literal, row.padded_dim_literal, row.static, row.pad_literal, row.rows_literal)
-               for name, row in rows.items()}
+    printed = {
+        name: (row.shape_literal, row.padded_dim_literal, row.static, row.pad_literal, row.rows_literal)
+        for name, row in rows.items()
+    }
     head_dim = 16
     assert printed == {
         "input_ids": ("(None,)", "0", False, "None", ""),
@@ -72,8 +79,11 @@ def test_the_serving_example_gets_graph_tables(serving_graphs):
 def test_a_per_sequence_input_without_a_pad_value_is_refused():
     inputs = [("ids", "torch.int64", (None,)), ("lens", "torch.int64", (None,))]
     padded = (PaddedDim(0), PaddedDim(0, dispatch=False, max_rows=8, symbol="s1"))
-    with pytest.raises(TranspileError, match=r"input lens dim 0 has a size of its own \(s1\), not the dispatch size; "
-                                             r"declare its pad value in pad_values") as error:
+    with pytest.raises(
+        TranspileError,
+        match=r"input lens dim 0 has a size of its own \(s1\), not the dispatch size; "
+        r"declare its pad value in pad_values",
+    ) as error:
         cudagraphs_context("p", (1, 2), inputs, 0, 0, (0,), padded, state=State())
     assert "\n" not in str(error.value)
     context = cudagraphs_context("p", (1, 2), inputs, 0, 0, (0,), padded, state=State(pad_values=(("lens", 0),)))
@@ -218,9 +228,15 @@ def test_the_cuda_package_of_the_serving_example_renders(serving_graphs, monkeyp
     pipeline.render = keep
     try:
         args = EXAMPLES["serving_llama"]
-        pipeline.transpile(pipeline.Options(
-            model_path=ROOT / args[0], name="serving_llama", imports=["serving_ops"], ranges="1-16,17-128", sizes="1"
-        ))
+        pipeline.transpile(
+            pipeline.Options(
+                model_path=ROOT / args[0],
+                name="serving_llama",
+                imports=["serving_ops"],
+                ranges="1-16,17-128",
+                sizes="1",
+            )
+        )
     finally:
         pipeline.render = real_render
     package = test_targets.as_cuda(kept["package"])
@@ -234,5 +250,8 @@ def test_the_cuda_package_of_the_serving_example_renders(serving_graphs, monkeyp
     assert 'InputSpec("block_table", torch.int64, (None, 8), 0, False, 0, 0, 128)' in graphs
     assert 'InputSpec("kv_cache", torch.float32, (2, 2, None, 16, 2, 16), None, True, None)' in graphs
     assert rendered.manifest["state"]["pad_values"] == {
-        "block_table": 0, "query_start_loc": "last", "seq_lens": 0, "slot_mapping": -1,
+        "block_table": 0,
+        "query_start_loc": "last",
+        "seq_lens": 0,
+        "slot_mapping": -1,
     }

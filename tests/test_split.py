@@ -31,7 +31,9 @@ def test_pieces_alternate_and_keep_order():
     graph = _lifted_graph(TwoAttentions(), (torch.randn(3, 2, 8, 4),), ({2: Dim("seq", min=2, max=64)},))
     pieces = split_graph(graph, list(DEFAULT_SPLIT_OPS))
     assert [p.is_split for p in pieces] == [False, True, False]
-    assert [len([n for n in p.nodes if n.target == torch.ops.aten.scaled_dot_product_attention.default]) for p in pieces] == [0, 2, 0]
+    assert [
+        len([n for n in p.nodes if n.target == torch.ops.aten.scaled_dot_product_attention.default]) for p in pieces
+    ] == [0, 2, 0]
     order = {node: i for i, node in enumerate(graph.graph.nodes)}
     flat = [order[n] for p in pieces for n in p.nodes]
     assert flat == sorted(flat), "nodes must keep their original order"
@@ -51,7 +53,9 @@ def test_sizes_crossing_a_cut_become_int_inputs():
     graph = _lifted_graph(TwoAttentions(), (torch.randn(3, 2, 8, 4),), ({2: Dim("seq", min=2, max=64)},))
     pieces = split_graph(graph, list(DEFAULT_SPLIT_OPS))
     last = pieces[-1]
-    size_inputs = [p for p in last.graph_module.graph.find_nodes(op="placeholder") if isinstance(p.meta["val"], torch.SymInt)]
+    size_inputs = [
+        p for p in last.graph_module.graph.find_nodes(op="placeholder") if isinstance(p.meta["val"], torch.SymInt)
+    ]
     assert [p.target for p in size_inputs] == [n.name for n in last.inputs if n.target == torch.ops.aten.sym_size.int]
     assert size_inputs, "the sequence length computed before the cut must reach the last piece as an int"
     # Every value a piece reads from outside is one of its inputs.

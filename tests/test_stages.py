@@ -43,7 +43,10 @@ def test_variants_with_the_same_code_are_emitted_once_and_kernels_shipped_once()
     assert [v.alias_of for v in piece.variants] == [None, None, "size_1"]
     assert piece.variants[2].kernels == []  # bound to size_1's function: it ships nothing
     assert [(k.name, k.alias_of) for k in piece.kernels] == [
-        ("size_1_k0", None), ("size_1_k1", None), ("size_2_k0", "size_1_k0"), ("size_2_k1", None),
+        ("size_1_k0", None),
+        ("size_1_k1", None),
+        ("size_2_k0", "size_1_k0"),
+        ("size_2_k1", None),
     ]
     # The compile results themselves are left as they were (new objects are made).
     assert compiled[2].alias_of is None and len(compiled[2].kernels) == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import EXAMPLE_PATHS, EXAMPLES, ROOT, imported_package, load_model_module
 
 # Prefill, single-token steps, a multi-token step, each range's bounds and the exact size.
@@ -37,8 +36,12 @@ def _decode_loop(package, reference, steps, cache_factory, seed=0):
         with torch.no_grad():
             expected = reference.model(input_ids, positions, eager_cache, *metadata)
         actual = compiled(input_ids, positions, package_cache, *metadata)
-        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4, msg=lambda m: f"{tokens} tokens at {position}: {m}")
-        torch.testing.assert_close(package_cache, eager_cache, rtol=0, atol=1e-5, msg=lambda m: f"cache after {tokens} tokens: {m}")
+        torch.testing.assert_close(
+            actual, expected, rtol=1e-4, atol=1e-4, msg=lambda m: f"{tokens} tokens at {position}: {m}"
+        )
+        torch.testing.assert_close(
+            package_cache, eager_cache, rtol=0, atol=1e-5, msg=lambda m: f"cache after {tokens} tokens: {m}"
+        )
         errors.append((actual - expected).abs().max().item())
         position += tokens
     return package_cache, errors
@@ -68,7 +71,9 @@ def test_serving_decode_loop_matches_eager(serving):
     with imported_package(out, "serving_llama", EXAMPLE_PATHS) as package:
         assert package.MUTATED_INPUTS == ("kv_cache",)
         for steps in (SERVING_STEPS, [config.max_tokens]):  # the top of the last range on a fresh cache
-            cache, errors = _decode_loop(package, reference, steps, lambda: reference.new_kv_cache(config, config.max_blocks_per_seq))
+            cache, errors = _decode_loop(
+                package, reference, steps, lambda: reference.new_kv_cache(config, config.max_blocks_per_seq)
+            )
             assert cache.abs().sum() > 0  # the loop really wrote the cache
             assert len(errors) == len(steps)
 

@@ -49,23 +49,39 @@ def as_cuda(package):
 
     def cubin(k):
         return CubinKernel(
-            name=k.name, source=f"# Triton source of {k.name}\n", binary=b"cubin",
-            launch={"function_name": k.name, "handle": f"_{k.name}", "file_name": k.name, "symbol": "kernel",
-                    "num_warps": 4, "shared": 0, "arg_types": "OOi", "arch": 90, "params": ["a", "b", "stream"],
-                    "grid_lines": ["grid_0 = 1", "grid_1 = 1", "grid_2 = 1"], "launch_args": ["a", "b"],
-                    "comment": "XBLOCK=128"},
-            metadata={"symbol": "kernel", "config": {"XBLOCK": 128}}, alias_of=k.alias_of,
+            name=k.name,
+            source=f"# Triton source of {k.name}\n",
+            binary=b"cubin",
+            launch={
+                "function_name": k.name,
+                "handle": f"_{k.name}",
+                "file_name": k.name,
+                "symbol": "kernel",
+                "num_warps": 4,
+                "shared": 0,
+                "arg_types": "OOi",
+                "arch": 90,
+                "params": ["a", "b", "stream"],
+                "grid_lines": ["grid_0 = 1", "grid_1 = 1", "grid_2 = 1"],
+                "launch_args": ["a", "b"],
+                "comment": "XBLOCK=128",
+            },
+            metadata={"symbol": "kernel", "config": {"XBLOCK": 128}},
+            alias_of=k.alias_of,
         )
 
     pieces = tuple(
-        dataclasses.replace(piece, variants=tuple(
-            dataclasses.replace(
-                variant,
-                target_runtime_names=["empty_strided_cuda", "get_raw_stream"],
-                kernels=[cubin(k) for k in variant.kernels],
-            )
-            for variant in piece.variants
-        ))
+        dataclasses.replace(
+            piece,
+            variants=tuple(
+                dataclasses.replace(
+                    variant,
+                    target_runtime_names=["empty_strided_cuda", "get_raw_stream"],
+                    kernels=[cubin(k) for k in variant.kernels],
+                )
+                for variant in piece.variants
+            ),
+        )
         for piece in package.pieces
     )
     return dataclasses.replace(
@@ -107,16 +123,25 @@ def test_a_tensor_parallel_package_renders_for_cuda(cpu_package):
     from transpiler.ir import Shard, TensorParallel
 
     package = as_cuda(cpu_package)
-    package = dataclasses.replace(package, weights_embedded=False, tensor_parallel=TensorParallel(
-        world_size=2,
-        group_name="mlp:tp",
-        shards=tuple(
-            Shard(key=w.key, dtype=str(package.weight_tensors[w.key].dtype),
-                  rank_shape=tuple(package.weight_tensors[w.key].shape), dim=0)
-            for w in package.weights if w.user_supplied
+    package = dataclasses.replace(
+        package,
+        weights_embedded=False,
+        tensor_parallel=TensorParallel(
+            world_size=2,
+            group_name="mlp:tp",
+            shards=tuple(
+                Shard(
+                    key=w.key,
+                    dtype=str(package.weight_tensors[w.key].dtype),
+                    rank_shape=tuple(package.weight_tensors[w.key].shape),
+                    dim=0,
+                )
+                for w in package.weights
+                if w.user_supplied
+            ),
+            collectives=(("_c10d_functional::all_reduce", 1),),
         ),
-        collectives=(("_c10d_functional::all_reduce", 1),),
-    ))
+    )
     rendered = render(package)
     assert {"distributed.py", "distributed_runtime.py"} <= set(rendered.files)
     init = rendered.files["__init__.py"].decode()

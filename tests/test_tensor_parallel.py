@@ -13,7 +13,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import EXAMPLE_PATHS, EXAMPLES, ROOT, imported_package, load_model_module, run_cli, transpile_once
 
 MODEL = ROOT / "examples" / "llama_tp" / "model.py"
@@ -71,7 +70,11 @@ def run_ranks(world_size: int, packages: dict, folder) -> list[dict]:
     workers = [
         subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "tp_worker.py"), str(folder / "spec.json"), str(rank)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=folder,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=folder,
         )
         for rank in range(world_size)
     ]
@@ -85,7 +88,7 @@ def run_ranks(world_size: int, packages: dict, folder) -> list[dict]:
             raise
         assert worker.returncode == 0, f"rank {rank} failed:\n{stderr[-4000:]}"
         (line,) = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-        results.append(json.loads(line[len("RESULT "):]))
+        results.append(json.loads(line[len("RESULT ") :]))
     return results
 
 
@@ -119,7 +122,10 @@ def test_four_ranks_match_unsplit_eager(shared_dir, tmp_path):
         entry = result["packages"]["llama_tp4"]
         assert entry["decode"]["logits"] < 1e-4 and entry["decode"]["cache"] < 1e-5, (rank, entry["decode"])
         assert entry["from_file"] and entry["from_folder"] and entry["from_rank_file"]
-    assert "transpiled for 4 ranks (--tensor-parallel 4), the process group has 1" in results[0]["packages"]["llama_tp4"]["wrong_group"]
+    assert (
+        "transpiled for 4 ranks (--tensor-parallel 4), the process group has 1"
+        in results[0]["packages"]["llama_tp4"]["wrong_group"]
+    )
 
 
 def test_workers_compile_the_same_bytes_under_their_own_fake_group(example_out, tmp_path):
@@ -133,12 +139,26 @@ def test_workers_compile_the_same_bytes_under_their_own_fake_group(example_out, 
 
     args = EXAMPLES["llama_tp"]
     assert args[1:] == [
-        "--name", "llama_tp", "--import", "serving_ops", "--tensor-parallel", "2", "--ranges", "1-16,17-64", "--sizes", "1",
+        "--name",
+        "llama_tp",
+        "--import",
+        "serving_ops",
+        "--tensor-parallel",
+        "2",
+        "--ranges",
+        "1-16,17-64",
+        "--sizes",
+        "1",
     ]
     expected = example_out("llama_tp") / "llama_tp"
     options = Options(
-        model_path=ROOT / args[0], name="llama_tp", imports=("serving_ops",), tensor_parallel=2,
-        ranges=parse_ranges("1-16,17-64"), sizes=parse_sizes("1"), jobs=3,
+        model_path=ROOT / args[0],
+        name="llama_tp",
+        imports=("serving_ops",),
+        tensor_parallel=2,
+        ranges=parse_ranges("1-16,17-64"),
+        sizes=parse_sizes("1"),
+        jobs=3,
     )
     pool = WorkerPool(options, 2)
     pool.caller_compiles = False
@@ -176,7 +196,9 @@ def test_collectives_import_no_compiler(ranks):
 
 def test_split_collectives_are_called_by_the_stitching_function(packages):
     stitch = (packages["llama_tp_split"] / "llama_tp_split" / "stitch.py").read_text()
-    assert 'torch.ops._c10d_functional.all_reduce.default(\n        linear_3, "sum", "llama_tp_split:tp"\n    )' in stitch
+    assert (
+        'torch.ops._c10d_functional.all_reduce.default(\n        linear_3, "sum", "llama_tp_split:tp"\n    )' in stitch
+    )
     assert "torch.ops._c10d_functional.wait_tensor.default(all_reduce)" in stitch
     inside = (packages["llama_tp"] / "llama_tp" / "pieces" / "piece_1.py").read_text()
     assert 'torch.ops._c10d_functional.all_reduce_.default(buf0, "sum", "llama_tp:tp")' in inside
@@ -231,7 +253,9 @@ def test_missing_or_misshaped_checkpoint_tensor_is_a_clear_error(packages, tmp_p
 
         state = _full_state()
         del state["layers.1.up.weight"]
-        with pytest.raises(KeyError, match=r"weights: missing 'layers.1.up.weight'; pass the unsplit model's full checkpoint"):
+        with pytest.raises(
+            KeyError, match=r"weights: missing 'layers.1.up.weight'; pass the unsplit model's full checkpoint"
+        ):
             distributed.rank_tensors(package.SHARDS, 1, weights=state)
         state = _full_state()
         state["layers.0.attn.o_proj.weight"] = state["layers.0.attn.o_proj.weight"][:, :32]  # one rank's, not the full
@@ -243,7 +267,9 @@ def test_missing_or_misshaped_checkpoint_tensor_is_a_clear_error(packages, tmp_p
             distributed.rank_tensors(package.SHARDS, 0, weights=state)
         state = _full_state()
         state["norm.weight"] = state["norm.weight"].double()
-        with pytest.raises(ValueError, match=r"'norm.weight' is torch.float64 \(64,\), the full checkpoint's must be torch.float32"):
+        with pytest.raises(
+            ValueError, match=r"'norm.weight' is torch.float64 \(64,\), the full checkpoint's must be torch.float32"
+        ):
             distributed.rank_tensors(package.SHARDS, 0, weights=state)
         # The same checks read a file's header.
         state = _full_state()
@@ -254,7 +280,10 @@ def test_missing_or_misshaped_checkpoint_tensor_is_a_clear_error(packages, tmp_p
         with pytest.raises(FileNotFoundError, match="neither a safetensors file nor a folder"):
             distributed.rank_tensors(package.SHARDS, 0, weights=str(tmp_path / "nowhere"))
         # Per-rank shards are checked against this rank's shape.
-        with pytest.raises(ValueError, match=r"rank_weights: 'layers.0.attn.q_proj.weight' is torch.float32 \(64, 64\), this rank's must be torch.float32 \(32, 64\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"rank_weights: 'layers.0.attn.q_proj.weight' is torch.float32 \(64, 64\), this rank's must be torch.float32 \(32, 64\)",
+        ):
             distributed.rank_tensors(package.SHARDS, 0, rank_weights=_full_state())
 
 
@@ -266,11 +295,16 @@ def test_slices_are_the_ranks_blocks(packages):
         state = _full_state()
         for rank in range(WORLD_SIZE):
             tensors = distributed.rank_tensors(package.SHARDS, rank, weights=state)
-            assert torch.equal(tensors["layers.0.attn.q_proj.weight"], state["layers.0.attn.q_proj.weight"].chunk(2, 0)[rank])
+            assert torch.equal(
+                tensors["layers.0.attn.q_proj.weight"], state["layers.0.attn.q_proj.weight"].chunk(2, 0)[rank]
+            )
             assert torch.equal(tensors["layers.0.down.weight"], state["layers.0.down.weight"].chunk(2, 1)[rank])
             assert torch.equal(tensors["embed.weight"], state["embed.weight"])
             # A copy: the rank keeps no reference to the caller's full tensor.
-            assert tensors["lm_head.weight"].untyped_storage().data_ptr() != state["lm_head.weight"].untyped_storage().data_ptr()
+            assert (
+                tensors["lm_head.weight"].untyped_storage().data_ptr()
+                != state["lm_head.weight"].untyped_storage().data_ptr()
+            )
 
 
 @pytest.fixture
@@ -290,10 +324,15 @@ def fake_group():
 def test_load_needs_a_process_group_and_weights(packages, fake_group):
     state = _full_state()  # before any group exists: the model file then builds the full model
     with imported_package(packages["llama_tp"], "llama_tp", EXAMPLE_PATHS) as package:
-        with pytest.raises(RuntimeError, match=r"llama_tp is one rank of a model split across 2 ranks: initialise the process group first"):
+        with pytest.raises(
+            RuntimeError,
+            match=r"llama_tp is one rank of a model split across 2 ranks: initialise the process group first",
+        ):
             package.load(weights=state)
         fake_group(3)
-        with pytest.raises(ValueError, match=r"transpiled for 2 ranks \(--tensor-parallel 2\), the process group has 3"):
+        with pytest.raises(
+            ValueError, match=r"transpiled for 2 ranks \(--tensor-parallel 2\), the process group has 3"
+        ):
             package.load(weights=state)
     import torch.distributed as dist
 
@@ -330,19 +369,26 @@ import torch.distributed._functional_collectives as funcol
 def test_bad_tensor_parallel_size_is_refused(tmp_path, value):
     code, stderr = _transpile_model(tmp_path, _HEADER, "--tensor-parallel", value)
     assert code == 2
-    assert stderr.strip() == f"transpile: error: --tensor-parallel {value}: give the number of ranks, a whole number >= 1"
+    assert (
+        stderr.strip() == f"transpile: error: --tensor-parallel {value}: give the number of ranks, a whole number >= 1"
+    )
 
 
 def test_model_asking_for_its_rank_is_refused(tmp_path):
-    source = _HEADER + """
+    source = (
+        _HEADER
+        + """
 offset = dist.get_rank() * 4
 model = torch.nn.Linear(4, 4)
 example_inputs = (torch.randn(2, 4),)
 """
+    )
     code, stderr = _transpile_model(tmp_path, source, "--tensor-parallel", "2")
     assert code == 2
     assert stderr.count("\n") == 1
-    assert "model.py asks for its rank (torch.distributed.get_rank()) while transpiling with --tensor-parallel" in stderr
+    assert (
+        "model.py asks for its rank (torch.distributed.get_rank()) while transpiling with --tensor-parallel" in stderr
+    )
     assert not (tmp_path / "out").exists()
     import torch.distributed as dist
 
@@ -350,7 +396,9 @@ example_inputs = (torch.randn(2, 4),)
 
 
 def test_collective_on_another_group_is_refused(tmp_path):
-    source = _HEADER + """
+    source = (
+        _HEADER
+        + """
 group = dist.new_group([0])
 
 
@@ -361,6 +409,7 @@ class Model(torch.nn.Module):
 model = Model()
 example_inputs = (torch.randn(2, 4),)
 """
+    )
     code, stderr = _transpile_model(tmp_path, source, "--tensor-parallel", "2")
     assert code == 2
     assert "calls _c10d_functional::all_reduce on process group" in stderr
@@ -375,7 +424,9 @@ example_inputs = (torch.randn(2, 4),)
     ],
 )
 def test_bad_shard_marks_are_refused(tmp_path, mark, message):
-    source = _HEADER + f"""
+    source = (
+        _HEADER
+        + f"""
 class Model(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -389,6 +440,7 @@ model = Model()
 {mark}
 example_inputs = (torch.randn(2, 4),)
 """
+    )
     code, stderr = _transpile_model(tmp_path, source, "--tensor-parallel", "2")
     assert code == 2, stderr
     assert message in stderr

@@ -11,9 +11,9 @@ import shutil
 
 import pytest
 import torch
+from conftest import EXAMPLES, ROOT, boundary_sizes, imported_package, inputs_at, load_model_module, run_cli
 from torch._inductor.select_algorithm import AlgorithmSelectorCache
 
-from conftest import EXAMPLES, ROOT, boundary_sizes, imported_package, inputs_at, load_model_module, run_cli
 from transpiler.ir import SizeRange, Variant
 from transpiler.treediff import diff_trees
 from transpiler.tuning import _refines, choice_labels, representative_size
@@ -89,10 +89,19 @@ def test_choice_labels_drop_counters_and_number_repeats():
         def __init__(self, name, description=""):
             self.name, self.description = name, description
 
-    choices = [Choice("bmm"), Choice("triton_mm_17", "BLOCK_M=16"), Choice("triton_mm_18", "BLOCK_M=32"),
-               Choice("cpp_gemm_3"), Choice("cpp_gemm_4")]
+    choices = [
+        Choice("bmm"),
+        Choice("triton_mm_17", "BLOCK_M=16"),
+        Choice("triton_mm_18", "BLOCK_M=32"),
+        Choice("cpp_gemm_3"),
+        Choice("cpp_gemm_4"),
+    ]
     assert choice_labels(choices) == [
-        "bmm", "triton_mm (BLOCK_M=16)", "triton_mm (BLOCK_M=32)", "cpp_gemm #1", "cpp_gemm #2",
+        "bmm",
+        "triton_mm (BLOCK_M=16)",
+        "triton_mm (BLOCK_M=32)",
+        "cpp_gemm #1",
+        "cpp_gemm #2",
     ]
 
 
@@ -128,8 +137,10 @@ def test_autotune_benchmarks_and_writes_a_deterministic_lockfile(tmp_path, bench
     assert str(tmp_path) not in text
     golden = json.loads(LOCKFILE.read_text())
     # Same keys and candidates as the golden record; the measured times are this run's.
-    strip = lambda d: {p: {v: {k: sorted(e["us"]) for k, e in entry.get("gemm", {}).items()} for v, entry in vs.items()}
-                       for p, vs in d["pieces"].items()}
+    strip = lambda d: {
+        p: {v: {k: sorted(e["us"]) for k, e in entry.get("gemm", {}).items()} for v, entry in vs.items()}
+        for p, vs in d["pieces"].items()
+    }
     assert strip(data) == strip(golden)
     # Its replay, in another folder, gives the same package, lockfile included.
     assert transpile(tmp_path / "b", "--tuning", str(tmp_path / "a" / NAME / "tuning.json")) == 0
@@ -151,7 +162,7 @@ def test_replay_follows_the_lockfile_not_a_benchmark(tmp_path, no_benchmark):
     assert (package_dir / "tuning.json").read_text() == edited.read_text()
     golden_source = (GOLDEN / "pieces" / "piece_0.py").read_text()
     source = (package_dir / "pieces" / "piece_0.py").read_text()
-    function = source[source.index("def range_1_16("):].split("\n\n\n")[0]
+    function = source[source.index("def range_1_16(") :].split("\n\n\n")[0]
     if choice.startswith("cpp_"):
         assert "torch.bmm(" not in function and "cpp_fused_bmm" in function
     else:
@@ -202,10 +213,23 @@ BAD_LOCKFILES = {
     "other torch": (lambda p: _rewrite(p, lambda d: d.update(torch="1.0.0")), [], "was tuned for torch '1.0.0'"),
     "other device": (lambda p: _rewrite(p, lambda d: d.update(device="cuda")), [], "was tuned for device 'cuda'"),
     "pieces not a mapping": (lambda p: _rewrite(p, lambda d: d.update(pieces=[])), [], "are not piece -> variant"),
-    "other ranges": (lambda p: str(LOCKFILE), ["--ranges", "1-32,33-128"], "was tuned for range_17_128, range_1_16, size_1, not size 1, 1-32, 33-128"),
-    "other pieces": (lambda p: _rewrite(p, lambda d: d["pieces"].update(piece_1=d["pieces"]["piece_0"])), [], "has pieces piece_0, piece_1, this transpile piece_0"),
+    "other ranges": (
+        lambda p: str(LOCKFILE),
+        ["--ranges", "1-32,33-128"],
+        "was tuned for range_17_128, range_1_16, size_1, not size 1, 1-32, 33-128",
+    ),
+    "other pieces": (
+        lambda p: _rewrite(p, lambda d: d["pieces"].update(piece_1=d["pieces"]["piece_0"])),
+        [],
+        "has pieces piece_0, piece_1, this transpile piece_0",
+    ),
     "unknown choice": (
-        lambda p: _rewrite(p, lambda d: [e.update(choice="no_such_kernel") for e in d["pieces"]["piece_0"]["range_1_16"]["gemm"].values()]),
+        lambda p: _rewrite(
+            p,
+            lambda d: [
+                e.update(choice="no_such_kernel") for e in d["pieces"]["piece_0"]["range_1_16"]["gemm"].values()
+            ],
+        ),
         [],
         "chose 'no_such_kernel' for bmm(",
     ),

@@ -8,9 +8,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from conftest import EXAMPLES, ROOT, imported_package, inputs_at, load_model_module, transpile_once
+from safetensors.torch import save_file
 
 MLP = ROOT / "examples" / "mlp" / "model.py"
 
@@ -45,7 +44,9 @@ def test_bare_package_ships_no_weights_and_asks_for_them(bare):
     assert manifest["weights"]["embedded"] is False
     assert manifest["weights"]["tensors"]["net.0.weight"]["checkpoint_key"] == "0.weight"
     with imported_package(bare, "mlp_bare") as package:
-        with pytest.raises(ValueError, match=r"ships no weights \(transpiled with --weights none\): pass load\(weights=...\)"):
+        with pytest.raises(
+            ValueError, match=r"ships no weights \(transpiled with --weights none\): pass load\(weights=...\)"
+        ):
             package.load()
 
 
@@ -158,7 +159,11 @@ def test_broken_checkpoint_files_get_one_line(bare, eager, tmp_path):
     cases = [
         (shards, FileNotFoundError, r"model.safetensors.index.json names model-2.safetensors, which is not in"),
         (bad_index, ValueError, r"is not a Hugging Face index \(a JSON object with a weight_map\)"),
-        (pickled, ValueError, r"pytorch_model.bin is not a safetensors file \(.*\); pass .safetensors files or a state_dict"),
+        (
+            pickled,
+            ValueError,
+            r"pytorch_model.bin is not a safetensors file \(.*\); pass .safetensors files or a state_dict",
+        ),
         (truncated, ValueError, r"truncated.safetensors is not a safetensors file \(tensor '.*' runs past the end"),
         (odd_dtype, ValueError, r"'0.weight' in .*odd.safetensors has dtype F4, which this package cannot read"),
     ]
@@ -193,4 +198,7 @@ def test_staged_reads_give_the_file_tensors_whatever_the_buffer_size(bare, tmp_p
             assert got.keys() == tensors.keys()
             for name, expected in tensors.items():
                 assert got[name].dtype == expected.dtype and got[name].shape == expected.shape, (staging, name)
-                assert torch.equal(got[name].view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)), (staging, name)
+                assert torch.equal(got[name].view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)), (
+                    staging,
+                    name,
+                )

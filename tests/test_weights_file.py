@@ -88,7 +88,9 @@ def test_writing_holds_no_second_copy_of_the_weights(tmp_path):
     )
     grown_mib = int(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout)
     assert grown_mib < 96, grown_mib
-    assert (tmp_path / "w.safetensors").stat().st_size == 256 * 2**20 + len(SafetensorsStream({f"w{i}": torch.ones(8 << 20) for i in range(8)}).header)
+    assert (tmp_path / "w.safetensors").stat().st_size == 256 * 2**20 + len(
+        SafetensorsStream({f"w{i}": torch.ones(8 << 20) for i in range(8)}).header
+    )
 
 
 def test_an_unnamed_dtype_is_refused():

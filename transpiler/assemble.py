@@ -18,7 +18,9 @@ from .targets import Target
 from .tuning import lockfile_text
 
 
-def assemble_package(split: SplitModel, compiled: CompiledPieces, target: Target, options: Options, cuda_graphs) -> Package:
+def assemble_package(
+    split: SplitModel, compiled: CompiledPieces, target: Target, options: Options, cuda_graphs
+) -> Package:
     captured, dispatch = split.captured, split.dispatch
     stitch = build_stitch(
         captured.graph_module,

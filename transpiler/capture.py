@@ -32,8 +32,19 @@ class Capture:
 
 
 # Lines of torch.export's message worth keeping: the failing guard and the suggested fix.
-_USEFUL = ("Constraints violated", "Not all values", "satisfy the generated guard", "Suggested fix",
-           "You marked", "specialized", "guard", "dynamic_shapes", "Dim(", "Could not guard", "Caused by")
+_USEFUL = (
+    "Constraints violated",
+    "Not all values",
+    "satisfy the generated guard",
+    "Suggested fix",
+    "You marked",
+    "specialized",
+    "guard",
+    "dynamic_shapes",
+    "Dim(",
+    "Could not guard",
+    "Caused by",
+)
 
 
 def export_error_summary(error: BaseException, limit: int = 8) -> str:
@@ -51,9 +62,7 @@ def export_error_summary(error: BaseException, limit: int = 8) -> str:
     return " | ".join(kept)
 
 
-def export_model(
-    model_file: ModelFile, device: str = "cpu", opaque_attention: bool = False, keep_ops=()
-) -> Capture:
+def export_model(model_file: ModelFile, device: str = "cpu", opaque_attention: bool = False, keep_ops=()) -> Capture:
     """opaque_attention: capture F.scaled_dot_product_attention as transpile::sdpa. Foreign
     custom ops other than `keep_ops` (the splitting ops) are captured as their bodies where
     export can trace them (foreign_ops.py)."""
@@ -117,9 +126,13 @@ def export_model(
             weights.append(Weight(name=spec.arg.name, key=spec.target, user_supplied=bool(in_checkpoint)))
             tensors[spec.target] = value.detach()
         else:
-            raise TranspileError(f"unsupported graph input kind {spec.kind.name}; the model must not take custom objects")
+            raise TranspileError(
+                f"unsupported graph input kind {spec.kind.name}; the model must not take custom objects"
+            )
     # The package ships these (fake_weights.py: only parameters may be fakes).
-    fake_weights.real_tensors_only({w.key: tensors[w.key] for w in weights if not w.user_supplied}, model_file.path.name)
+    fake_weights.real_tensors_only(
+        {w.key: tensors[w.key] for w in weights if not w.user_supplied}, model_file.path.name
+    )
     if any(spec.kind.name != "USER_OUTPUT" for spec in signature.output_specs):
         # torch.export's training IR keeps in-place ops in the graph; a functionalized
         # signature (mutations as extra outputs) would mean an export mode we do not read.

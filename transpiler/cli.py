@@ -40,63 +40,99 @@ def _parser() -> argparse.ArgumentParser:
         description="Turn a PyTorch model into a self-contained Python package of readable, precompiled source.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument("model", type=Path, nargs="?", metavar="MODEL.py", help="file defining `model` and `example_inputs`")
     parser.add_argument(
-        "--hf", type=Path, metavar="FOLDER",
+        "model", type=Path, nargs="?", metavar="MODEL.py", help="file defining `model` and `example_inputs`"
+    )
+    parser.add_argument(
+        "--hf",
+        type=Path,
+        metavar="FOLDER",
         help="instead of MODEL.py: a Hugging Face decoder's folder (config.json, safetensors if any) in serving form "
         "(paged KV cache, flattened batch; transpiler/hf_serving.py); implies --import serving_ops and --checkpoint-prefix decoder.",
     )
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="folder to write OUT/NAME/ into")
     parser.add_argument("--name", help="package name (default: MODEL.py's file stem)")
-    parser.add_argument("--device", default=DEFAULT_DEVICE, choices=DEVICES, help="target device (default: cpu); cuda needs the GPU the package will run on")
-    parser.add_argument("--split-ops", metavar="A,B", help="ops to split at, e.g. aten::scaled_dot_product_attention")
-    parser.add_argument("--ranges", metavar="LO-HI,...", help="ranges of the dispatch dim, compiled with symbolic shapes")
-    parser.add_argument("--sizes", metavar="N,...", help="exact sizes compiled with static shapes (win over ranges)")
-    parser.add_argument("--dispatch-dim", metavar="INPUT:DIM", help="input (name or index) and dim whose size dispatches")
     parser.add_argument(
-        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        "--device",
+        default=DEFAULT_DEVICE,
+        choices=DEVICES,
+        help="target device (default: cpu); cuda needs the GPU the package will run on",
+    )
+    parser.add_argument("--split-ops", metavar="A,B", help="ops to split at, e.g. aten::scaled_dot_product_attention")
+    parser.add_argument(
+        "--ranges", metavar="LO-HI,...", help="ranges of the dispatch dim, compiled with symbolic shapes"
+    )
+    parser.add_argument("--sizes", metavar="N,...", help="exact sizes compiled with static shapes (win over ranges)")
+    parser.add_argument(
+        "--dispatch-dim", metavar="INPUT:DIM", help="input (name or index) and dim whose size dispatches"
+    )
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
         help="module to import first (registers custom ops); the package imports it too",
     )
     parser.add_argument(
-        "--cpu-isa", default=DEFAULT_CPU_ISA, choices=list(CPU_ISAS),
+        "--cpu-isa",
+        default=DEFAULT_CPU_ISA,
+        choices=list(CPU_ISAS),
         help="x86-64 level the C++ kernels are built for (default: avx2, portable and reproducible)",
     )
     parser.add_argument(
-        "--capture-sizes", metavar="N,...",
+        "--capture-sizes",
+        metavar="N,...",
         help="sizes the CUDA-graph wrappers capture (cuda; default: 1, 2, 4, then multiples of 8 up to 512)",
     )
     parser.add_argument(
-        "--static-inputs", metavar="A,B",
+        "--static-inputs",
+        metavar="A,B",
         help="inputs CUDA graphs use by reference (persistent state such as a KV cache); inputs the forward writes in place always are",
     )
     parser.add_argument(
-        "--weights", choices=["embed", "none"], default="embed",
+        "--weights",
+        choices=["embed", "none"],
+        default="embed",
         help="embed the weights in the package (default), or ship none: load(weights=...) then takes a checkpoint",
     )
     parser.add_argument(
-        "--checkpoint-prefix", default="", metavar="PREFIX",
+        "--checkpoint-prefix",
+        default="",
+        metavar="PREFIX",
         help="the prefix a checkpoint's keys lack (e.g. 'decoder.' for a wrapper around a Hugging Face model)",
     )
     parser.add_argument(
-        "-j", "--jobs", type=int, default=None, metavar="N",
+        "-j",
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
         help="compile on N processes, this one and N-1 workers that compile the pieces it captured (default: the number of cores; 1: in this process only)",
     )
     parser.add_argument(
-        "--autotune", action="store_true",
+        "--autotune",
+        action="store_true",
         help="benchmark Inductor's choices (GEMM backends; on cuda also Triton configs) and record them in OUT/NAME/tuning.json",
     )
     parser.add_argument(
-        "--tuning", type=Path, metavar="FILE",
+        "--tuning",
+        type=Path,
+        metavar="FILE",
         help="replay the choices of this tuning.json without benchmarking (default: OUT/NAME/tuning.json if present)",
     )
     parser.add_argument(
-        "--tensor-parallel", metavar="N",
+        "--tensor-parallel",
+        metavar="N",
         help="the package is one rank of the model split across N ranks (MODEL.py sizes its shards by "
         "torch.distributed.get_world_size(); load() needs a process group of N ranks and a checkpoint)",
     )
     parser.add_argument("--check", action="store_true", help="compare with the existing OUT/NAME instead of writing")
     parser.add_argument(
-        "--wheel", type=Path, default=None, metavar="DIST",
+        "--wheel",
+        type=Path,
+        default=None,
+        metavar="DIST",
         help="also build a wheel of the written package into DIST (installable with pip)",
     )
     verbosity = parser.add_mutually_exclusive_group()

@@ -61,7 +61,9 @@ def compile_pieces(
     raise last_error
 
 
-def compile_planned(plan: CompilePlan, target: Target, options: Options, group_index: int, variant: Variant) -> CompiledVariant:
+def compile_planned(
+    plan: CompilePlan, target: Target, options: Options, group_index: int, variant: Variant
+) -> CompiledVariant:
     """One piece group for one variant, from the plan (in this process or a pool worker)."""
     module_name, input_names = plan.groups[group_index]
     group = _PlannedGroup(module_name, input_names, plan.graph(group_index))
@@ -93,7 +95,9 @@ def compile_threads_per_process(jobs: int) -> int | None:
     return max(1, available_cores() // jobs)
 
 
-def _compile_variants(split: SplitModel, plan: CompilePlan, target: Target, variants, options: Options, progress, pool=None):
+def _compile_variants(
+    split: SplitModel, plan: CompilePlan, target: Target, variants, options: Options, progress, pool=None
+):
     tasks: list[Task] = [(index, variant) for index in range(len(split.groups)) for variant in variants]
     step = progress(len(tasks)) if progress else None
     compile_here: Callable[[Task], CompiledVariant] = lambda task: compile_planned(plan, target, options, *task)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import sympy
@@ -219,9 +218,11 @@ def input_padded_dims(
         if dim is not None:
             padded.append(PaddedDim(dim))
             continue
-        dynamic = [(d, e) for d, e in enumerate(_size_expressions(value)) if e.free_symbols] if isinstance(
-            value, torch.Tensor
-        ) else []
+        dynamic = (
+            [(d, e) for d, e in enumerate(_size_expressions(value)) if e.free_symbols]
+            if isinstance(value, torch.Tensor)
+            else []
+        )
         count = _count_of_its_own(dynamic[0][1], symbol) if len(dynamic) == 1 else None
         if count is None:
             padded.append(None)
@@ -318,8 +319,7 @@ def cudagraphs_context(
         raise TranspileError(f"dispatch input {dispatch_input_index} is not one of the {len(specs)} inputs")
     if input_dispatch_dims is None:
         input_dispatch_dims = [
-            dispatch_dim if dispatch_dim < len(shape) and shape[dispatch_dim] is None else None
-            for _, _, shape in specs
+            dispatch_dim if dispatch_dim < len(shape) and shape[dispatch_dim] is None else None for _, _, shape in specs
         ]
     if len(input_dispatch_dims) != len(specs):
         raise TranspileError(f"{len(input_dispatch_dims)} input dispatch dims for {len(specs)} inputs")

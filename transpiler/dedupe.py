@@ -41,7 +41,9 @@ def structural_key(graph_module: torch.fx.GraphModule) -> str:
     for node in graph_module.graph.nodes:
         index[node] = len(index)
         signature = _value_signature(node.meta.get("val"))
-        lines.append(f"{node.op}|{node.target if node.op != 'placeholder' else ''}|{encode(node.args)}|{encode(node.kwargs)}|{signature}")
+        lines.append(
+            f"{node.op}|{node.target if node.op != 'placeholder' else ''}|{encode(node.args)}|{encode(node.kwargs)}|{signature}"
+        )
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
@@ -59,9 +61,7 @@ def shared_names(instances: Sequence[Sequence[str]]) -> list[str]:
         if all(len(t) == len(first) for t in tokens) and all(
             all(a == b or (a.isdigit() and b.isdigit()) for a, b in zip(t, first)) for t in tokens
         ):
-            merged = "".join(
-                part if all(t[i] == part for t in tokens) else "N" for i, part in enumerate(first)
-            )
+            merged = "".join(part if all(t[i] == part for t in tokens) else "N" for i, part in enumerate(first))
         else:
             merged = f"arg{position}"
         names.append(merged)

@@ -70,7 +70,9 @@ def render(package: Package, target: Target | None = None) -> RenderedPackage:
     features = target.cpu_features(package.cpu_isa)
     hashes = manifest_step.file_hashes(files)
     fingerprint = manifest_step.fingerprint(package, hashes, features)
-    files["__init__.py"] = format_python(init_module(env, package, target, common, fingerprint, features), "__init__.py").encode()
+    files["__init__.py"] = format_python(
+        init_module(env, package, target, common, fingerprint, features), "__init__.py"
+    ).encode()
     hashes["__init__.py"] = manifest_step.sha256(files["__init__.py"])
     manifest = manifest_step.build_manifest(
         package,
@@ -269,7 +271,9 @@ def init_context(package: Package, fingerprint: str, features: tuple) -> dict:
             for w in package.weights
         ],
         "weights_embedded": package.weights_embedded,
-        "custom_op_splitting_ops": _literal(tuple(package.custom_op_splitting_ops)) if package.custom_op_splitting_ops else "",
+        "custom_op_splitting_ops": _literal(tuple(package.custom_op_splitting_ops))
+        if package.custom_op_splitting_ops
+        else "",
         "mutated_weights": bool(state.mutated_weights),
         "required_ops": [_literal((r.op, r.module, r.requirement)) for r in package.required_ops],
         "op_imports_literal": _literal(tuple(package.imports)),

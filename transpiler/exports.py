@@ -78,7 +78,9 @@ def _function_path(function, where: str, allowed_modules: set[str]) -> tuple[str
             target = getattr(target, part, None)
         if target is function:
             return module, f"{module}.{path}"
-    raise TranspileError(f"exports[{where!r}]: {module}.{qualname} does not name this function; export it by its module-level name")
+    raise TranspileError(
+        f"exports[{where!r}]: {module}.{qualname} does not name this function; export it by its module-level name"
+    )
 
 
 def build_exports(exports: dict | None, imports: list[str]) -> Exports:

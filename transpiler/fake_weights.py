@@ -58,7 +58,9 @@ def model_to(model: torch.nn.Module, device: str) -> torch.nn.Module:
                 if is_fake(parameter):
                     module._parameters[name] = fake_parameter(parameter, device)
                 else:
-                    module._parameters[name] = torch.nn.Parameter(parameter.detach().to(device), parameter.requires_grad)
+                    module._parameters[name] = torch.nn.Parameter(
+                        parameter.detach().to(device), parameter.requires_grad
+                    )
         for name, buffer in module._buffers.items():
             if buffer is not None and buffer.device.type != kind:
                 module._buffers[name] = buffer.to(device)
@@ -114,7 +116,10 @@ def parameters_as_fakes():
                 # As Module._apply does with real tensors: a conversion on one device changes
                 # the parameter in place (a shared one stays shared); one across devices
                 # (meta -> cpu: to_empty) gives each module a new parameter.
-                if applied.device.type == parameter.device.type and not torch.__future__.get_overwrite_module_params_on_conversion():
+                if (
+                    applied.device.type == parameter.device.type
+                    and not torch.__future__.get_overwrite_module_params_on_conversion()
+                ):
                     moved[id(parameter)] = (parameter, new)
         except BaseException:
             for key, parameter in fakes.items():

@@ -28,11 +28,29 @@ from .errors import TranspileError
 
 # Namespaces of the ops torch itself defines (the package imports torch anyway), and the
 # package's own (ops.py: transpile::sdpa).
-TORCH_NAMESPACES = frozenset({
-    "aten", "prims", "prim", "_c10d_functional", "_c10d_functional_autograd", "c10d", "_dtensor",
-    "quantized", "_quantized", "profiler", "inductor", "symm_mem", "mkldnn", "onednn", "mkl",
-    "_quantized_decomposed", "quantized_decomposed", "_higher_order_ops", "higher_order",
-})
+TORCH_NAMESPACES = frozenset(
+    {
+        "aten",
+        "prims",
+        "prim",
+        "_c10d_functional",
+        "_c10d_functional_autograd",
+        "c10d",
+        "_dtensor",
+        "quantized",
+        "_quantized",
+        "profiler",
+        "inductor",
+        "symm_mem",
+        "mkldnn",
+        "onednn",
+        "mkl",
+        "_quantized_decomposed",
+        "quantized_decomposed",
+        "_higher_order_ops",
+        "higher_order",
+    }
+)
 PACKAGE_NAMESPACES = frozenset({"transpile"})
 MODEL_MODULE_PREFIX = "_transpile_model_"  # the name model_file.py gives MODEL.py's module
 
@@ -140,9 +158,7 @@ _VALUE_READS = ("aten::_local_scalar_dense", "aten::item")
 def reads_tensor_values(program) -> bool:
     """Whether the graph reads a tensor's values into Python numbers (unbacked sizes), which
     the compiled pieces cannot dispatch on: such a body stays an op."""
-    return any(
-        node.op == "call_function" and _qualname(node.target) in _VALUE_READS for node in program.graph.nodes
-    )
+    return any(node.op == "call_function" and _qualname(node.target) in _VALUE_READS for node in program.graph.nodes)
 
 
 def _first_line(error: BaseException) -> str:

@@ -49,7 +49,11 @@ def fingerprint(manifest: dict, file_hashes: dict, capture_sizes: list) -> str:
     and the capture sizes."""
     hashes = {path: digest for path, digest in sorted(file_hashes.items()) if path != "__init__.py"}
     return fingerprint_of(
-        hashes, manifest["torch"], manifest["model"]["sha256"], manifest["cpu_features"], manifest["gpu"],
+        hashes,
+        manifest["torch"],
+        manifest["model"]["sha256"],
+        manifest["cpu_features"],
+        manifest["gpu"],
         list(capture_sizes),
     )
 

@@ -48,19 +48,28 @@ def _ops():
     return serving_ops
 
 
-def paged_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                            sliding_window=None, softcap=None, **kwargs):
+def paged_attention_forward(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None, softcap=None, **kwargs
+):
     """transformers' attention signature: query [1, heads, T, dim], key and value
     [1, kv_heads, T, dim]; the serving metadata arrive as keyword arguments of the model's
     forward. Returns [1, T, heads, dim], as transformers' own attention functions do."""
     missing = [name for name in METADATA if kwargs.get(name) is None]
     if missing:
-        raise ValueError(f"{ATTENTION_NAME} attention needs {', '.join(missing)}; call the serving forward (hf_serving.PagedDecoder)")
+        raise ValueError(
+            f"{ATTENTION_NAME} attention needs {', '.join(missing)}; call the serving forward (hf_serving.PagedDecoder)"
+        )
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, heads, dim]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     out = torch.ops.serving.paged_attention(
-        q, k, v, *(kwargs[name] for name in METADATA), module.layer_idx, float(scale),
-        int(sliding_window) if sliding_window else -1, float(softcap) if softcap else 0.0,
+        q,
+        k,
+        v,
+        *(kwargs[name] for name in METADATA),
+        module.layer_idx,
+        float(scale),
+        int(sliding_window) if sliding_window else -1,
+        float(softcap) if softcap else 0.0,
     )
     return out.unsqueeze(0), None
 
@@ -86,7 +95,9 @@ def check_config(config) -> None:
     model_type = getattr(config, "model_type", None)
     _check_model_type(model_type)
     if getattr(config, "use_bidirectional_attention", False):
-        raise TranspileError(f"{model_type}: bidirectional attention (use_bidirectional_attention) is not supported by the paged op, which is causal")
+        raise TranspileError(
+            f"{model_type}: bidirectional attention (use_bidirectional_attention) is not supported by the paged op, which is causal"
+        )
     if getattr(config, "is_encoder_decoder", False):
         raise TranspileError(f"{model_type}: encoder-decoder models are not supported; the paged op serves decoders")
 
@@ -94,7 +105,9 @@ def check_config(config) -> None:
 def load_config(folder: str | Path):
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        raise TranspileError(f"{folder}: no config.json; pass a folder holding the model's config.json (and its safetensors)")
+        raise TranspileError(
+            f"{folder}: no config.json; pass a folder holding the model's config.json (and its safetensors)"
+        )
     try:
         raw = json.loads((folder / "config.json").read_text())
     except json.JSONDecodeError as error:
@@ -124,9 +137,14 @@ class PagedDecoder(torch.nn.Module):
 
     def forward(self, input_ids, positions, kv_cache, slot_mapping, block_table, seq_lens, query_start_loc):
         hidden = self.decoder.model(
-            input_ids=input_ids[None], position_ids=positions[None], use_cache=False,
-            kv_cache=kv_cache, slot_mapping=slot_mapping, block_table=block_table,
-            seq_lens=seq_lens, query_start_loc=query_start_loc,
+            input_ids=input_ids[None],
+            position_ids=positions[None],
+            use_cache=False,
+            kv_cache=kv_cache,
+            slot_mapping=slot_mapping,
+            block_table=block_table,
+            seq_lens=seq_lens,
+            query_start_loc=query_start_loc,
         ).last_hidden_state[0]
         if self.tied:
             logits = torch.nn.functional.linear(hidden, self.decoder.model.embed_tokens.weight)
@@ -175,8 +193,9 @@ def cache_shape(config) -> dict:
     return {"layers": config.num_hidden_layers, "kv_heads": kv_heads, "head_dim": head_dim}
 
 
-def serving_model_file(folder: str | Path, dtype=torch.float32, max_tokens: int = 128, max_seqs: int = 128,
-                       max_blocks_per_seq: int = 8) -> dict:
+def serving_model_file(
+    folder: str | Path, dtype=torch.float32, max_tokens: int = 128, max_seqs: int = 128, max_blocks_per_seq: int = 8
+) -> dict:
     """What a MODEL.py defines, for the model in `folder`."""
     folder = Path(folder)
     config = load_config(folder)

@@ -225,7 +225,6 @@ class RangeSpecialized(TranspileError):
             f"split the range at {failing_size} (--ranges) or add {failing_size} to --sizes"
         )
 
-
     def __reduce__(self):  # raised in a pool worker, re-raised in the parent
         return (RangeSpecialized, self._arguments)
 

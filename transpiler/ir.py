@@ -233,7 +233,9 @@ class Package:
     weights_embedded: bool = True  # --weights embed (or none: load(weights=...) required)
     checkpoint_prefix: str = ""  # state-dict key = prefix + checkpoint key (--checkpoint-prefix)
     custom_op_splitting_ops: tuple[str, ...] = ()  # made with torch.library.custom_op
-    gpu: dict[str, str | int] = field(default_factory=dict)  # the target's fingerprint (cuda: arch, cuda and triton versions)
+    gpu: dict[str, str | int] = field(
+        default_factory=dict
+    )  # the target's fingerprint (cuda: arch, cuda and triton versions)
     cuda_graphs: CudaGraphsContext | None = None  # cuda: the context of the emitted cudagraphs.py
     tuning: str | None = None  # tuned transpiles: the text of tuning.json
     tensor_parallel: TensorParallel | None = None  # --tensor-parallel N

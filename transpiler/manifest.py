@@ -52,7 +52,7 @@ def checkpoint_key(weight: Weight, prefix: str) -> str | None:
     None for tensors only the package supplies."""
     if not weight.user_supplied:
         return None
-    return weight.key[len(prefix):] if prefix and weight.key.startswith(prefix) else weight.key
+    return weight.key[len(prefix) :] if prefix and weight.key.startswith(prefix) else weight.key
 
 
 def build_manifest(
@@ -80,7 +80,11 @@ def build_manifest(
         "build_assumptions": build_assumptions,
         "imports": list(package.imports),
         **(
-            {"required_ops": [{"op": r.op, "module": r.module, "requirement": r.requirement} for r in package.required_ops]}
+            {
+                "required_ops": [
+                    {"op": r.op, "module": r.module, "requirement": r.requirement} for r in package.required_ops
+                ]
+            }
             if package.required_ops
             else {}
         ),

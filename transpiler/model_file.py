@@ -53,7 +53,9 @@ def load_model_file(path: str | Path, imports: list[str], fake_parameters: bool 
     package that ships none of their values."""
     path = Path(path)
     if not path.is_file():
-        raise TranspileError(f"{path}: no such file; pass the path of a model.py that defines `model` and `example_inputs`")
+        raise TranspileError(
+            f"{path}: no such file; pass the path of a model.py that defines `model` and `example_inputs`"
+        )
     source = path.read_bytes()
     folder = str(path.resolve().parent)
     # Sibling modules (custom ops, layers) import as they would next to the model.
@@ -95,7 +97,9 @@ def load_model_file(path: str | Path, imports: list[str], fake_parameters: bool 
         )
     model = module.model
     if not isinstance(model, torch.nn.Module):
-        raise TranspileError(f"{path}: `model` is a {type(model).__name__}, not a torch.nn.Module; assign the module instance to `model`")
+        raise TranspileError(
+            f"{path}: `model` is a {type(model).__name__}, not a torch.nn.Module; assign the module instance to `model`"
+        )
     example_inputs = module.example_inputs
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -105,7 +109,9 @@ def load_model_file(path: str | Path, imports: list[str], fake_parameters: bool 
     if split_ops is not None and (
         not isinstance(split_ops, (list, tuple)) or not all(isinstance(op, str) for op in split_ops)
     ):
-        raise TranspileError(f'{path}: `split_ops` must be a list of op names such as "aten::scaled_dot_product_attention"')
+        raise TranspileError(
+            f'{path}: `split_ops` must be a list of op names such as "aten::scaled_dot_product_attention"'
+        )
     static_inputs = module.__dict__.get("static_inputs")
     if static_inputs is not None and (
         not isinstance(static_inputs, (list, tuple)) or not all(isinstance(n, str) for n in static_inputs)
@@ -121,7 +127,9 @@ def load_model_file(path: str | Path, imports: list[str], fake_parameters: bool 
         )
     exports = module.__dict__.get("exports")
     if exports is not None and not isinstance(exports, dict):
-        raise TranspileError(f'{path}: `exports` must be a dict of names the package re-exports, such as {{"BLOCK_SIZE": 16}}')
+        raise TranspileError(
+            f'{path}: `exports` must be a dict of names the package re-exports, such as {{"BLOCK_SIZE": 16}}'
+        )
     return ModelFile(
         path=path,
         sha256=hashlib.sha256(source).hexdigest(),
@@ -149,7 +157,11 @@ def _reads_fake_values(error: BaseException) -> bool:
 
     seen = 0
     while error is not None and seen < 8:
-        if isinstance(error, DataDependentOutputException) or "FakeTensor" in str(error) or "fake tensor" in str(error).lower():
+        if (
+            isinstance(error, DataDependentOutputException)
+            or "FakeTensor" in str(error)
+            or "fake tensor" in str(error).lower()
+        ):
             return True
         error = error.__cause__ or error.__context__
         seen += 1

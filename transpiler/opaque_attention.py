@@ -17,7 +17,6 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-
 OP = "transpile::sdpa"
 ATEN_SDPA = "aten::scaled_dot_product_attention"
 

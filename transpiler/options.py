@@ -69,7 +69,9 @@ def parse_ranges(text: str | None) -> tuple[SizeRange, ...] | None:
     for part in text.split(","):
         lo, sep, hi = part.strip().partition("-")
         if not sep or not lo.isdigit() or not hi.isdigit() or int(lo) > int(hi):
-            raise TranspileError(f"--ranges: {part.strip()!r} is not LO-HI with LO <= HI; write for example 1-16,17-256")
+            raise TranspileError(
+                f"--ranges: {part.strip()!r} is not LO-HI with LO <= HI; write for example 1-16,17-256"
+            )
         ranges.append(SizeRange(int(lo), int(hi)))
     ranges.sort()
     for previous, current in itertools.pairwise(ranges):

@@ -130,7 +130,9 @@ def build_wheel(package_dir: Path, dist_dir: Path) -> Path:
     try:
         dist_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise TranspileError(f"--wheel {dist_dir}: cannot create the folder ({error.strerror}); choose another") from error
+        raise TranspileError(
+            f"--wheel {dist_dir}: cannot create the folder ({error.strerror}); choose another"
+        ) from error
     wheel = dist_dir / f"{distribution}-{version}-{tags}.whl"
     partial = wheel.with_suffix(".whl.partial")
     try:
@@ -138,7 +140,7 @@ def build_wheel(package_dir: Path, dist_dir: Path) -> Path:
             # dist-info last, as the wheel spec recommends; everything else in sorted order.
             for path in sorted(entries, key=lambda p: (p.startswith(dist_info), p)):
                 info = zipfile.ZipInfo(path, date_time=_EPOCH)
-                info.external_attr = (0o100644 << 16)
+                info.external_attr = 0o100644 << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.create_system = 3  # Unix, whatever the building machine
                 archive.writestr(info, entries[path], compresslevel=9)

@@ -221,10 +221,12 @@ class WorkerPool:
                         fail(TranspileError("every compile worker has exited; run again with -j 1"))
                     for worker in self._workers:
                         if worker.busy and not worker.process.is_alive():
-                            fail(TranspileError(
-                                f"a compile worker exited with code {worker.process.exitcode} while compiling; "
-                                "run again with -j 1 to see the error"
-                            ))
+                            fail(
+                                TranspileError(
+                                    f"a compile worker exited with code {worker.process.exitcode} while compiling; "
+                                    "run again with -j 1 to see the error"
+                                )
+                            )
                     continue
                 if kind == "wake":  # from this process: look at `finished` again
                     continue

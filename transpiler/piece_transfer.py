@@ -134,7 +134,9 @@ def _arg(value):
 
 def _meta(value):
     if isinstance(value, torch.Tensor):
-        return _TensorMeta(value.dtype, value.device, tuple(_size(d) for d in value.shape), tuple(_size(s) for s in value.stride()))
+        return _TensorMeta(
+            value.dtype, value.device, tuple(_size(d) for d in value.shape), tuple(_size(s) for s in value.stride())
+        )
     if isinstance(value, torch.SymInt):
         return _SymMeta(value.node.expr)
     if isinstance(value, (int, float, bool)) or value is None:
@@ -211,7 +213,10 @@ def unpack_graph(data: bytes, symbol_ranges: dict) -> torch.fx.GraphModule:
         if isinstance(meta, _TensorMeta):
             with mode:
                 return torch.empty_strided(
-                    [symint(d) for d in meta.shape], [symint(s) for s in meta.stride], dtype=meta.dtype, device=meta.device
+                    [symint(d) for d in meta.shape],
+                    [symint(s) for s in meta.stride],
+                    dtype=meta.dtype,
+                    device=meta.device,
                 )
         if isinstance(meta, _SymMeta):
             return symint(meta.expr)
@@ -234,7 +239,9 @@ def unpack_graph(data: bytes, symbol_ranges: dict) -> torch.fx.GraphModule:
     for op, name, target, args, kwargs, meta in pickle.loads(data):
         node = graph.create_node(op, _resolve(target), arg(args), arg(kwargs), name=name)
         if node.name != name:
-            raise TranspileError(f"piece node {name} was renamed {node.name} when rebuilt; this is a bug, run with -j 1")
+            raise TranspileError(
+                f"piece node {name} was renamed {node.name} when rebuilt; this is a bug, run with -j 1"
+            )
         if "val" in meta:
             node.meta["val"] = value_of(meta["val"])
         made[name] = node

@@ -86,7 +86,8 @@ def _transpile(options: Options, progress, pool) -> tuple[RenderedPackage, Summa
         variants=len(package.variants),
         kernels=sum(1 for p in package.pieces for k in p.kernels if not k.alias_of),
         seconds=time.perf_counter() - started,
-        notes=notes + [
+        notes=notes
+        + [
             f"splitting op {op} is made with torch.library.custom_op, whose first call imports torch._dynamo "
             "(about 1 s on a CPU, 4 s on a GPU machine); the package fills the wrapper's cache at load() so that "
             "it does not, but torch.library.Library define + impl needs no such step"

@@ -17,8 +17,20 @@ import torch.fx
 
 _LIMIT = 4096
 # Scalar computations that only feed asserts, removed with them.
-_SCALAR_OPS = (operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.mod,
-               operator.floordiv, operator.mul, operator.add, operator.sub, torch.sym_not)
+_SCALAR_OPS = (
+    operator.eq,
+    operator.ne,
+    operator.lt,
+    operator.le,
+    operator.gt,
+    operator.ge,
+    operator.mod,
+    operator.floordiv,
+    operator.mul,
+    operator.add,
+    operator.sub,
+    torch.sym_not,
+)
 
 
 def _sizes(lo: int, hi: int) -> list[int]:

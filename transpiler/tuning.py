@@ -84,7 +84,7 @@ class Tuning:
         names = {name for by_variant in self.lock.values() for name in by_variant}
         if any(set(by_variant) != names for by_variant in self.lock.values()):
             raise TranspileError(f"{self.source}: its pieces have different variants; {REFRESH}")
-        locked_sizes = sorted(int(n[len("size_"):]) for n in names if re.fullmatch(r"size_\d+", n))
+        locked_sizes = sorted(int(n[len("size_") :]) for n in names if re.fullmatch(r"size_\d+", n))
         parsed = [_parse_range(n) for n in names if not re.fullmatch(r"size_\d+", n)]
         locked_ranges = sorted(r for r in parsed if r is not None)
         if None in parsed or locked_sizes != sorted(sizes) or not _refines(locked_ranges, ranges):
@@ -130,7 +130,9 @@ def _refines(parts: list[SizeRange], ranges: list[SizeRange]) -> bool:
         return False
     if any(a.hi is None or b.lo != a.hi + 1 for a, b in zip(parts, parts[1:])):
         return False
-    return all(any(r.lo <= p.lo and (r.hi is None or (p.hi is not None and p.hi <= r.hi)) for r in ranges) for p in parts)
+    return all(
+        any(r.lo <= p.lo and (r.hi is None or (p.hi is not None and p.hi <= r.hi)) for r in ranges) for p in parts
+    )
 
 
 def load_tuning(path: Path, header: dict) -> Tuning:
@@ -157,7 +159,7 @@ def load_tuning(path: Path, header: dict) -> Tuning:
         isinstance(by_variant, dict) and all(_valid_entry(e) for e in by_variant.values())
         for by_variant in pieces.values()
     ):
-        raise TranspileError(f"{name}: its \"pieces\" are not piece -> variant -> choices; {REFRESH}")
+        raise TranspileError(f'{name}: its "pieces" are not piece -> variant -> choices; {REFRESH}')
     return Tuning("replay", header, pieces, name)
 
 
@@ -277,7 +279,9 @@ def selection_key(name: str, input_nodes) -> str:
     return f"{name}({', '.join(parts)})"
 
 
-def open_session(tuning: Tuning | None, piece: str, variant: Variant, symbol_ranges: dict, dispatch_symbol) -> TuningSession | None:
+def open_session(
+    tuning: Tuning | None, piece: str, variant: Variant, symbol_ranges: dict, dispatch_symbol
+) -> TuningSession | None:
     """The session of one compile of a tuned transpile; None when the transpile is not tuned."""
     if tuning is None:
         return None

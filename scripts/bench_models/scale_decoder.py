@@ -22,7 +22,9 @@ model = build(CONFIG, DTYPE)
 
 # Two sequences: a 5-token prefill chunk at position 3 and a decode step at 9.
 _block = serving_ops.BLOCK_SIZE
-_block_table = torch.tensor([[0, 1] + [-1] * (CONFIG.max_blocks_per_seq - 2), [2] + [-1] * (CONFIG.max_blocks_per_seq - 1)])
+_block_table = torch.tensor(
+    [[0, 1] + [-1] * (CONFIG.max_blocks_per_seq - 2), [2] + [-1] * (CONFIG.max_blocks_per_seq - 1)]
+)
 _positions = torch.tensor([3, 4, 5, 6, 7, 9])
 _owner = torch.tensor([0, 0, 0, 0, 0, 1])
 example_inputs = (

@@ -14,8 +14,10 @@ class ThirdPartyOps(nn.Module):
         self.register_buffer("offsets", torch.tensor([8, 20, 32]), persistent=False)
 
     def forward(self, x):
-        hidden = traceable_ops.scaled_gelu(self.up(x), 0.5)            # captured as its body
-        hidden = torch.ops.thirdparty.grouped_rows(hidden.t().contiguous(), self.offsets).t()  # kept: data-dependent body
+        hidden = traceable_ops.scaled_gelu(self.up(x), 0.5)  # captured as its body
+        hidden = torch.ops.thirdparty.grouped_rows(
+            hidden.t().contiguous(), self.offsets
+        ).t()  # kept: data-dependent body
         return torch.ops.opaquelib.soft_clamp(self.down(hidden), 2.0)  # kept: define + impl
 
 

@@ -36,16 +36,22 @@ def _steady(variants, threads, medians):
         "sizes": [1, 256],
         "variants": variants,
         "threads": threads,
-        "median_us": {label: {str(s): bench.stats(v) for s, v in by_size.items()} for label, by_size in medians.items()},
+        "median_us": {
+            label: {str(s): bench.stats(v) for s, v in by_size.items()} for label, by_size in medians.items()
+        },
         "method": "m",
     }
 
 
 def test_steady_table_with_one_thread_count_keeps_the_usual_columns():
     section = _steady(
-        ["eager", "compile", "package"], [1],
-        {"eager": {1: [400.0], 256: [3000.0]}, "compile": {1: [200.0], 256: [2000.0]},
-         "package": {1: [100.0, 90.0, 120.0], 256: [1000.0]}},
+        ["eager", "compile", "package"],
+        [1],
+        {
+            "eager": {1: [400.0], 256: [3000.0]},
+            "compile": {1: [200.0], 256: [2000.0]},
+            "package": {1: [100.0, 90.0, 120.0], 256: [1000.0]},
+        },
     )
     header, rows = bench.steady_table(section)
     assert header == ["size", "eager", "torch.compile (dynamic)", "package", "package/compile", "package/eager"]
@@ -58,31 +64,43 @@ def test_steady_table_across_thread_counts_and_another_commits_package():
     threads = [1, 2]
     assert label("package", 2, threads) == "package @2t" and label("package", 1, [1]) == "package"
     section = _steady(
-        ["package", "package:before"], threads,
-        {label("package", 1, threads): {1: [110.0], 256: [2000.0]}, label("package:before", 1, threads): {1: [100.0], 256: [1600.0]},
-         label("package", 2, threads): {1: [150.0], 256: [1000.0]}, label("package:before", 2, threads): {1: [120.0], 256: [1250.0]}},
+        ["package", "package:before"],
+        threads,
+        {
+            label("package", 1, threads): {1: [110.0], 256: [2000.0]},
+            label("package:before", 1, threads): {1: [100.0], 256: [1600.0]},
+            label("package", 2, threads): {1: [150.0], 256: [1000.0]},
+            label("package:before", 2, threads): {1: [120.0], 256: [1250.0]},
+        },
     )
     header, rows = bench.steady_table(section)
     assert header == ["size", "threads", "package", "package:before", "package/package:before"]
-    assert [row[:2] + row[-1:] for row in rows] == [["1", "1", "1.10x"], ["1", "2", "1.25x"], ["256", "1", "1.25x"], ["256", "2", "0.80x"]]
+    assert [row[:2] + row[-1:] for row in rows] == [
+        ["1", "1", "1.10x"],
+        ["1", "2", "1.25x"],
+        ["256", "1", "1.25x"],
+        ["256", "2", "0.80x"],
+    ]
     # Only the first thread count's package and torch.compile feed the targets; here there is no compile.
     assert bench.targets({"sections": {"steady": section}}) == []
 
 
 def test_targets_compare_package_with_compile_per_size():
-    section = _steady(["compile", "package"], [1], {"compile": {1: [200.0], 256: [2000.0]}, "package": {1: [150.0], 256: [2100.0]}})
+    section = _steady(
+        ["compile", "package"], [1], {"compile": {1: [200.0], 256: [2000.0]}, "package": {1: [150.0], 256: [2100.0]}}
+    )
     rows = bench.targets({"sections": {"steady": section}})
     assert [row[2] for row in rows] == ["met", "missed"]
     assert rows[0][1] == "package 150 us vs compile 200 us: 0.75x"
 
 
-STITCH = '''def forward(weights, x):
+STITCH = """def forward(weights, x):
     a = variant.piece_0([x, weights[0]])
     del x
     b = variant.piece_1([a])
     del a
     return b
-'''
+"""
 
 
 def test_stitch_rewrites(tmp_path):
@@ -93,7 +111,11 @@ def test_stitch_rewrites(tmp_path):
     assert bench.release_before_call(tmp_path) == 2
     rewritten = (tmp_path / "stitch.py").read_text()
     assert "_args = [x, weights[0]]\n    del x\n    a = variant.piece_0(_args)" in rewritten
-    namespace = {"variant": type("V", (), {"piece_0": staticmethod(lambda args: sum(args)), "piece_1": staticmethod(lambda args: -args[0])})}
+    namespace = {
+        "variant": type(
+            "V", (), {"piece_0": staticmethod(lambda args: sum(args)), "piece_1": staticmethod(lambda args: -args[0])}
+        )
+    }
     exec(rewritten, namespace)
     assert namespace["forward"]([2], 3) == -5  # the same result as before the rewrite
 
@@ -106,16 +128,33 @@ def test_package_stats_by_kind(tmp_path):
     (tmp_path / "__init__.py").write_bytes(b"p" * 2)
     (tmp_path / "manifest.json").write_bytes(b"{}")
     stats = bench.package_stats(tmp_path)
-    assert stats == {"bytes": 22, "files": 5, "bytes_by_kind": {"weights": 10, "kernel .so": 5, "kernel .cpp": 3, ".py": 2, "other": 2}}
+    assert stats == {
+        "bytes": 22,
+        "files": 5,
+        "bytes_by_kind": {"weights": 10, "kernel .so": 5, "kernel .cpp": 3, ".py": 2, "other": 2},
+    }
 
 
 def test_report_of_a_steady_only_run():
     results = {
-        "header": {"date": "d", "machine": {"cpu_model": "CPU X", "cpus": 2, "cores": 2}, "platform": "p", "torch": "t",
-                   "python": "3.11", "threads_note": bench.threads_note([1]), "model": "m.py", "ranges": "1-16",
-                   "sizes": "1", "repeats": 3, "quick": True, "command": "bench.py m.py"},
+        "header": {
+            "date": "d",
+            "machine": {"cpu_model": "CPU X", "cpus": 2, "cores": 2},
+            "platform": "p",
+            "torch": "t",
+            "python": "3.11",
+            "threads_note": bench.threads_note([1]),
+            "model": "m.py",
+            "ranges": "1-16",
+            "sizes": "1",
+            "repeats": 3,
+            "quick": True,
+            "command": "bench.py m.py",
+        },
         "sections": {"steady": _steady(["package"], [1], {"package": {1: [100.0], 256: [900.0]}})},
-        "errors": {}, "total_seconds": 12.0, "setup": {},
+        "errors": {},
+        "total_seconds": 12.0,
+        "setup": {},
     }
     markdown = bench.render_markdown(results)
     assert "- machine: CPU X, 2 cores / 2 CPUs; p" in markdown

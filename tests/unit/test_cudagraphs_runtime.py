@@ -406,7 +406,9 @@ def test_more_sequences_than_the_buffers_hold_run_the_plain_forward(fake_graphs)
 
 def test_a_static_input_keeps_a_free_dim_but_its_other_dims_are_checked(fake_graphs):
     runner_class = cg.runner_class(paged_model())
-    with pytest.raises(ValueError, match=r"static input cache must be torch.float32 \(N, 4\), got torch.float32 \(7, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"static input cache must be torch.float32 \(N, 4\), got torch.float32 \(7, 3\)"
+    ):
         runner_class(weights(), static_inputs={"cache": torch.zeros(7, 3)})
     for blocks in (1, 30):
         runner_class(weights(), static_inputs={"cache": torch.zeros(blocks, 4)})

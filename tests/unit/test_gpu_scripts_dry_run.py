@@ -36,9 +36,18 @@ def test_dry_run(script, arguments, printed, tmp_path, monkeypatch, capsys):
 def test_cases_cover_decode_batched_decode_and_prefill():
     cases = {case.label: case for case in serving_batches.cases()}
     assert list(cases) == [
-        "decode 1", "decode 2", "decode 8", "decode 32", "decode 64",
-        "decode 2x1", "decode 8x1", "decode 32x1", "decode 64x1",
-        "prefill 128", "prefill 512", "prefill 2048",
+        "decode 1",
+        "decode 2",
+        "decode 8",
+        "decode 32",
+        "decode 64",
+        "decode 2x1",
+        "decode 8x1",
+        "decode 32x1",
+        "decode 64x1",
+        "prefill 128",
+        "prefill 512",
+        "prefill 2048",
     ]
     assert (cases["decode 64x1"].tokens, cases["decode 64x1"].sequences) == (64, 64)
     assert (cases["decode 64"].tokens, cases["decode 64"].sequences) == (64, 1)

@@ -80,7 +80,12 @@ def test_transpile_command_and_its_summary():
         "  note: something\n"
     )
     assert harness.parse_transpile_summary(stdout) == {
-        "piece_calls": 32, "unique_pieces": 2, "split_calls": 16, "variants": 4, "kernels": 36, "tool_seconds": 21.9,
+        "piece_calls": 32,
+        "unique_pieces": 2,
+        "split_calls": 16,
+        "variants": 4,
+        "kernels": 36,
+        "tool_seconds": 21.9,
         "stages": {"capture": 2.8, "compile": 15.1, "render": 3.9, "write": 0.1},
     }
     assert harness.parse_transpile_summary("transpile: error: bad") == {}
@@ -122,8 +127,7 @@ def test_load_model_file_is_the_transpilers_contract(tmp_path):
     (tmp_path / "helper_layer.py").write_text("import torch\nLayer = torch.nn.Linear\n")
     model = tmp_path / "model.py"
     model.write_text(
-        "import torch\nfrom helper_layer import Layer\n"
-        "model = Layer(4, 2)\nexample_inputs = torch.randn(3, 4)\n"
+        "import torch\nfrom helper_layer import Layer\nmodel = Layer(4, 2)\nexample_inputs = torch.randn(3, 4)\n"
     )
     model_file = harness.load_model_file(model)
     assert model_file.model.out_features == 2 and model_file.example_inputs[0].shape == (3, 4)

@@ -182,7 +182,10 @@ def test_import_op_modules_imports_each_module_and_refuses_in_one_line():
     assert "\n" not in message
     assert message.startswith("the model calls op vendor::fused, which module no_such_vendor_module registers")
     assert message.endswith("pip install 'vendor-ops==1.2'")
-    with pytest.raises(ImportError, match="vendor::fused, which module json no longer registers: put the folder holding json on sys.path"):
+    with pytest.raises(
+        ImportError,
+        match="vendor::fused, which module json no longer registers: put the folder holding json on sys.path",
+    ):
         runtime.import_op_modules((("vendor::fused", "json", None),))
 
 
@@ -194,9 +197,7 @@ def test_import_op_modules_imports_the_import_modules_first(tmp_path, monkeypatc
 
     (tmp_path / "op_helper_for_test.py").write_text("")  # imports, registers nothing
     (tmp_path / "op_registering_for_test.py").write_text(
-        "import torch\n"
-        "library = torch.library.Library('helpertest', 'DEF')\n"
-        "library.define('op(Tensor x) -> Tensor')\n"
+        "import torch\nlibrary = torch.library.Library('helpertest', 'DEF')\nlibrary.define('op(Tensor x) -> Tensor')\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     required = (("helpertest::op", "op_helper_for_test", None),)

@@ -68,15 +68,25 @@ def test_plan_skips_embedding_weights_over_the_limit():
     scales = [scale_bench.parse_config(c) for c in ("tiny", "8b")]
     runs, skipped = scale_bench.plan(scales, ["none", "embed"], [1, 2], "bfloat16", max_embed_gb=4)
     assert [(s.label, w, j) for s, w, j in runs] == [
-        ("tiny", "none", 1), ("tiny", "none", 2), ("tiny", "embed", 1), ("tiny", "embed", 2), ("8b", "none", 1), ("8b", "none", 2),
+        ("tiny", "none", 1),
+        ("tiny", "none", 2),
+        ("tiny", "embed", 1),
+        ("tiny", "embed", 2),
+        ("8b", "none", 1),
+        ("8b", "none", 2),
     ]
     assert len(skipped) == 1 and skipped[0].startswith("8b --weights embed: 16.1 GB")
 
 
 def _run(wall, parent_gib, tree_gib, worker_gib=0.0, stages=None):
     kib = 2**20
-    return {"wall_s": wall, "stages": stages or {"capture": wall / 4, "compile": wall / 2}, "parent_peak_kib": parent_gib * kib,
-            "worker_peak_kib": worker_gib * kib, "tree_peak_kib": tree_gib * kib}
+    return {
+        "wall_s": wall,
+        "stages": stages or {"capture": wall / 4, "compile": wall / 2},
+        "parent_peak_kib": parent_gib * kib,
+        "worker_peak_kib": worker_gib * kib,
+        "tree_peak_kib": tree_gib * kib,
+    }
 
 
 def test_tables_and_targets():
@@ -91,15 +101,23 @@ def test_tables_and_targets():
         key("1b:32", "none", 1): [_run(30.0, 1.5, 1.5, stages={"capture": 10.0, "compile": 15.0, "export": 1.0})],
     }
     table = scale_bench.results_table(runs, scales, "bfloat16").splitlines()
-    assert table[0] == ("| config | layers | params | weights | -j | wall s | capture s | compile s | export s | "
-                        "parent peak RSS GiB | largest worker GiB | all processes GiB (sampled) | weights GiB |")
-    assert table[2] == "| 1b | 16 | 1.10B | none | 1 | 42.0 (40.0-44.0) | 10.5 (10.0-11.0) | 21.0 (20.0-22.0) | n/a | 1.05 (1.00-1.10) | - | 1.05 (1.00-1.10) | 2.06 |"
+    assert table[0] == (
+        "| config | layers | params | weights | -j | wall s | capture s | compile s | export s | "
+        "parent peak RSS GiB | largest worker GiB | all processes GiB (sampled) | weights GiB |"
+    )
+    assert (
+        table[2]
+        == "| 1b | 16 | 1.10B | none | 1 | 42.0 (40.0-44.0) | 10.5 (10.0-11.0) | 21.0 (20.0-22.0) | n/a | 1.05 (1.00-1.10) | - | 1.05 (1.00-1.10) | 2.06 |"
+    )
     assert table[3].startswith("| 1b | 16 | 1.10B | none | 2 | 25.0 |") and "| 0.70 | 1.80 |" in table[3]
     targets = {row[0]: row[1:] for row in scale_bench.target_rows(runs, scales, "bfloat16")}
     assert targets["8b / 1b transpile time, --weights none -j 1 <= 1.3x"] == ["1.14x", "met"]
     assert targets["8b peak RSS, all processes, --weights none -j 1 < 2.0 GiB"] == ["1.50 GiB", "met"]
     assert targets["1b:32 / 1b:2 transpile time, --weights none -j 1 <= 1.2x"] == ["1.50x", "missed"]
-    assert targets["1b --weights embed -j 1: parent peak RSS <= 1.2x the weights"] == ["1.17x (over --weights none: 0.66x)", "met"]
+    assert targets["1b --weights embed -j 1: parent peak RSS <= 1.2x the weights"] == [
+        "1.17x (over --weights none: 0.66x)",
+        "met",
+    ]
     assert targets["1b --weights none: -j 2 >= 1.5x faster than -j 1"] == ["1.68x", "met"]
     assert not any("embed -j 2" in name for name in targets)  # no -j 2 embed run: no row
 

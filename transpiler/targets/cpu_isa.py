@@ -38,7 +38,14 @@ DEFAULT_CPU_ISA = "avx2"
 
 # For --cpu-isa native: the vector extensions of this machine, all of which gcc may use.
 NATIVE_CANDIDATES = _X86_64_V4 + (
-    "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx512vbmi", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx512_vnni",
+    "avx512vbmi",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
 )
 
 
