@@ -22,7 +22,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "serving_llama"
-FINGERPRINT = "6a7df78fd6932994379f43e962e78b028fecbdbe8aeb13e4811c960f8dce7b32"
+FINGERPRINT = "ac39188c18f9b9828c020f383935c764920d650340e2b5f9c3a4a99a4ce32ea1"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 0, "min": 1, "max": 128}
 SIZES = (1,)

@@ -13,8 +13,18 @@ runner owns static buffers for the per-call inputs (token ids, positions, slot m
 they are copied in, and a size between two capture sizes is padded up to the next one
 (along the dispatch dim of each input) and the outputs sliced back to it. Padded positions
 take the input's pad value declared in model.py (`pad_values`, e.g. slot_mapping -1 so
-that padded tokens write to a scratch slot, as vLLM pads its slot mapping), else zeros for
-floating inputs and the last valid element repeated for integer and bool inputs. Padding is
+that padded tokens write to a scratch slot, as vLLM pads its slot mapping; "last": the
+last valid entry repeated), else zeros for floating inputs and the last valid element
+repeated for integer and bool inputs.
+
+Inputs sized by a count of their own rather than the token count (a flattened batch's
+per-sequence metadata: block_table [S, max_blocks], seq_lens [S], query_start_loc [S + 1])
+are padded too, each along its own dim from its own size, to the capture size (plus the
+input's extra rows: 1 for S + 1), at most to the dim's declared maximum: S <= T, every
+sequence having at least one token, so the token count's capture size bounds them. Their
+pad values (model.py must declare them) make the padded entries inert: seq_lens 0 and
+query_start_loc repeating its last offset give padded sequences no tokens and no keys. A
+call whose count does not fit those buffers runs the plain forward. Padding is
 only correct when the valid positions along the dispatch dim do not read the padded ones
 (independent rows, or causal attention with the padding at the end) and padded positions
 write no state that valid ones read: a model that writes state in place pads only when it
@@ -24,7 +34,8 @@ State is never copied. Inputs the forward writes in place (a KV cache) and input
 static (`static_inputs` in model.py, --static-inputs) are used by reference: capture() takes
 them (`runner.capture()` after `CudaGraphRunner(weights, static_inputs={"kv_cache": cache})`),
 the graphs read and write that tensor where it is, and a call with another tensor for one of
-them raises ValueError (capture a new runner for another cache). Buffers the forward updates
+them raises ValueError (capture a new runner for another cache). A static input may have a
+dim of any size (a paged cache's block count): the tensor bound at capture fixes it. Buffers the forward updates
 live in the weights and are used in place too. capture() runs the forward to warm up and, in
 piecewise mode, runs the splitting ops for real: the state they write is saved before and
 restored after, so capturing leaves the caller's cache as it found it.
@@ -70,14 +81,24 @@ MODES = ("piecewise", "full")
 class InputSpec(NamedTuple):
     name: str
     dtype: torch.dtype
-    # None at the dispatch dim, which takes the capture size.
+    # None at the padded dim, which takes the capture size; for a static input, None at
+    # the dims the tensor bound at capture fixes (a paged cache's block count).
     shape: tuple
     # The dim padded up to the capture size; None: the input is copied whole.
-    dispatch_dim: int | None
+    padded_dim: int | None
     # Used by reference (state such as a KV cache): bound at capture, never copied.
     static: bool = False
-    # The value of padded positions; None: zeros (floating) or the last valid element.
-    pad_value: float | None = None
+    # The value of padded positions: a number, or LAST (the last valid entry repeated);
+    # None: zeros (floating) or the last valid entry (integer, bool).
+    pad_value: float | str | None = None
+    # The padded dim's rows past the capture size: 1 for an S + 1 input (query_start_loc).
+    extra_rows: int = 0
+    # At most this many rows along the padded dim (its declared maximum); None: no limit.
+    max_rows: int | None = None
+
+
+# A pad value: the last valid entry along the padded dim, repeated.
+LAST = "last"
 
 
 class GraphModel(NamedTuple):
@@ -275,7 +296,10 @@ class CudaGraphRunner:
         if capture_size is None:
             return model.forward(self.weights, *inputs)
         size_graphs = self._graphs[capture_size]
-        _copy_into_buffers(model.inputs, inputs, size_graphs.input_buffers, size)
+        if not _fits(model.inputs, inputs, size_graphs.input_buffers):
+            # More sequences than the buffers hold: the plain forward.
+            return model.forward(self.weights, *inputs)
+        _copy_into_buffers(model.inputs, inputs, size_graphs.input_buffers)
         outputs = size_graphs.replay()
         if size == capture_size:
             return outputs
@@ -380,8 +404,9 @@ class _PiecewiseGraphs:
         # Garbage collection runs before the first graph of the forward only: a collection
         # before each of the many piece graphs would make capturing slow.
         first = not self.piece_graphs
+        # A fresh list per run: the callee clears it, and the function stays re-runnable.
         cuda_graph, outputs = _capture_graph(
-            lambda: compiled(static_args), self.pool, collect_garbage=first
+            lambda: compiled(list(static_args)), self.pool, collect_garbage=first
         )
         self.fixed_tensors.update(
             (id(t), t) for t in outputs if isinstance(t, torch.Tensor)
@@ -480,7 +505,7 @@ def _bind_static_inputs(model, given, device):
         if (
             not isinstance(tensor, torch.Tensor)
             or tensor.dtype != spec.dtype
-            or tuple(tensor.shape) != spec.shape
+            or not _shape_matches(tensor.shape, spec.shape)
         ):
             found = (
                 f"{tensor.dtype} {tuple(tensor.shape)}"
@@ -488,7 +513,7 @@ def _bind_static_inputs(model, given, device):
                 else type(tensor).__name__
             )
             raise ValueError(
-                f"{model.name}: static input {spec.name} must be {spec.dtype} {spec.shape}, got {found}"
+                f"{model.name}: static input {spec.name} must be {spec.dtype} {_shape_text(spec.shape)}, got {found}"
             )
         if tensor.device != torch.device(device) or not tensor.is_contiguous():
             raise ValueError(
@@ -496,6 +521,19 @@ def _bind_static_inputs(model, given, device):
             )
         bound[position] = tensor
     return bound
+
+
+def _shape_matches(shape, expected):
+    """Whether a shape matches a spec's, None matching any size."""
+    return len(shape) == len(expected) and all(
+        want is None or want == got for got, want in zip(shape, expected)
+    )
+
+
+def _shape_text(shape):
+    """(9, 4); a dim of any size as N: (2, N, 16)."""
+    items = ["N" if extent is None else str(extent) for extent in shape]
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
 def _check_static_inputs(model, inputs, bound):
@@ -525,25 +563,34 @@ def _restore_state(saved):
         tensor.copy_(copy)
 
 
+def padded_rows(spec, size):
+    """The rows of an input's padded dim at a capture size: the size plus the input's extra
+    rows, at most its declared maximum."""
+    rows = size + spec.extra_rows
+    return rows if spec.max_rows is None else min(rows, spec.max_rows)
+
+
 def _allocate_input_buffers(specs, size, device, bound=None):
-    """Static input buffers of one capture size: the dispatch dim takes the capture size.
-    Static inputs are not buffers: the graphs use the bound tensors themselves."""
+    """Static input buffers of one capture size: the padded dim takes the capture size
+    (padded_rows). Static inputs are not buffers: the graphs use the bound tensors
+    themselves. A buffer starts out as padding (its pad value where it has a number), so
+    the forwards that warm-up and capture run see a batch of padding only: with
+    slot_mapping -1 and seq_lens 0 they write no state and pass the ops' own checks."""
     bound = bound or {}
-    return tuple(
-        (
-            bound[position]
-            if position in bound
-            else torch.zeros(
-                tuple(
-                    size if dim == spec.dispatch_dim else extent
-                    for dim, extent in enumerate(spec.shape)
-                ),
-                dtype=spec.dtype,
-                device=device,
-            )
+    buffers = []
+    for position, spec in enumerate(specs):
+        if position in bound:
+            buffers.append(bound[position])
+            continue
+        shape = tuple(
+            padded_rows(spec, size) if dim == spec.padded_dim else extent
+            for dim, extent in enumerate(spec.shape)
         )
-        for position, spec in enumerate(specs)
-    )
+        buffer = torch.zeros(shape, dtype=spec.dtype, device=device)
+        if spec.pad_value is not None and spec.pad_value != LAST:
+            buffer.fill_(spec.pad_value)
+        buffers.append(buffer)
+    return tuple(buffers)
 
 
 def _static_copy(tensor):
@@ -554,25 +601,38 @@ def _static_copy(tensor):
     return buffer.copy_(tensor)
 
 
-def _copy_into_buffers(specs, inputs, buffers, size):
-    """Copy the inputs into the static buffers and fill the padding past `size`."""
+def _fits(specs, inputs, buffers):
+    """Whether every padded input fits its buffer. Inputs padded along the token count
+    always do; one sized by a count of its own (sequences) may not, if that count exceeds
+    the token count."""
+    for spec, value, buffer in zip(specs, inputs, buffers):
+        dim = spec.padded_dim
+        if not spec.static and dim is not None and value.size(dim) > buffer.size(dim):
+            return False
+    return True
+
+
+def _copy_into_buffers(specs, inputs, buffers):
+    """Copy the inputs into the static buffers and fill each one's padding: an input is
+    narrowed by its own size along its padded dim (tokens, or sequences)."""
     for spec, value, buffer in zip(specs, inputs, buffers):
         if spec.static:
             continue  # the graphs use the caller's tensor itself
-        dim = spec.dispatch_dim
+        dim = spec.padded_dim
         if dim is None:
             buffer.copy_(value)
             continue
-        buffer.narrow(dim, 0, size).copy_(value)
-        padding = buffer.narrow(dim, size, buffer.size(dim) - size)
+        rows = value.size(dim)
+        buffer.narrow(dim, 0, rows).copy_(value)
+        padding = buffer.narrow(dim, rows, buffer.size(dim) - rows)
         if padding.numel() == 0:
             continue
-        if spec.pad_value is not None:
+        if spec.pad_value is not None and spec.pad_value != LAST:
             padding.fill_(spec.pad_value)
-        elif buffer.is_floating_point() or size == 0:
+        elif rows == 0 or (spec.pad_value is None and buffer.is_floating_point()):
             padding.zero_()
         else:
-            padding.copy_(value.narrow(dim, size - 1, 1))  # broadcast along the padding
+            padding.copy_(value.narrow(dim, rows - 1, 1))  # broadcast along the padding
 
 
 def _slice_outputs(outputs, size, output_dispatch_dims):
