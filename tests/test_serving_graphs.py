@@ -27,7 +27,10 @@ from transpiler import pipeline
 from transpiler.cudagraphs import PaddedDim, cudagraphs_context, render_source
 from transpiler.errors import TranspileError
 from transpiler.ir import State
+from transpiler.options import Options, parse_capture_sizes, parse_ranges, parse_sizes
+from transpiler.prepare import prepare
 from transpiler.runtime import runtime_files
+from transpiler.targets import get_target
 from transpiler.targets.cuda import CudaTarget
 from transpiler.templating import format_python
 
@@ -41,19 +44,16 @@ ARRIVALS = [(3, 0), (16, 0), (17, 1), (1, 2), (30, 3), (9, 5)]
 def serving_graphs():
     """The CUDA target's graph context of the serving example, from its exported graph."""
     args = EXAMPLES["serving_llama"]
-    options = pipeline.Options(
-        model_path=ROOT / args[0], name="serving_llama", imports=["serving_ops"], ranges="1-16,17-128", sizes="1"
+    options = Options(
+        model_path=ROOT / args[0],
+        name="serving_llama",
+        imports=("serving_ops",),
+        ranges=parse_ranges("1-16,17-128"),
+        sizes=parse_sizes("1"),
     )
-    prepared = pipeline.prepare(options)
-    return CudaTarget().graphs_context(
-        prepared.name,
-        prepared.captured,
-        prepared.dispatch,
-        prepared.dispatch_symbol,
-        prepared.ranges,
-        CAPTURE_SIZES,
-        prepared.state,
-    )
+    # Captured as the CPU target does (no GPU here); the CUDA target computes its tables from it.
+    split = prepare(options, get_target("cpu"))
+    return CudaTarget().graphs_context(split, parse_capture_sizes(CAPTURE_SIZES))
 
 
 def test_the_serving_example_gets_graph_tables(serving_graphs):
@@ -221,20 +221,20 @@ def test_the_cuda_package_of_the_serving_example_renders(serving_graphs, monkeyp
     kept = {}
     real_render = pipeline.render
 
-    def keep(package):
+    def keep(package, target=None):
         kept["package"] = copy.deepcopy(package)
-        return real_render(package)
+        return real_render(package, target)
 
     pipeline.render = keep
     try:
         args = EXAMPLES["serving_llama"]
         pipeline.transpile(
-            pipeline.Options(
+            Options(
                 model_path=ROOT / args[0],
                 name="serving_llama",
-                imports=["serving_ops"],
-                ranges="1-16,17-128",
-                sizes="1",
+                imports=("serving_ops",),
+                ranges=parse_ranges("1-16,17-128"),
+                sizes=parse_sizes("1"),
             )
         )
     finally:
