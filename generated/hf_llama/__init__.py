@@ -18,7 +18,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "hf_llama"
-FINGERPRINT = "6084a8224399d2ac1a7ee0191943f6bf6087bcc34b21a4f5e2b6419ced69d01f"
+FINGERPRINT = "1ce6c45e63f9805545d27ea4161a8eafdd50081fecbd429eb438d1bb7ac6b6d2"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1,)

@@ -27,7 +27,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "llama_tp"
-FINGERPRINT = "a76f6e4d50d96fdb51ff735e53ce3dd18cea18ab2535756d39d815d3eed68be6"
+FINGERPRINT = "0fa5462e817d66344903d96adcf123a10320316722cb27d31f7c7f5d5028b4c6"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)

@@ -22,7 +22,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "serving_llama"
-FINGERPRINT = "ac39188c18f9b9828c020f383935c764920d650340e2b5f9c3a4a99a4ce32ea1"
+FINGERPRINT = "f459ee6e8297199e5bf886af3672151aa416e8ce982d6bee0605796a49e45f7e"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 0, "min": 1, "max": 128}
 SIZES = (1,)

@@ -18,7 +18,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "tiny_llama"
-FINGERPRINT = "a38db494a4537d66a20858fad1a8487723894038b12bf667e35d1f901a153a1b"
+FINGERPRINT = "154044e20727cc5a7be6d2d46ff81859035cd1d973149da01c29ea3989fe8519"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1, 8)

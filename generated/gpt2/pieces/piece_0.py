@@ -35,6 +35,15 @@ range_1_32_cpp_fused_add_arange_bitwise_and_eq_expand_index_le_new_ones_unsqueez
     "piece_0",
     "range_1_32_cpp_fused_add_arange_bitwise_and_eq_expand_index_le_new_ones_unsqueeze_2",
 )
+range_33_128_cpp_fused_add_arange_cat_cumsum_ne_slice_sub_unsqueeze_0 = range_1_32_cpp_fused_add_arange_cat_cumsum_ne_slice_sub_unsqueeze_0  # same C++ source
+range_33_128_cpp_fused_add_arange_embedding_native_layer_norm_unsqueeze_1 = load_kernel(
+    "piece_0",
+    "range_33_128_cpp_fused_add_arange_embedding_native_layer_norm_unsqueeze_1",
+)
+range_33_128_cpp_fused_add_arange_bitwise_and_eq_expand_index_le_new_ones_unsqueeze_2 = load_kernel(
+    "piece_0",
+    "range_33_128_cpp_fused_add_arange_bitwise_and_eq_expand_index_le_new_ones_unsqueeze_2",
+)
 
 
 def size_8(args):
@@ -216,5 +225,92 @@ def range_1_32(args):
     )
 
 
-# Variants whose compiled code is the same as an earlier one's.
-range_33_128 = range_1_32
+def range_33_128(args):
+    (
+        input_ids,
+        p_gpt2_lm_head_weight,
+        p_gpt2_transformer_wpe_weight,
+        p_gpt2_transformer_h_0_ln_1_weight,
+        p_gpt2_transformer_h_0_ln_1_bias,
+        p_gpt2_transformer_h_0_attn_c_attn_bias,
+        p_gpt2_transformer_h_0_attn_c_attn_weight,
+    ) = args
+    args.clear()
+    arg0_1_size = input_ids.size()
+    s75 = arg0_1_size[1]
+    buf2 = empty_strided_cpu((1, 1 + s75), (1 + s75, 1), torch.int64)
+    buf0 = reinterpret_tensor(buf2, (1, 1), (1 + s75, 1), 0)  # alias
+    buf1 = reinterpret_tensor(buf2, (1, s75), (1 + s75, 1), 1)  # alias
+    buf3 = empty_strided_cpu((1, s75), (s75, 1), torch.int64)
+    range_33_128_cpp_fused_add_arange_cat_cumsum_ne_slice_sub_unsqueeze_0(
+        buf2, buf0, buf1, buf3, s75
+    )
+    del buf0
+    del buf1
+    del buf2
+    # Topologically Sorted Source Nodes: [diff, ne, cumsum], Original ATen: [aten.slice, aten.sub, aten.ne, aten.cumsum]
+    buf4 = torch.ops.aten.cumsum.default(buf3, dim=-1, dtype=torch.int64)
+    del buf3
+    buf5 = buf4
+    assert_size_stride(buf5, (1, s75), (s75, 1), "torch.ops.aten.cumsum.default")
+    assert_alignment(buf5, 16, "torch.ops.aten.cumsum.default")
+    del buf4
+    assert_size_stride(input_ids, (1, s75), (s75, 1), "input")
+    assert_size_stride(p_gpt2_lm_head_weight, (256, 64), (64, 1), "input")
+    assert_size_stride(p_gpt2_transformer_wpe_weight, (128, 64), (64, 1), "input")
+    assert_size_stride(p_gpt2_transformer_h_0_ln_1_weight, (64,), (1,), "input")
+    assert_size_stride(p_gpt2_transformer_h_0_ln_1_bias, (64,), (1,), "input")
+    buf6 = empty_strided_cpu((1, s75, 64), (64 * s75, 64, 1), torch.float32)
+    buf7 = empty_strided_cpu((1, s75, 1), (s75, 1, s75), torch.float32)
+    buf8 = buf7
+    del buf7  # reuse
+    buf9 = empty_strided_cpu((1, s75, 1), (s75, 1, s75), torch.float32)
+    buf10 = empty_strided_cpu((1, s75, 64), (64 * s75, 64, 1), torch.float32)
+    assert_size_stride(p_gpt2_transformer_h_0_attn_c_attn_bias, (192,), (1,), "input")
+    assert_size_stride(
+        p_gpt2_transformer_h_0_attn_c_attn_weight, (64, 192), (192, 1), "input"
+    )
+    range_33_128_cpp_fused_add_arange_embedding_native_layer_norm_unsqueeze_1(
+        buf8,
+        input_ids,
+        p_gpt2_lm_head_weight,
+        p_gpt2_transformer_wpe_weight,
+        p_gpt2_transformer_h_0_ln_1_weight,
+        p_gpt2_transformer_h_0_ln_1_bias,
+        buf6,
+        buf9,
+        buf10,
+        s75,
+    )
+    del input_ids
+    del p_gpt2_lm_head_weight
+    del p_gpt2_transformer_wpe_weight
+    del p_gpt2_transformer_h_0_ln_1_weight
+    del p_gpt2_transformer_h_0_ln_1_bias
+    del buf8
+    del buf9
+    buf11 = empty_strided_cpu((s75, 192), (192, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [layer_norm, view_1, addmm], Original ATen: [aten.native_layer_norm, aten.view, aten.addmm]
+    torch.addmm(
+        p_gpt2_transformer_h_0_attn_c_attn_bias,
+        reinterpret_tensor(buf10, (s75, 64), (64, 1), 0),
+        p_gpt2_transformer_h_0_attn_c_attn_weight,
+        alpha=1,
+        beta=1,
+        out=buf11,
+    )
+    del p_gpt2_transformer_h_0_attn_c_attn_bias
+    del p_gpt2_transformer_h_0_attn_c_attn_weight
+    del buf10
+    buf12 = empty_strided_cpu((1, 1, s75, s75), (s75 * s75, 1, s75, 1), torch.bool)
+    range_33_128_cpp_fused_add_arange_bitwise_and_eq_expand_index_le_new_ones_unsqueeze_2(
+        buf5, buf12, s75
+    )
+    return (
+        s75,
+        reinterpret_tensor(buf12, (1, 1, s75, s75), (s75 * s75, s75 * s75, s75, 1), 0),
+        buf6,
+        reinterpret_tensor(buf11, (1, 4, s75, 16), (192 * s75, 16, 192, 1), 64),
+        reinterpret_tensor(buf11, (1, 4, s75, 16), (192 * s75, 16, 192, 1), 128),
+        reinterpret_tensor(buf11, (1, 4, s75, 16), (192 * s75, 16, 192, 1), 0),
+    )

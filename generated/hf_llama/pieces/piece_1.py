@@ -58,6 +58,32 @@ range_1_32_cpp_fused__unsafe_view_clone_expand_transpose_unsqueeze_view_6 = load
     "piece_1",
     "range_1_32_cpp_fused__unsafe_view_clone_expand_transpose_unsqueeze_view_6",
 )
+range_33_256_cpp_fused_clone_transpose_0 = load_kernel(
+    "piece_1", "range_33_256_cpp_fused_clone_transpose_0"
+)
+range_33_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1 = load_kernel(
+    "piece_1", "range_33_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1"
+)
+range_33_256_cpp_fused__unsafe_view_mul_silu_2 = (
+    range_1_32_cpp_fused__unsafe_view_mul_silu_2  # same C++ source
+)
+range_33_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3 = load_kernel(
+    "piece_1", "range_33_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3"
+)
+range_33_256_cpp_fused__unsafe_view_add_cat_mul_neg_slice_transpose_unsqueeze_view_4 = load_kernel(
+    "piece_1",
+    "range_33_256_cpp_fused__unsafe_view_add_cat_mul_neg_slice_transpose_unsqueeze_view_4",
+)
+range_33_256_cpp_fused__unsafe_view_add_cat_clone_expand_mul_neg_slice_transpose_unsqueeze_view_5 = load_kernel(
+    "piece_1",
+    "range_33_256_cpp_fused__unsafe_view_add_cat_clone_expand_mul_neg_slice_transpose_unsqueeze_view_5",
+)
+range_33_256_cpp_fused__unsafe_view_clone_expand_transpose_unsqueeze_view_6 = (
+    load_kernel(
+        "piece_1",
+        "range_33_256_cpp_fused__unsafe_view_clone_expand_transpose_unsqueeze_view_6",
+    )
+)
 
 
 def size_1(args):
@@ -451,5 +477,213 @@ def range_1_32(args):
     )
 
 
-# Variants whose compiled code is the same as an earlier one's.
-range_33_256 = range_1_32
+def range_33_256(args):
+    (
+        sdpa,
+        sym_size_int_10,
+        p_decoder_model_layers_0_self_attn_o_proj_weight,
+        to_6,
+        p_decoder_model_layers_0_post_attention_layernorm_weight,
+        p_decoder_model_layers_0_mlp_gate_proj_weight,
+        p_decoder_model_layers_0_mlp_up_proj_weight,
+        p_decoder_model_layers_0_mlp_down_proj_weight,
+        p_decoder_model_layers_1_input_layernorm_weight,
+        p_decoder_model_layers_1_self_attn_q_proj_weight,
+        p_decoder_model_layers_1_self_attn_k_proj_weight,
+        p_decoder_model_layers_1_self_attn_v_proj_weight,
+        to_4,
+        to_5,
+    ) = args
+    args.clear()
+    s75 = sym_size_int_10
+    assert_size_stride(sdpa, (1, 4, s75, 16), (64 * s75, 16 * s75, 16, 1), "input")
+    buf0 = empty_strided_cpu((1, s75, 4, 16), (64 * s75, 64, 16, 1), torch.float32)
+    assert_size_stride(
+        p_decoder_model_layers_0_self_attn_o_proj_weight, (64, 64), (64, 1), "input"
+    )
+    range_33_256_cpp_fused_clone_transpose_0(sdpa, buf0, s75)
+    del sdpa
+    buf1 = empty_strided_cpu((s75, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [transpose_3, contiguous, reshape_3, linear_3], Original ATen: [aten.transpose, aten.clone, aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf0, (s75, 64), (64, 1), 0),
+        reinterpret_tensor(
+            p_decoder_model_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0
+        ),
+        out=buf1,
+    )
+    del p_decoder_model_layers_0_self_attn_o_proj_weight
+    assert_size_stride(to_6, (1, s75, 64), (64 * s75, 64, 1), "input")
+    assert_size_stride(
+        p_decoder_model_layers_0_post_attention_layernorm_weight, (64,), (1,), "input"
+    )
+    buf2 = empty_strided_cpu((1, s75, 1), (s75, 1, s75), torch.float32)
+    buf3 = reinterpret_tensor(buf0, (1, s75, 64), (64 * s75, 64, 1), 0)
+    del buf0  # reuse
+    assert_size_stride(
+        p_decoder_model_layers_0_mlp_gate_proj_weight, (128, 64), (64, 1), "input"
+    )
+    range_33_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
+        to_6,
+        buf1,
+        p_decoder_model_layers_0_post_attention_layernorm_weight,
+        buf2,
+        buf3,
+        s75,
+    )
+    del p_decoder_model_layers_0_post_attention_layernorm_weight
+    del buf2
+    buf4 = empty_strided_cpu((s75, 128), (128, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_3, add_6, pow_2, mean_1, add_7, rsqrt_1, mul_12, mul_13, linear_4], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf3, (s75, 64), (64, 1), 0),
+        reinterpret_tensor(
+            p_decoder_model_layers_0_mlp_gate_proj_weight, (64, 128), (1, 64), 0
+        ),
+        out=buf4,
+    )
+    del p_decoder_model_layers_0_mlp_gate_proj_weight
+    assert_size_stride(
+        p_decoder_model_layers_0_mlp_up_proj_weight, (128, 64), (64, 1), "input"
+    )
+    buf5 = empty_strided_cpu((s75, 128), (128, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_5], Original ATen: [aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf3, (s75, 64), (64, 1), 0),
+        reinterpret_tensor(
+            p_decoder_model_layers_0_mlp_up_proj_weight, (64, 128), (1, 64), 0
+        ),
+        out=buf5,
+    )
+    del p_decoder_model_layers_0_mlp_up_proj_weight
+    del buf3
+    buf6 = reinterpret_tensor(buf4, (1, s75, 128), (128 * s75, 128, 1), 0)
+    del buf4  # reuse
+    assert_size_stride(
+        p_decoder_model_layers_0_mlp_down_proj_weight, (64, 128), (128, 1), "input"
+    )
+    range_33_256_cpp_fused__unsafe_view_mul_silu_2(buf6, buf5, s75)
+    del buf5
+    buf7 = empty_strided_cpu((s75, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_14, linear_6], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf6, (s75, 128), (128, 1), 0),
+        reinterpret_tensor(
+            p_decoder_model_layers_0_mlp_down_proj_weight, (128, 64), (1, 128), 0
+        ),
+        out=buf7,
+    )
+    del p_decoder_model_layers_0_mlp_down_proj_weight
+    del buf6
+    buf8 = reinterpret_tensor(buf1, (1, s75, 64), (64 * s75, 64, 1), 0)
+    del buf1  # reuse
+    assert_size_stride(
+        p_decoder_model_layers_1_input_layernorm_weight, (64,), (1,), "input"
+    )
+    buf9 = empty_strided_cpu((1, s75, 1), (s75, 1, s75), torch.float32)
+    buf10 = empty_strided_cpu((1, s75, 64), (64 * s75, 64, 1), torch.float32)
+    assert_size_stride(
+        p_decoder_model_layers_1_self_attn_q_proj_weight, (64, 64), (64, 1), "input"
+    )
+    range_33_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
+        buf8,
+        to_6,
+        buf7,
+        p_decoder_model_layers_1_input_layernorm_weight,
+        buf9,
+        buf10,
+        s75,
+    )
+    del to_6
+    del p_decoder_model_layers_1_input_layernorm_weight
+    del buf9
+    buf11 = buf7
+    del buf7  # reuse
+    # Topologically Sorted Source Nodes: [pow_3, mean_2, add_9, rsqrt_2, mul_15, mul_16, linear_7], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf10, (s75, 64), (64, 1), 0),
+        reinterpret_tensor(
+            p_decoder_model_layers_1_self_attn_q_proj_weight, (64, 64), (1, 64), 0
+        ),
+        out=buf11,
+    )
+    del p_decoder_model_layers_1_self_attn_q_proj_weight
+    buf14 = empty_strided_cpu(
+        (1, 4, s75, 16), (64 * s75, 16 * s75, 16, 1), torch.float32
+    )
+    buf12 = reinterpret_tensor(
+        buf14, (1, 4, s75, 8), (64 * s75, 16 * s75, 16, 1), 0
+    )  # alias
+    buf13 = reinterpret_tensor(
+        buf14, (1, 4, s75, 8), (64 * s75, 16 * s75, 16, 1), 8
+    )  # alias
+    assert_size_stride(to_4, (1, s75, 16), (16 * s75, 16, 1), "input")
+    assert_size_stride(to_5, (1, s75, 16), (16 * s75, 16, 1), "input")
+    buf15 = reinterpret_tensor(buf11, (1, 4, s75, 16), (64 * s75, 16, 64, 1), 0)
+    del buf11  # reuse
+    assert_size_stride(
+        p_decoder_model_layers_1_self_attn_k_proj_weight, (32, 64), (64, 1), "input"
+    )
+    range_33_256_cpp_fused__unsafe_view_add_cat_mul_neg_slice_transpose_unsqueeze_view_4(
+        buf15, to_4, buf14, to_5, buf12, buf13, s75
+    )
+    del buf12
+    del buf13
+    buf16 = empty_strided_cpu((s75, 32), (32, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_8], Original ATen: [aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf10, (s75, 64), (64, 1), 0),
+        reinterpret_tensor(
+            p_decoder_model_layers_1_self_attn_k_proj_weight, (64, 32), (1, 64), 0
+        ),
+        out=buf16,
+    )
+    del p_decoder_model_layers_1_self_attn_k_proj_weight
+    buf19 = empty_strided_cpu(
+        (1, 2, s75, 16), (32 * s75, 16 * s75, 16, 1), torch.float32
+    )
+    buf17 = reinterpret_tensor(
+        buf19, (1, 2, s75, 8), (32 * s75, 16 * s75, 16, 1), 0
+    )  # alias
+    buf18 = reinterpret_tensor(
+        buf19, (1, 2, s75, 8), (32 * s75, 16 * s75, 16, 1), 8
+    )  # alias
+    buf20 = reinterpret_tensor(
+        buf14, (1, 2, 2, s75, 16), (64 * s75, 32 * s75, 16 * s75, 16, 1), 0
+    )
+    del buf14  # reuse
+    assert_size_stride(
+        p_decoder_model_layers_1_self_attn_v_proj_weight, (32, 64), (64, 1), "input"
+    )
+    range_33_256_cpp_fused__unsafe_view_add_cat_clone_expand_mul_neg_slice_transpose_unsqueeze_view_5(
+        buf16, to_4, buf19, to_5, buf17, buf18, buf20, s75
+    )
+    del to_4
+    del to_5
+    del buf16
+    del buf17
+    del buf18
+    buf21 = reinterpret_tensor(buf19, (s75, 32), (32, 1), 0)
+    del buf19  # reuse
+    # Topologically Sorted Source Nodes: [linear_9], Original ATen: [aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf10, (s75, 64), (64, 1), 0),
+        reinterpret_tensor(
+            p_decoder_model_layers_1_self_attn_v_proj_weight, (64, 32), (1, 64), 0
+        ),
+        out=buf21,
+    )
+    del p_decoder_model_layers_1_self_attn_v_proj_weight
+    buf22 = reinterpret_tensor(
+        buf10, (1, 2, 2, s75, 16), (64 * s75, 32 * s75, 16 * s75, 16, 1), 0
+    )
+    del buf10  # reuse
+    range_33_256_cpp_fused__unsafe_view_clone_expand_transpose_unsqueeze_view_6(
+        buf21, buf22, s75
+    )
+    return (
+        buf8,
+        buf15,
+        reinterpret_tensor(buf20, (1, 4, s75, 16), (64 * s75, 16 * s75, 16, 1), 0),
+        reinterpret_tensor(buf22, (1, 4, s75, 16), (64 * s75, 16 * s75, 16, 1), 0),
+    )

@@ -35,6 +35,18 @@ range_1_32_cpp_fused__unsafe_view_mul_silu_2 = load_kernel(
 range_1_32_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3 = load_kernel(
     "piece_2", "range_1_32_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3"
 )
+range_33_256_cpp_fused_clone_transpose_0 = load_kernel(
+    "piece_2", "range_33_256_cpp_fused_clone_transpose_0"
+)
+range_33_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1 = load_kernel(
+    "piece_2", "range_33_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1"
+)
+range_33_256_cpp_fused__unsafe_view_mul_silu_2 = (
+    range_1_32_cpp_fused__unsafe_view_mul_silu_2  # same C++ source
+)
+range_33_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3 = load_kernel(
+    "piece_2", "range_33_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3"
+)
 
 
 def size_1(args):
@@ -266,5 +278,118 @@ def range_1_32(args):
     return (reinterpret_tensor(buf10, (1, s75, 256), (256 * s75, 256, 1), 0),)
 
 
-# Variants whose compiled code is the same as an earlier one's.
-range_33_256 = range_1_32
+def range_33_256(args):
+    (
+        sdpa_1,
+        sym_size_int_10,
+        p_decoder_model_layers_1_self_attn_o_proj_weight,
+        to_10,
+        p_decoder_model_layers_1_post_attention_layernorm_weight,
+        p_decoder_model_layers_1_mlp_gate_proj_weight,
+        p_decoder_model_layers_1_mlp_up_proj_weight,
+        p_decoder_model_layers_1_mlp_down_proj_weight,
+        p_decoder_model_norm_weight,
+        p_decoder_lm_head_weight,
+    ) = args
+    args.clear()
+    s75 = sym_size_int_10
+    assert_size_stride(sdpa_1, (1, 4, s75, 16), (64 * s75, 16 * s75, 16, 1), "input")
+    buf0 = empty_strided_cpu((1, s75, 4, 16), (64 * s75, 64, 16, 1), torch.float32)
+    assert_size_stride(
+        p_decoder_model_layers_1_self_attn_o_proj_weight, (64, 64), (64, 1), "input"
+    )
+    range_33_256_cpp_fused_clone_transpose_0(sdpa_1, buf0, s75)
+    del sdpa_1
+    buf1 = empty_strided_cpu((s75, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [transpose_7, contiguous_1, reshape_7, linear_10], Original ATen: [aten.transpose, aten.clone, aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf0, (s75, 64), (64, 1), 0),
+        reinterpret_tensor(
+            p_decoder_model_layers_1_self_attn_o_proj_weight, (64, 64), (1, 64), 0
+        ),
+        out=buf1,
+    )
+    del p_decoder_model_layers_1_self_attn_o_proj_weight
+    assert_size_stride(to_10, (1, s75, 64), (64 * s75, 64, 1), "input")
+    assert_size_stride(
+        p_decoder_model_layers_1_post_attention_layernorm_weight, (64,), (1,), "input"
+    )
+    buf2 = empty_strided_cpu((1, s75, 1), (s75, 1, s75), torch.float32)
+    buf3 = reinterpret_tensor(buf0, (1, s75, 64), (64 * s75, 64, 1), 0)
+    del buf0  # reuse
+    assert_size_stride(
+        p_decoder_model_layers_1_mlp_gate_proj_weight, (128, 64), (64, 1), "input"
+    )
+    range_33_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
+        to_10,
+        buf1,
+        p_decoder_model_layers_1_post_attention_layernorm_weight,
+        buf2,
+        buf3,
+        s75,
+    )
+    del p_decoder_model_layers_1_post_attention_layernorm_weight
+    del buf2
+    buf4 = empty_strided_cpu((s75, 128), (128, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_10, add_12, pow_4, mean_3, add_13, rsqrt_3, mul_21, mul_22, linear_11], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf3, (s75, 64), (64, 1), 0),
+        reinterpret_tensor(
+            p_decoder_model_layers_1_mlp_gate_proj_weight, (64, 128), (1, 64), 0
+        ),
+        out=buf4,
+    )
+    del p_decoder_model_layers_1_mlp_gate_proj_weight
+    assert_size_stride(
+        p_decoder_model_layers_1_mlp_up_proj_weight, (128, 64), (64, 1), "input"
+    )
+    buf5 = empty_strided_cpu((s75, 128), (128, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_12], Original ATen: [aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf3, (s75, 64), (64, 1), 0),
+        reinterpret_tensor(
+            p_decoder_model_layers_1_mlp_up_proj_weight, (64, 128), (1, 64), 0
+        ),
+        out=buf5,
+    )
+    del p_decoder_model_layers_1_mlp_up_proj_weight
+    del buf3
+    buf6 = reinterpret_tensor(buf4, (1, s75, 128), (128 * s75, 128, 1), 0)
+    del buf4  # reuse
+    assert_size_stride(
+        p_decoder_model_layers_1_mlp_down_proj_weight, (64, 128), (128, 1), "input"
+    )
+    range_33_256_cpp_fused__unsafe_view_mul_silu_2(buf6, buf5, s75)
+    del buf5
+    buf7 = empty_strided_cpu((s75, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_11, silu_1, linear_12, mul_23, linear_13], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf6, (s75, 128), (128, 1), 0),
+        reinterpret_tensor(
+            p_decoder_model_layers_1_mlp_down_proj_weight, (128, 64), (1, 128), 0
+        ),
+        out=buf7,
+    )
+    del p_decoder_model_layers_1_mlp_down_proj_weight
+    del buf6
+    assert_size_stride(p_decoder_model_norm_weight, (64,), (1,), "input")
+    buf8 = empty_strided_cpu((1, s75, 1), (s75, 1, s75), torch.float32)
+    buf9 = reinterpret_tensor(buf1, (1, s75, 64), (64 * s75, 64, 1), 0)
+    del buf1  # reuse
+    assert_size_stride(p_decoder_lm_head_weight, (256, 64), (64, 1), "input")
+    range_33_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
+        buf9, to_10, buf7, p_decoder_model_norm_weight, buf8, s75
+    )
+    del to_10
+    del p_decoder_model_norm_weight
+    del buf7
+    del buf8
+    buf10 = empty_strided_cpu((s75, 256), (256, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_10, add_12, linear_13, add_14, pow_5, mean_4, add_15, rsqrt_4, mul_24, mul_25, linear_14], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf9, (s75, 64), (64, 1), 0),
+        reinterpret_tensor(p_decoder_lm_head_weight, (64, 256), (1, 64), 0),
+        out=buf10,
+    )
+    del p_decoder_lm_head_weight
+    return (reinterpret_tensor(buf10, (1, s75, 256), (256 * s75, 256, 1), 0),)

@@ -34,6 +34,16 @@ range_1_16_cpp_fused_add_cat_mul_neg_slice_view_1 = load_kernel(
 range_1_16_cpp_fused_add_cat_mul_neg_slice_view_2 = load_kernel(
     "piece_0", "range_1_16_cpp_fused_add_cat_mul_neg_slice_view_2"
 )
+range_17_64_cpp_fused__to_copy_add_arange_bitwise_and_cat_cos_embedding_le_lt_mean_mul_ne_pow_rsqrt_scalar_tensor_select_sin_unsqueeze_where_0 = load_kernel(
+    "piece_0",
+    "range_17_64_cpp_fused__to_copy_add_arange_bitwise_and_cat_cos_embedding_le_lt_mean_mul_ne_pow_rsqrt_scalar_tensor_select_sin_unsqueeze_where_0",
+)
+range_17_64_cpp_fused_add_cat_mul_neg_slice_view_1 = (
+    range_1_16_cpp_fused_add_cat_mul_neg_slice_view_1  # same C++ source
+)
+range_17_64_cpp_fused_add_cat_mul_neg_slice_view_2 = (
+    range_1_16_cpp_fused_add_cat_mul_neg_slice_view_2  # same C++ source
+)
 
 
 def size_1(args):
@@ -253,5 +263,112 @@ def range_1_16(args):
     )
 
 
-# Variants whose compiled code is the same as an earlier one's.
-range_17_64 = range_1_16
+def range_17_64(args):
+    (
+        positions,
+        input_ids,
+        p_embed_weight,
+        b_inv_freq,
+        slot_mapping,
+        p_layers_0_input_norm_weight,
+        p_layers_0_attn_q_proj_weight,
+        p_layers_0_attn_k_proj_weight,
+        p_layers_0_attn_v_proj_weight,
+    ) = args
+    args.clear()
+    arg0_1_size = positions.size()
+    s6 = arg0_1_size[1]
+    assert_size_stride(slot_mapping, (s6,), (1,), "input")
+    buf4 = empty_strided_cpu((s6,), (1,), torch.int64)
+    assert_size_stride(positions, (1, s6), (s6, 1), "input")
+    assert_size_stride(b_inv_freq, (4,), (1,), "input")
+    buf0 = empty_strided_cpu((s6, 1, 8), (8, 8, 1), torch.float32)
+    buf1 = empty_strided_cpu((s6, 1, 8), (8, 8, 1), torch.float32)
+    buf5 = empty_strided_cpu((s6, 129), (129, 1), torch.bool)
+    assert_size_stride(input_ids, (1, s6), (s6, 1), "input")
+    assert_size_stride(p_embed_weight, (256, 64), (64, 1), "input")
+    assert_size_stride(p_layers_0_input_norm_weight, (64,), (1,), "input")
+    buf2 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    buf3 = empty_strided_cpu((s6, 1), (1, s6), torch.float32)
+    buf6 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    assert_size_stride(p_layers_0_attn_k_proj_weight, (16, 64), (64, 1), "input")
+    range_17_64_cpp_fused__to_copy_add_arange_bitwise_and_cat_cos_embedding_le_lt_mean_mul_ne_pow_rsqrt_scalar_tensor_select_sin_unsqueeze_where_0(
+        slot_mapping,
+        positions,
+        b_inv_freq,
+        input_ids,
+        p_embed_weight,
+        p_layers_0_input_norm_weight,
+        buf4,
+        buf0,
+        buf1,
+        buf5,
+        buf2,
+        buf3,
+        buf6,
+        s6,
+    )
+    del positions
+    del input_ids
+    del p_embed_weight
+    del b_inv_freq
+    del slot_mapping
+    del p_layers_0_input_norm_weight
+    del buf3
+    buf12 = empty_strided_cpu((s6, 16), (16, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_1], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf6,
+        reinterpret_tensor(p_layers_0_attn_k_proj_weight, (64, 16), (1, 64), 0),
+        out=buf12,
+    )
+    del p_layers_0_attn_k_proj_weight
+    buf15 = empty_strided_cpu((s6, 2, 8), (16, 8, 1), torch.float32)
+    buf13 = reinterpret_tensor(buf15, (s6, 2, 4), (16, 8, 1), 0)  # alias
+    buf14 = reinterpret_tensor(buf15, (s6, 2, 4), (16, 8, 1), 4)  # alias
+    buf16 = reinterpret_tensor(buf12, (s6, 2, 8), (16, 8, 1), 0)
+    del buf12  # reuse
+    assert_size_stride(p_layers_0_attn_v_proj_weight, (16, 64), (64, 1), "input")
+    range_17_64_cpp_fused_add_cat_mul_neg_slice_view_1(
+        buf16, buf0, buf15, buf1, buf13, buf14, s6
+    )
+    del buf13
+    del buf14
+    buf17 = reinterpret_tensor(buf15, (s6, 16), (16, 1), 0)
+    del buf15  # reuse
+    # Topologically Sorted Source Nodes: [linear_2], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf6,
+        reinterpret_tensor(p_layers_0_attn_v_proj_weight, (64, 16), (1, 64), 0),
+        out=buf17,
+    )
+    del p_layers_0_attn_v_proj_weight
+    assert_size_stride(p_layers_0_attn_q_proj_weight, (32, 64), (64, 1), "input")
+    buf7 = empty_strided_cpu((s6, 32), (32, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf6,
+        reinterpret_tensor(p_layers_0_attn_q_proj_weight, (64, 32), (1, 64), 0),
+        out=buf7,
+    )
+    del p_layers_0_attn_q_proj_weight
+    del buf6
+    buf10 = empty_strided_cpu((s6, 4, 8), (32, 8, 1), torch.float32)
+    buf8 = reinterpret_tensor(buf10, (s6, 4, 4), (32, 8, 1), 0)  # alias
+    buf9 = reinterpret_tensor(buf10, (s6, 4, 4), (32, 8, 1), 4)  # alias
+    buf11 = reinterpret_tensor(buf7, (s6, 4, 8), (32, 8, 1), 0)
+    del buf7  # reuse
+    range_17_64_cpp_fused_add_cat_mul_neg_slice_view_2(
+        buf11, buf0, buf10, buf1, buf8, buf9, s6
+    )
+    return (
+        s6,
+        buf0,
+        buf1,
+        buf4,
+        buf5,
+        buf2,
+        buf11,
+        buf16,
+        reinterpret_tensor(buf17, (s6, 2, 8), (16, 8, 1), 0),
+    )

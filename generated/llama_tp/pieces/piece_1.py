@@ -42,6 +42,21 @@ range_1_16_cpp_fused_add_cat_mul_neg_slice_view_3 = load_kernel(
 range_1_16_cpp_fused_add_cat_mul_neg_slice_view_4 = load_kernel(
     "piece_1", "range_1_16_cpp_fused_add_cat_mul_neg_slice_view_4"
 )
+range_17_64_cpp_fused_add_mean_mul_pow_rsqrt_0 = load_kernel(
+    "piece_1", "range_17_64_cpp_fused_add_mean_mul_pow_rsqrt_0"
+)
+range_17_64_cpp_fused_mul_silu_1 = load_kernel(
+    "piece_1", "range_17_64_cpp_fused_mul_silu_1"
+)
+range_17_64_cpp_fused_add_mean_mul_pow_rsqrt_2 = load_kernel(
+    "piece_1", "range_17_64_cpp_fused_add_mean_mul_pow_rsqrt_2"
+)
+range_17_64_cpp_fused_add_cat_mul_neg_slice_view_3 = (
+    range_1_16_cpp_fused_add_cat_mul_neg_slice_view_3  # same C++ source
+)
+range_17_64_cpp_fused_add_cat_mul_neg_slice_view_4 = (
+    range_1_16_cpp_fused_add_cat_mul_neg_slice_view_4  # same C++ source
+)
 
 
 def size_1(args):
@@ -331,5 +346,145 @@ def range_1_16(args):
     return (buf15, buf22, buf27, reinterpret_tensor(buf28, (s6, 2, 8), (16, 8, 1), 0))
 
 
-# Variants whose compiled code is the same as an earlier one's.
-range_17_64 = range_1_16
+def range_17_64(args):
+    (
+        attention,
+        sym_size_int_3,
+        p_layers_0_attn_o_proj_weight,
+        to_4,
+        p_layers_0_post_norm_weight,
+        p_layers_0_gate_weight,
+        p_layers_0_up_weight,
+        p_layers_0_down_weight,
+        p_layers_1_input_norm_weight,
+        p_layers_1_attn_q_proj_weight,
+        to_1,
+        to_2,
+        p_layers_1_attn_k_proj_weight,
+        p_layers_1_attn_v_proj_weight,
+    ) = args
+    args.clear()
+    s6 = sym_size_int_3
+    assert_size_stride(attention, (s6, 4, 8), (32, 8, 1), "input")
+    assert_size_stride(p_layers_0_attn_o_proj_weight, (64, 32), (32, 1), "input")
+    buf0 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [reshape, linear_3], Original ATen: [aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(attention, (s6, 32), (32, 1), 0),
+        reinterpret_tensor(p_layers_0_attn_o_proj_weight, (32, 64), (1, 32), 0),
+        out=buf0,
+    )
+    del attention
+    del p_layers_0_attn_o_proj_weight
+    # Topologically Sorted Source Nodes: [all_reduce], Original ATen: [_c10d_functional.all_reduce]
+    torch.ops._c10d_functional.all_reduce_.default(buf0, "sum", "llama_tp:tp")
+    # Topologically Sorted Source Nodes: [wait_tensor], Original ATen: [_c10d_functional.wait_tensor]
+    torch.ops._c10d_functional.wait_tensor.default(buf0)
+    assert_size_stride(to_4, (s6, 64), (64, 1), "input")
+    assert_size_stride(p_layers_0_post_norm_weight, (64,), (1,), "input")
+    buf5 = empty_strided_cpu((s6, 1), (1, s6), torch.float32)
+    buf6 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    assert_size_stride(p_layers_0_gate_weight, (64, 64), (64, 1), "input")
+    range_17_64_cpp_fused_add_mean_mul_pow_rsqrt_0(
+        to_4, buf0, p_layers_0_post_norm_weight, buf5, buf6, s6
+    )
+    del p_layers_0_post_norm_weight
+    del buf5
+    buf7 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_4], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf6, reinterpret_tensor(p_layers_0_gate_weight, (64, 64), (1, 64), 0), out=buf7
+    )
+    del p_layers_0_gate_weight
+    assert_size_stride(p_layers_0_up_weight, (64, 64), (64, 1), "input")
+    buf8 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_5], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf6, reinterpret_tensor(p_layers_0_up_weight, (64, 64), (1, 64), 0), out=buf8
+    )
+    del p_layers_0_up_weight
+    del buf6
+    buf9 = buf7
+    del buf7  # reuse
+    assert_size_stride(p_layers_0_down_weight, (64, 64), (64, 1), "input")
+    range_17_64_cpp_fused_mul_silu_1(buf9, buf8, s6)
+    buf10 = buf8
+    del buf8  # reuse
+    # Topologically Sorted Source Nodes: [silu, mul_9, linear_6], Original ATen: [aten.silu, aten.mul, aten.t, aten.mm]
+    torch.mm(
+        buf9,
+        reinterpret_tensor(p_layers_0_down_weight, (64, 64), (1, 64), 0),
+        out=buf10,
+    )
+    del p_layers_0_down_weight
+    # Topologically Sorted Source Nodes: [all_reduce_1], Original ATen: [_c10d_functional.all_reduce]
+    torch.ops._c10d_functional.all_reduce_.default(buf10, "sum", "llama_tp:tp")
+    # Topologically Sorted Source Nodes: [wait_tensor_1], Original ATen: [_c10d_functional.wait_tensor]
+    torch.ops._c10d_functional.wait_tensor.default(buf10)
+    buf15 = buf9
+    del buf9  # reuse
+    assert_size_stride(p_layers_1_input_norm_weight, (64,), (1,), "input")
+    buf16 = empty_strided_cpu((s6, 1), (1, s6), torch.float32)
+    buf17 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    assert_size_stride(p_layers_1_attn_q_proj_weight, (32, 64), (64, 1), "input")
+    range_17_64_cpp_fused_add_mean_mul_pow_rsqrt_2(
+        to_4, buf0, buf10, p_layers_1_input_norm_weight, buf15, buf16, buf17, s6
+    )
+    del to_4
+    del p_layers_1_input_norm_weight
+    del buf0
+    del buf10
+    del buf16
+    buf18 = empty_strided_cpu((s6, 32), (32, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_7], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf17,
+        reinterpret_tensor(p_layers_1_attn_q_proj_weight, (64, 32), (1, 64), 0),
+        out=buf18,
+    )
+    del p_layers_1_attn_q_proj_weight
+    buf21 = empty_strided_cpu((s6, 4, 8), (32, 8, 1), torch.float32)
+    buf19 = reinterpret_tensor(buf21, (s6, 4, 4), (32, 8, 1), 0)  # alias
+    buf20 = reinterpret_tensor(buf21, (s6, 4, 4), (32, 8, 1), 4)  # alias
+    assert_size_stride(to_1, (s6, 1, 8), (8, 8, 1), "input")
+    assert_size_stride(to_2, (s6, 1, 8), (8, 8, 1), "input")
+    buf22 = reinterpret_tensor(buf18, (s6, 4, 8), (32, 8, 1), 0)
+    del buf18  # reuse
+    assert_size_stride(p_layers_1_attn_k_proj_weight, (16, 64), (64, 1), "input")
+    range_17_64_cpp_fused_add_cat_mul_neg_slice_view_3(
+        buf22, to_1, buf21, to_2, buf19, buf20, s6
+    )
+    del buf19
+    del buf20
+    del buf21
+    buf23 = empty_strided_cpu((s6, 16), (16, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_8], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf17,
+        reinterpret_tensor(p_layers_1_attn_k_proj_weight, (64, 16), (1, 64), 0),
+        out=buf23,
+    )
+    del p_layers_1_attn_k_proj_weight
+    buf26 = empty_strided_cpu((s6, 2, 8), (16, 8, 1), torch.float32)
+    buf24 = reinterpret_tensor(buf26, (s6, 2, 4), (16, 8, 1), 0)  # alias
+    buf25 = reinterpret_tensor(buf26, (s6, 2, 4), (16, 8, 1), 4)  # alias
+    buf27 = reinterpret_tensor(buf23, (s6, 2, 8), (16, 8, 1), 0)
+    del buf23  # reuse
+    assert_size_stride(p_layers_1_attn_v_proj_weight, (16, 64), (64, 1), "input")
+    range_17_64_cpp_fused_add_cat_mul_neg_slice_view_4(
+        buf27, to_1, buf26, to_2, buf24, buf25, s6
+    )
+    del to_1
+    del to_2
+    del buf24
+    del buf25
+    buf28 = reinterpret_tensor(buf26, (s6, 16), (16, 1), 0)
+    del buf26  # reuse
+    # Topologically Sorted Source Nodes: [linear_9], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf17,
+        reinterpret_tensor(p_layers_1_attn_v_proj_weight, (64, 16), (1, 64), 0),
+        out=buf28,
+    )
+    del p_layers_1_attn_v_proj_weight
+    return (buf15, buf22, buf27, reinterpret_tensor(buf28, (s6, 2, 8), (16, 8, 1), 0))

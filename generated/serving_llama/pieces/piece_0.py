@@ -34,6 +34,16 @@ range_1_16_cpp_fused_add_cat_mul_neg_slice_view_1 = load_kernel(
 range_1_16_cpp_fused_add_cat_mul_neg_slice_view_2 = load_kernel(
     "piece_0", "range_1_16_cpp_fused_add_cat_mul_neg_slice_view_2"
 )
+range_17_128_cpp_fused__to_copy_add_cat_cos_embedding_mean_mul_pow_rsqrt_sin_unsqueeze_0 = load_kernel(
+    "piece_0",
+    "range_17_128_cpp_fused__to_copy_add_cat_cos_embedding_mean_mul_pow_rsqrt_sin_unsqueeze_0",
+)
+range_17_128_cpp_fused_add_cat_mul_neg_slice_view_1 = load_kernel(
+    "piece_0", "range_17_128_cpp_fused_add_cat_mul_neg_slice_view_1"
+)
+range_17_128_cpp_fused_add_cat_mul_neg_slice_view_2 = (
+    range_1_16_cpp_fused_add_cat_mul_neg_slice_view_2  # same C++ source
+)
 
 
 def size_1(args):
@@ -237,5 +247,104 @@ def range_1_16(args):
     )
 
 
-# Variants whose compiled code is the same as an earlier one's.
-range_17_128 = range_1_16
+def range_17_128(args):
+    (
+        input_ids,
+        p_embed_weight,
+        positions,
+        b_inv_freq,
+        p_layers_0_input_norm_weight,
+        p_layers_0_attn_q_proj_weight,
+        p_layers_0_attn_k_proj_weight,
+        p_layers_0_attn_v_proj_weight,
+    ) = args
+    args.clear()
+    arg0_1_size = input_ids.size()
+    s39 = arg0_1_size[0]
+    assert_size_stride(positions, (s39,), (1,), "input")
+    assert_size_stride(b_inv_freq, (8,), (1,), "input")
+    buf0 = empty_strided_cpu((s39, 1, 16), (16, 16, 1), torch.float32)
+    buf1 = empty_strided_cpu((s39, 1, 16), (16, 16, 1), torch.float32)
+    assert_size_stride(input_ids, (s39,), (1,), "input")
+    assert_size_stride(p_embed_weight, (256, 64), (64, 1), "input")
+    assert_size_stride(p_layers_0_input_norm_weight, (64,), (1,), "input")
+    buf2 = empty_strided_cpu((s39, 64), (64, 1), torch.float32)
+    buf3 = empty_strided_cpu((s39, 1), (1, s39), torch.float32)
+    buf4 = empty_strided_cpu((s39, 64), (64, 1), torch.float32)
+    assert_size_stride(p_layers_0_attn_q_proj_weight, (64, 64), (64, 1), "input")
+    range_17_128_cpp_fused__to_copy_add_cat_cos_embedding_mean_mul_pow_rsqrt_sin_unsqueeze_0(
+        positions,
+        b_inv_freq,
+        input_ids,
+        p_embed_weight,
+        p_layers_0_input_norm_weight,
+        buf0,
+        buf1,
+        buf2,
+        buf3,
+        buf4,
+        s39,
+    )
+    del input_ids
+    del p_embed_weight
+    del positions
+    del b_inv_freq
+    del p_layers_0_input_norm_weight
+    del buf3
+    buf5 = empty_strided_cpu((s39, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf4,
+        reinterpret_tensor(p_layers_0_attn_q_proj_weight, (64, 64), (1, 64), 0),
+        out=buf5,
+    )
+    del p_layers_0_attn_q_proj_weight
+    buf8 = empty_strided_cpu((s39, 4, 16), (64, 16, 1), torch.float32)
+    buf6 = reinterpret_tensor(buf8, (s39, 4, 8), (64, 16, 1), 0)  # alias
+    buf7 = reinterpret_tensor(buf8, (s39, 4, 8), (64, 16, 1), 8)  # alias
+    buf9 = reinterpret_tensor(buf5, (s39, 4, 16), (64, 16, 1), 0)
+    del buf5  # reuse
+    assert_size_stride(p_layers_0_attn_k_proj_weight, (32, 64), (64, 1), "input")
+    range_17_128_cpp_fused_add_cat_mul_neg_slice_view_1(
+        buf9, buf0, buf8, buf1, buf6, buf7, s39
+    )
+    del buf6
+    del buf7
+    del buf8
+    buf10 = empty_strided_cpu((s39, 32), (32, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_1], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf4,
+        reinterpret_tensor(p_layers_0_attn_k_proj_weight, (64, 32), (1, 64), 0),
+        out=buf10,
+    )
+    del p_layers_0_attn_k_proj_weight
+    buf13 = empty_strided_cpu((s39, 2, 16), (32, 16, 1), torch.float32)
+    buf11 = reinterpret_tensor(buf13, (s39, 2, 8), (32, 16, 1), 0)  # alias
+    buf12 = reinterpret_tensor(buf13, (s39, 2, 8), (32, 16, 1), 8)  # alias
+    buf14 = reinterpret_tensor(buf10, (s39, 2, 16), (32, 16, 1), 0)
+    del buf10  # reuse
+    assert_size_stride(p_layers_0_attn_v_proj_weight, (32, 64), (64, 1), "input")
+    range_17_128_cpp_fused_add_cat_mul_neg_slice_view_2(
+        buf14, buf0, buf13, buf1, buf11, buf12, s39
+    )
+    del buf11
+    del buf12
+    buf15 = reinterpret_tensor(buf13, (s39, 32), (32, 1), 0)
+    del buf13  # reuse
+    # Topologically Sorted Source Nodes: [linear_2], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf4,
+        reinterpret_tensor(p_layers_0_attn_v_proj_weight, (64, 32), (1, 64), 0),
+        out=buf15,
+    )
+    del p_layers_0_attn_v_proj_weight
+    return (
+        s39,
+        buf0,
+        buf1,
+        buf2,
+        buf9,
+        buf14,
+        reinterpret_tensor(buf15, (s39, 2, 16), (32, 16, 1), 0),
+    )

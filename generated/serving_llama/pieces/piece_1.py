@@ -36,6 +36,16 @@ range_1_16_cpp_fused_add_cat_mul_neg_slice_view_2 = load_kernel(
 range_1_16_cpp_fused_add_cat_mul_neg_slice_view_3 = load_kernel(
     "piece_1", "range_1_16_cpp_fused_add_cat_mul_neg_slice_view_3"
 )
+range_17_128_cpp_fused_add_mean_mul_pow_rsqrt_0 = load_kernel(
+    "piece_1", "range_17_128_cpp_fused_add_mean_mul_pow_rsqrt_0"
+)
+range_17_128_cpp_fused_mul_silu_1 = range_1_16_cpp_fused_mul_silu_1  # same C++ source
+range_17_128_cpp_fused_add_cat_mul_neg_slice_view_2 = load_kernel(
+    "piece_1", "range_17_128_cpp_fused_add_cat_mul_neg_slice_view_2"
+)
+range_17_128_cpp_fused_add_cat_mul_neg_slice_view_3 = (
+    range_1_16_cpp_fused_add_cat_mul_neg_slice_view_3  # same C++ source
+)
 
 
 def size_1(args):
@@ -321,5 +331,143 @@ def range_1_16(args):
     return (buf6, buf13, buf18, reinterpret_tensor(buf19, (s39, 2, 16), (32, 16, 1), 0))
 
 
-# Variants whose compiled code is the same as an earlier one's.
-range_17_128 = range_1_16
+def range_17_128(args):
+    (
+        paged_attention,
+        sym_size_int_2,
+        p_layers_0_attn_o_proj_weight,
+        to_4,
+        p_layers_0_post_norm_weight,
+        p_layers_0_gate_weight,
+        p_layers_0_up_weight,
+        p_layers_0_down_weight,
+        p_layers_1_input_norm_weight,
+        p_layers_1_attn_q_proj_weight,
+        to_1,
+        to_2,
+        p_layers_1_attn_k_proj_weight,
+        p_layers_1_attn_v_proj_weight,
+    ) = args
+    args.clear()
+    s39 = sym_size_int_2
+    assert_size_stride(to_4, (s39, 64), (64, 1), "input")
+    assert_size_stride(paged_attention, (s39, 4, 16), (64, 16, 1), "input")
+    assert_size_stride(p_layers_0_attn_o_proj_weight, (64, 64), (64, 1), "input")
+    buf0 = empty_strided_cpu((s39, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [reshape, linear_3, add_3], Original ATen: [aten.view, aten.t, aten.add]
+    torch.addmm(
+        to_4,
+        reinterpret_tensor(paged_attention, (s39, 64), (64, 1), 0),
+        reinterpret_tensor(p_layers_0_attn_o_proj_weight, (64, 64), (1, 64), 0),
+        alpha=1,
+        beta=1,
+        out=buf0,
+    )
+    del paged_attention
+    del p_layers_0_attn_o_proj_weight
+    del to_4
+    assert_size_stride(p_layers_0_post_norm_weight, (64,), (1,), "input")
+    buf1 = empty_strided_cpu((s39, 1), (1, s39), torch.float32)
+    buf2 = empty_strided_cpu((s39, 64), (64, 1), torch.float32)
+    assert_size_stride(p_layers_0_gate_weight, (128, 64), (64, 1), "input")
+    range_17_128_cpp_fused_add_mean_mul_pow_rsqrt_0(
+        buf0, p_layers_0_post_norm_weight, buf1, buf2, s39
+    )
+    del p_layers_0_post_norm_weight
+    del buf1
+    buf3 = empty_strided_cpu((s39, 128), (128, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_4], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf2,
+        reinterpret_tensor(p_layers_0_gate_weight, (64, 128), (1, 64), 0),
+        out=buf3,
+    )
+    del p_layers_0_gate_weight
+    assert_size_stride(p_layers_0_up_weight, (128, 64), (64, 1), "input")
+    buf4 = empty_strided_cpu((s39, 128), (128, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_5], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf2, reinterpret_tensor(p_layers_0_up_weight, (64, 128), (1, 64), 0), out=buf4
+    )
+    del p_layers_0_up_weight
+    del buf2
+    buf5 = buf3
+    del buf3  # reuse
+    assert_size_stride(p_layers_0_down_weight, (64, 128), (128, 1), "input")
+    range_17_128_cpp_fused_mul_silu_1(buf5, buf4, s39)
+    del buf4
+    buf6 = empty_strided_cpu((s39, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [silu, mul_9, linear_6, add_5], Original ATen: [aten.silu, aten.mul, aten.t, aten.add]
+    torch.addmm(
+        buf0,
+        buf5,
+        reinterpret_tensor(p_layers_0_down_weight, (128, 64), (1, 128), 0),
+        alpha=1,
+        beta=1,
+        out=buf6,
+    )
+    del p_layers_0_down_weight
+    del buf5
+    assert_size_stride(p_layers_1_input_norm_weight, (64,), (1,), "input")
+    buf7 = empty_strided_cpu((s39, 1), (1, s39), torch.float32)
+    buf8 = buf0
+    del buf0  # reuse
+    assert_size_stride(p_layers_1_attn_q_proj_weight, (64, 64), (64, 1), "input")
+    range_17_128_cpp_fused_add_mean_mul_pow_rsqrt_0(
+        buf6, p_layers_1_input_norm_weight, buf7, buf8, s39
+    )
+    del p_layers_1_input_norm_weight
+    del buf7
+    buf9 = empty_strided_cpu((s39, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_7], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf8,
+        reinterpret_tensor(p_layers_1_attn_q_proj_weight, (64, 64), (1, 64), 0),
+        out=buf9,
+    )
+    del p_layers_1_attn_q_proj_weight
+    buf12 = empty_strided_cpu((s39, 4, 16), (64, 16, 1), torch.float32)
+    buf10 = reinterpret_tensor(buf12, (s39, 4, 8), (64, 16, 1), 0)  # alias
+    buf11 = reinterpret_tensor(buf12, (s39, 4, 8), (64, 16, 1), 8)  # alias
+    assert_size_stride(to_1, (s39, 1, 16), (16, 16, 1), "input")
+    assert_size_stride(to_2, (s39, 1, 16), (16, 16, 1), "input")
+    buf13 = reinterpret_tensor(buf9, (s39, 4, 16), (64, 16, 1), 0)
+    del buf9  # reuse
+    assert_size_stride(p_layers_1_attn_k_proj_weight, (32, 64), (64, 1), "input")
+    range_17_128_cpp_fused_add_cat_mul_neg_slice_view_2(
+        buf13, to_1, buf12, to_2, buf10, buf11, s39
+    )
+    del buf10
+    del buf11
+    del buf12
+    buf14 = empty_strided_cpu((s39, 32), (32, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_8], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf8,
+        reinterpret_tensor(p_layers_1_attn_k_proj_weight, (64, 32), (1, 64), 0),
+        out=buf14,
+    )
+    del p_layers_1_attn_k_proj_weight
+    buf17 = empty_strided_cpu((s39, 2, 16), (32, 16, 1), torch.float32)
+    buf15 = reinterpret_tensor(buf17, (s39, 2, 8), (32, 16, 1), 0)  # alias
+    buf16 = reinterpret_tensor(buf17, (s39, 2, 8), (32, 16, 1), 8)  # alias
+    buf18 = reinterpret_tensor(buf14, (s39, 2, 16), (32, 16, 1), 0)
+    del buf14  # reuse
+    assert_size_stride(p_layers_1_attn_v_proj_weight, (32, 64), (64, 1), "input")
+    range_17_128_cpp_fused_add_cat_mul_neg_slice_view_3(
+        buf18, to_1, buf17, to_2, buf15, buf16, s39
+    )
+    del to_1
+    del to_2
+    del buf15
+    del buf16
+    buf19 = reinterpret_tensor(buf17, (s39, 32), (32, 1), 0)
+    del buf17  # reuse
+    # Topologically Sorted Source Nodes: [linear_9], Original ATen: [aten.t, aten.mm]
+    torch.mm(
+        buf8,
+        reinterpret_tensor(p_layers_1_attn_v_proj_weight, (64, 32), (1, 64), 0),
+        out=buf19,
+    )
+    del p_layers_1_attn_v_proj_weight
+    return (buf6, buf13, buf18, reinterpret_tensor(buf19, (s39, 2, 16), (32, 16, 1), 0))

@@ -35,6 +35,13 @@ range_1_16_cpp_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpo
     "piece_0",
     "range_1_16_cpp_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_1",
 )
+range_17_256_cpp_fused_add_embedding_mean_mul_pow_rsqrt_0 = load_kernel(
+    "piece_0", "range_17_256_cpp_fused_add_embedding_mean_mul_pow_rsqrt_0"
+)
+range_17_256_cpp_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_1 = load_kernel(
+    "piece_0",
+    "range_17_256_cpp_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_1",
+)
 
 
 def size_1(args):
@@ -346,5 +353,112 @@ def range_1_16(args):
     )
 
 
-# Variants whose compiled code is the same as an earlier one's.
-range_17_256 = range_1_16
+def range_17_256(args):
+    (
+        positions,
+        p_embed_tokens_weight,
+        input_ids,
+        b_rotary_inv_freq,
+        p_layers_0_input_layernorm_weight,
+        p_layers_0_self_attn_q_proj_weight,
+        p_layers_0_self_attn_k_proj_weight,
+        p_layers_0_self_attn_v_proj_weight,
+    ) = args
+    args.clear()
+    arg0_1_size = positions.size()
+    s6 = arg0_1_size[1]
+    assert_size_stride(input_ids, (1, s6), (s6, 1), "input")
+    assert_size_stride(p_embed_tokens_weight, (128, 64), (64, 1), "input")
+    assert_size_stride(p_layers_0_input_layernorm_weight, (64,), (1,), "input")
+    buf0 = empty_strided_cpu((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+    buf1 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)
+    buf2 = empty_strided_cpu((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+    assert_size_stride(p_layers_0_self_attn_q_proj_weight, (64, 64), (64, 1), "input")
+    range_17_256_cpp_fused_add_embedding_mean_mul_pow_rsqrt_0(
+        input_ids,
+        p_embed_tokens_weight,
+        p_layers_0_input_layernorm_weight,
+        buf0,
+        buf1,
+        buf2,
+        s6,
+    )
+    del p_embed_tokens_weight
+    del input_ids
+    del p_layers_0_input_layernorm_weight
+    del buf1
+    buf3 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [pow_1, mean, add, rsqrt, mul_1, mul_2, linear], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(p_layers_0_self_attn_q_proj_weight, (64, 64), (1, 64), 0),
+        out=buf3,
+    )
+    del p_layers_0_self_attn_q_proj_weight
+    assert_size_stride(p_layers_0_self_attn_k_proj_weight, (64, 64), (64, 1), "input")
+    buf4 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_1], Original ATen: [aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(p_layers_0_self_attn_k_proj_weight, (64, 64), (1, 64), 0),
+        out=buf4,
+    )
+    del p_layers_0_self_attn_k_proj_weight
+    assert_size_stride(p_layers_0_self_attn_v_proj_weight, (64, 64), (64, 1), "input")
+    buf5 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_2], Original ATen: [aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf2, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(p_layers_0_self_attn_v_proj_weight, (64, 64), (1, 64), 0),
+        out=buf5,
+    )
+    del p_layers_0_self_attn_v_proj_weight
+    assert_size_stride(positions, (1, s6), (s6, 1), "input")
+    assert_size_stride(b_rotary_inv_freq, (8,), (1,), "input")
+    buf6 = empty_strided_cpu((1, s6, 16), (16 * s6, 16, 1), torch.float32)
+    buf10 = empty_strided_cpu((1, s6, 16), (16 * s6, 16, 1), torch.float32)
+    buf9 = reinterpret_tensor(buf2, (1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), 0)
+    del buf2  # reuse
+    buf7 = reinterpret_tensor(
+        buf9, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 0
+    )  # alias
+    buf8 = reinterpret_tensor(
+        buf9, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 8
+    )  # alias
+    buf14 = empty_strided_cpu((1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), torch.float32)
+    buf12 = reinterpret_tensor(
+        buf14, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 0
+    )  # alias
+    buf13 = reinterpret_tensor(
+        buf14, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 8
+    )  # alias
+    buf11 = reinterpret_tensor(buf3, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
+    del buf3  # reuse
+    buf15 = reinterpret_tensor(buf4, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
+    del buf4  # reuse
+    range_17_256_cpp_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_1(
+        buf11,
+        buf15,
+        positions,
+        b_rotary_inv_freq,
+        buf9,
+        buf14,
+        buf6,
+        buf10,
+        buf7,
+        buf8,
+        buf12,
+        buf13,
+        s6,
+    )
+    del positions
+    del b_rotary_inv_freq
+    return (
+        s6,
+        buf0,
+        reinterpret_tensor(buf6, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1), 0),
+        reinterpret_tensor(buf10, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1), 0),
+        reinterpret_tensor(buf5, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0),
+        buf11,
+        buf15,
+    )

@@ -57,6 +57,24 @@ range_1_16_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4 = load_
     "piece_1",
     "range_1_16_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4",
 )
+range_17_256_cpp_fused_clone_transpose_0 = load_kernel(
+    "piece_1", "range_17_256_cpp_fused_clone_transpose_0"
+)
+range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1 = load_kernel(
+    "piece_1", "range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1"
+)
+range_17_256_cpp_fused__unsafe_view_mul_silu_2 = (
+    range_1_16_cpp_fused__unsafe_view_mul_silu_2  # same C++ source
+)
+range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3 = load_kernel(
+    "piece_1", "range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3"
+)
+range_17_256_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4 = (
+    load_kernel(
+        "piece_1",
+        "range_17_256_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4",
+    )
+)
 
 
 def size_1(args):
@@ -493,5 +511,159 @@ def range_1_16(args):
     )
 
 
-# Variants whose compiled code is the same as an earlier one's.
-range_17_256 = range_1_16
+def range_17_256(args):
+    (
+        sdpa,
+        sym_size_int_2,
+        p_layers_0_self_attn_o_proj_weight,
+        embedding,
+        p_layers_0_post_attention_layernorm_weight,
+        p_layers_0_mlp_gate_proj_weight,
+        p_layers_0_mlp_up_proj_weight,
+        p_layers_0_mlp_down_proj_weight,
+        p_layers_1_input_layernorm_weight,
+        p_layers_1_self_attn_q_proj_weight,
+        p_layers_1_self_attn_k_proj_weight,
+        p_layers_1_self_attn_v_proj_weight,
+        unsqueeze_1,
+        unsqueeze_2,
+    ) = args
+    args.clear()
+    s6 = sym_size_int_2
+    assert_size_stride(sdpa, (1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), "input")
+    buf0 = empty_strided_cpu((1, s6, 4, 16), (64 * s6, 64, 16, 1), torch.float32)
+    assert_size_stride(p_layers_0_self_attn_o_proj_weight, (64, 64), (64, 1), "input")
+    range_17_256_cpp_fused_clone_transpose_0(sdpa, buf0, s6)
+    del sdpa
+    buf1 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.clone, aten._unsafe_view, aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf0, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(p_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0),
+        out=buf1,
+    )
+    del p_layers_0_self_attn_o_proj_weight
+    assert_size_stride(embedding, (1, s6, 64), (64 * s6, 64, 1), "input")
+    assert_size_stride(p_layers_0_post_attention_layernorm_weight, (64,), (1,), "input")
+    buf2 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)
+    buf3 = reinterpret_tensor(buf0, (1, s6, 64), (64 * s6, 64, 1), 0)
+    del buf0  # reuse
+    assert_size_stride(p_layers_0_mlp_gate_proj_weight, (128, 64), (64, 1), "input")
+    range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
+        embedding, buf1, p_layers_0_post_attention_layernorm_weight, buf2, buf3, s6
+    )
+    del p_layers_0_post_attention_layernorm_weight
+    del buf2
+    buf4 = empty_strided_cpu((s6, 128), (128, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8, linear_4], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf3, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(p_layers_0_mlp_gate_proj_weight, (64, 128), (1, 64), 0),
+        out=buf4,
+    )
+    del p_layers_0_mlp_gate_proj_weight
+    assert_size_stride(p_layers_0_mlp_up_proj_weight, (128, 64), (64, 1), "input")
+    buf5 = empty_strided_cpu((s6, 128), (128, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_5], Original ATen: [aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf3, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(p_layers_0_mlp_up_proj_weight, (64, 128), (1, 64), 0),
+        out=buf5,
+    )
+    del p_layers_0_mlp_up_proj_weight
+    buf6 = reinterpret_tensor(buf4, (1, s6, 128), (128 * s6, 128, 1), 0)
+    del buf4  # reuse
+    assert_size_stride(p_layers_0_mlp_down_proj_weight, (64, 128), (128, 1), "input")
+    range_17_256_cpp_fused__unsafe_view_mul_silu_2(buf6, buf5, s6)
+    del buf5
+    buf7 = reinterpret_tensor(buf3, (s6, 64), (64, 1), 0)
+    del buf3  # reuse
+    # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9, linear_6], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf6, (s6, 128), (128, 1), 0),
+        reinterpret_tensor(p_layers_0_mlp_down_proj_weight, (128, 64), (1, 128), 0),
+        out=buf7,
+    )
+    del p_layers_0_mlp_down_proj_weight
+    del buf6
+    buf8 = reinterpret_tensor(buf1, (1, s6, 64), (64 * s6, 64, 1), 0)
+    del buf1  # reuse
+    assert_size_stride(p_layers_1_input_layernorm_weight, (64,), (1,), "input")
+    buf9 = empty_strided_cpu((1, s6, 1), (s6, 1, s6), torch.float32)
+    buf10 = empty_strided_cpu((1, s6, 64), (64 * s6, 64, 1), torch.float32)
+    assert_size_stride(p_layers_1_self_attn_q_proj_weight, (64, 64), (64, 1), "input")
+    range_17_256_cpp_fused__unsafe_view_add_mean_mul_pow_rsqrt_3(
+        buf8, embedding, buf7, p_layers_1_input_layernorm_weight, buf9, buf10, s6
+    )
+    del embedding
+    del p_layers_1_input_layernorm_weight
+    del buf9
+    buf11 = buf7
+    del buf7  # reuse
+    # Topologically Sorted Source Nodes: [pow_3, mean_2, add_6, rsqrt_2, mul_10, mul_11, linear_7], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(p_layers_1_self_attn_q_proj_weight, (64, 64), (1, 64), 0),
+        out=buf11,
+    )
+    del p_layers_1_self_attn_q_proj_weight
+    assert_size_stride(p_layers_1_self_attn_k_proj_weight, (64, 64), (64, 1), "input")
+    buf12 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_8], Original ATen: [aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(p_layers_1_self_attn_k_proj_weight, (64, 64), (1, 64), 0),
+        out=buf12,
+    )
+    del p_layers_1_self_attn_k_proj_weight
+    assert_size_stride(p_layers_1_self_attn_v_proj_weight, (64, 64), (64, 1), "input")
+    buf13 = empty_strided_cpu((s6, 64), (64, 1), torch.float32)
+    # Topologically Sorted Source Nodes: [linear_9], Original ATen: [aten.view, aten.t, aten.mm]
+    torch.mm(
+        reinterpret_tensor(buf10, (s6, 64), (64, 1), 0),
+        reinterpret_tensor(p_layers_1_self_attn_v_proj_weight, (64, 64), (1, 64), 0),
+        out=buf13,
+    )
+    del p_layers_1_self_attn_v_proj_weight
+    buf16 = reinterpret_tensor(buf10, (1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), 0)
+    del buf10  # reuse
+    buf14 = reinterpret_tensor(
+        buf16, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 0
+    )  # alias
+    buf15 = reinterpret_tensor(
+        buf16, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 8
+    )  # alias
+    buf20 = empty_strided_cpu((1, 4, s6, 16), (64 * s6, 16 * s6, 16, 1), torch.float32)
+    buf18 = reinterpret_tensor(
+        buf20, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 0
+    )  # alias
+    buf19 = reinterpret_tensor(
+        buf20, (1, 4, s6, 8), (64 * s6, 16 * s6, 16, 1), 8
+    )  # alias
+    assert_size_stride(unsqueeze_1, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1), "input")
+    assert_size_stride(unsqueeze_2, (1, 1, s6, 16), (16 * s6, 16 * s6, 16, 1), "input")
+    buf17 = reinterpret_tensor(buf11, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
+    del buf11  # reuse
+    buf21 = reinterpret_tensor(buf12, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0)
+    del buf12  # reuse
+    range_17_256_cpp_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_4(
+        buf17,
+        buf21,
+        unsqueeze_1,
+        buf16,
+        unsqueeze_2,
+        buf20,
+        buf14,
+        buf15,
+        buf18,
+        buf19,
+        s6,
+    )
+    del unsqueeze_1
+    del unsqueeze_2
+    return (
+        buf8,
+        reinterpret_tensor(buf13, (1, 4, s6, 16), (64 * s6, 16, 64, 1), 0),
+        buf17,
+        buf21,
+    )

@@ -8,36 +8,36 @@ extern "C"  void  kernel(float* in_out_ptr0,
 {
     std::atomic<int> inductor_cpu_integer_div_error{0};
     inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;
-    #pragma omp parallel
     {
-        int tid = omp_get_thread_num();
+        #pragma GCC ivdep
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
+            for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(32L); x1+=static_cast<int64_t>(8L))
             {
-                for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(32L); x1+=static_cast<int64_t>(8L))
                 {
+                    if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(32L)))
                     {
-                        if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(32L)))
-                        {
-                            auto tmp0 = at::vec::Vectorized<float>::loadu(in_out_ptr0 + static_cast<int64_t>(x1 + 32L*x0), static_cast<int64_t>(8));
-                            auto tmp2 = in_ptr0[static_cast<int64_t>(x0)];
-                            auto tmp1 = tmp0.tanh();
-                            auto tmp3 = 64L;
-                            auto tmp4 = c10::convert<int64_t>(tmp3);
-                            auto tmp5 = int64_t(tmp2 + tmp4);
-                            auto tmp6 = tmp2 < 0;
-                            auto tmp7 = tmp6 ? tmp5 : tmp2;
-                            auto tmp8 = tmp7;
-                            auto tmp9 = c10::convert<int64_t>(tmp8);
-                            TORCH_CHECK((0 <= tmp9) & (tmp9 < 64L), "index out of bounds: 0 <= tmp9 < 64L");
-                            tmp1.store(in_out_ptr0 + static_cast<int64_t>(x1 + 32L*x0));
-                            tmp1.store(out_ptr0 + static_cast<int64_t>(x1 + 32L*tmp7));
-                        }
+                        auto tmp0 = at::vec::Vectorized<float>::loadu(in_out_ptr0 + static_cast<int64_t>(x1 + 32L*x0), static_cast<int64_t>(8));
+                        auto tmp2 = in_ptr0[static_cast<int64_t>(x0)];
+                        auto tmp1 = tmp0.tanh();
+                        auto tmp3 = 64L;
+                        auto tmp4 = c10::convert<int64_t>(tmp3);
+                        auto tmp5 = int64_t(tmp2 + tmp4);
+                        auto tmp6 = tmp2 < 0;
+                        auto tmp7 = tmp6 ? tmp5 : tmp2;
+                        auto tmp8 = tmp7;
+                        auto tmp9 = c10::convert<int64_t>(tmp8);
+                        TORCH_CHECK((0 <= tmp9) & (tmp9 < 64L), "index out of bounds: 0 <= tmp9 < 64L");
+                        tmp1.store(in_out_ptr0 + static_cast<int64_t>(x1 + 32L*x0));
+                        tmp1.store(out_ptr0 + static_cast<int64_t>(x1 + 32L*tmp7));
                     }
                 }
             }
         }
+    }
+    #pragma omp parallel
+    {
+        int tid = omp_get_thread_num();
         {
             #pragma omp for
             for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(32L); x0+=static_cast<int64_t>(8L))
@@ -62,22 +62,25 @@ extern "C"  void  kernel(float* in_out_ptr0,
                 }
             }
         }
+        #pragma omp single
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
             {
-                for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(32L); x1+=static_cast<int64_t>(8L))
+                #pragma GCC ivdep
+                for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
                 {
+                    for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(32L); x1+=static_cast<int64_t>(8L))
                     {
-                        if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(32L)))
                         {
-                            auto tmp0 = at::vec::Vectorized<float>::loadu(in_out_ptr0 + static_cast<int64_t>(x1 + 32L*x0), static_cast<int64_t>(8));
-                            auto tmp1 = at::vec::Vectorized<float>::loadu(out_ptr1 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
-                            auto tmp2 = static_cast<float>(64.0);
-                            auto tmp3 = at::vec::Vectorized<float>(tmp2);
-                            auto tmp4 = tmp1 / tmp3;
-                            auto tmp5 = tmp0 + tmp4;
-                            tmp5.store(in_out_ptr0 + static_cast<int64_t>(x1 + 32L*x0));
+                            if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(32L)))
+                            {
+                                auto tmp0 = at::vec::Vectorized<float>::loadu(in_out_ptr0 + static_cast<int64_t>(x1 + 32L*x0), static_cast<int64_t>(8));
+                                auto tmp1 = at::vec::Vectorized<float>::loadu(out_ptr1 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
+                                auto tmp2 = static_cast<float>(64.0);
+                                auto tmp3 = at::vec::Vectorized<float>(tmp2);
+                                auto tmp4 = tmp1 / tmp3;
+                                auto tmp5 = tmp0 + tmp4;
+                                tmp5.store(in_out_ptr0 + static_cast<int64_t>(x1 + 32L*x0));
+                            }
                         }
                     }
                 }

@@ -5,39 +5,35 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
 {
     std::atomic<int> inductor_cpu_integer_div_error{0};
     inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;
-    #pragma omp parallel
     {
-        int tid = omp_get_thread_num();
+        #pragma GCC ivdep
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(8L); x0+=static_cast<int64_t>(1L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(8L); x0+=static_cast<int64_t>(1L))
+            for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(8L); x1+=static_cast<int64_t>(8L))
             {
-                for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(8L); x1+=static_cast<int64_t>(8L))
                 {
+                    if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(8L)))
                     {
-                        if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(8L)))
-                        {
-                            auto tmp0 = in_ptr0[static_cast<int64_t>(x0)];
-                            auto tmp1 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
-                            auto tmp2 = at::vec::VectorizedN<int64_t,2>(tmp0);
-                            auto tmp3 = at::vec::VecMask<int64_t,2>(tmp2 == tmp1);
-                            auto tmp4 = static_cast<bool>(true);
-                            auto tmp5 = at::vec::VecMask<float,1>::from(tmp4);
-                            auto tmp6 = tmp5.template cast<int32_t,1>();
-                            auto tmp7 = tmp3.template cast<int32_t,1>();
-                            auto tmp8 = tmp6 & tmp7;
-                            auto tmp9 = x1;
-                            auto tmp10 = c10::convert<int64_t>(tmp9);
-                            auto tmp11 = at::vec::VectorizedN<int64_t,2>::arange(tmp10, 1);
-                            auto tmp12 = x0;
-                            auto tmp13 = c10::convert<int64_t>(tmp12);
-                            auto tmp14 = at::vec::VectorizedN<int64_t,2>(tmp13);
-                            auto tmp15 = at::vec::VecMask<int64_t,2>(tmp11 <= tmp14);
-                            auto tmp16 = tmp8.template cast<int32_t,1>();
-                            auto tmp17 = tmp15.template cast<int32_t,1>();
-                            auto tmp18 = tmp16 & tmp17;
-                            tmp18.store(out_ptr0 + static_cast<int64_t>(x1 + 8L*x0), static_cast<int64_t>(8));
-                        }
+                        auto tmp0 = in_ptr0[static_cast<int64_t>(x0)];
+                        auto tmp1 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
+                        auto tmp2 = at::vec::VectorizedN<int64_t,2>(tmp0);
+                        auto tmp3 = at::vec::VecMask<int64_t,2>(tmp2 == tmp1);
+                        auto tmp4 = static_cast<bool>(true);
+                        auto tmp5 = at::vec::VecMask<float,1>::from(tmp4);
+                        auto tmp6 = tmp5.template cast<int32_t,1>();
+                        auto tmp7 = tmp3.template cast<int32_t,1>();
+                        auto tmp8 = tmp6 & tmp7;
+                        auto tmp9 = x1;
+                        auto tmp10 = c10::convert<int64_t>(tmp9);
+                        auto tmp11 = at::vec::VectorizedN<int64_t,2>::arange(tmp10, 1);
+                        auto tmp12 = x0;
+                        auto tmp13 = c10::convert<int64_t>(tmp12);
+                        auto tmp14 = at::vec::VectorizedN<int64_t,2>(tmp13);
+                        auto tmp15 = at::vec::VecMask<int64_t,2>(tmp11 <= tmp14);
+                        auto tmp16 = tmp8.template cast<int32_t,1>();
+                        auto tmp17 = tmp15.template cast<int32_t,1>();
+                        auto tmp18 = tmp16 & tmp17;
+                        tmp18.store(out_ptr0 + static_cast<int64_t>(x1 + 8L*x0), static_cast<int64_t>(8));
                     }
                 }
             }

@@ -12,7 +12,7 @@ extern "C"  void  kernel(const float* in_ptr0,
     {
         int tid = omp_get_thread_num();
         {
-            #pragma omp for collapse(2)
+            #pragma omp for
             for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(4L); x0+=static_cast<int64_t>(1L))
             {
                 for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
@@ -42,7 +42,7 @@ extern "C"  void  kernel(const float* in_ptr0,
             }
         }
         {
-            #pragma omp for collapse(2)
+            #pragma omp for
             for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(4L); x0+=static_cast<int64_t>(1L))
             {
                 for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))

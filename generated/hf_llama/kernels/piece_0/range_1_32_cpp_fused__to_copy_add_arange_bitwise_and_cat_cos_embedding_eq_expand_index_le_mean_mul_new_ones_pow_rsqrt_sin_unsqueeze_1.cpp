@@ -15,137 +15,133 @@ extern "C"  void  kernel(const float* in_ptr0,
 {
     std::atomic<int> inductor_cpu_integer_div_error{0};
     inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;
-    #pragma omp parallel
     {
-        int tid = omp_get_thread_num();
+        #pragma GCC ivdep
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
+            for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(16L); x1+=static_cast<int64_t>(8L))
             {
-                for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(16L); x1+=static_cast<int64_t>(8L))
                 {
+                    if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(16L)))
                     {
-                        if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(16L)))
-                        {
-                            auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>((static_cast<int64_t>(x1) % static_cast<int64_t>(8L))), static_cast<int64_t>(8));
-                            auto tmp1 = x0;
-                            auto tmp2 = c10::convert<float>(tmp1);
-                            auto tmp3 = at::vec::Vectorized<float>(tmp2);
-                            auto tmp4 = tmp3 * tmp0;
-                            auto tmp5 = tmp4.cos();
-                            auto tmp6 = static_cast<float>(1.0);
-                            auto tmp7 = at::vec::Vectorized<float>(tmp6);
-                            auto tmp8 = tmp5 * tmp7;
-                            auto tmp9 = tmp4.sin();
-                            auto tmp10 = tmp9 * tmp7;
-                            tmp8.store(out_ptr0 + static_cast<int64_t>(x1 + 16L*x0));
-                            tmp10.store(out_ptr1 + static_cast<int64_t>(x1 + 16L*x0));
-                        }
+                        auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>((static_cast<int64_t>(x1) % static_cast<int64_t>(8L))), static_cast<int64_t>(8));
+                        auto tmp1 = x0;
+                        auto tmp2 = c10::convert<float>(tmp1);
+                        auto tmp3 = at::vec::Vectorized<float>(tmp2);
+                        auto tmp4 = tmp3 * tmp0;
+                        auto tmp5 = tmp4.cos();
+                        auto tmp6 = static_cast<float>(1.0);
+                        auto tmp7 = at::vec::Vectorized<float>(tmp6);
+                        auto tmp8 = tmp5 * tmp7;
+                        auto tmp9 = tmp4.sin();
+                        auto tmp10 = tmp9 * tmp7;
+                        tmp8.store(out_ptr0 + static_cast<int64_t>(x1 + 16L*x0));
+                        tmp10.store(out_ptr1 + static_cast<int64_t>(x1 + 16L*x0));
                     }
                 }
             }
         }
+    }
+    {
+        #pragma GCC ivdep
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
             {
-                {
-                    float tmp_acc0 = 0;
-                    at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
-                    for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
-                    {
-                        {
-                            if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
-                            {
-                                auto tmp0 = in_ptr1[static_cast<int64_t>(x0)];
-                                auto tmp1 = tmp0;
-                                auto tmp2 = c10::convert<int64_t>(tmp1);
-                                TORCH_CHECK((0 <= tmp2) & (tmp2 < 256L), "index out of bounds: 0 <= tmp2 < 256L");
-                                auto tmp4 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x1 + 64L*tmp0), static_cast<int64_t>(8));
-                                auto tmp5 = tmp4 * tmp4;
-                                tmp4.store(out_ptr2 + static_cast<int64_t>(x1 + 64L*x0));
-                                tmp_acc0_vec = tmp_acc0_vec + tmp5;
-                            }
-                        }
-                    }
-                    tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
-                    out_ptr3[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
-                }
+                float tmp_acc0 = 0;
+                at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
                 for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
                 {
                     {
                         if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
                         {
-                            auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr3 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
-                            auto tmp1 = at::vec::Vectorized<float>::loadu(out_ptr2 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
-                            auto tmp2 = out_ptr3[static_cast<int64_t>(x0)];
-                            auto tmp3 = static_cast<float>(64.0);
-                            auto tmp4 = tmp2 / tmp3;
-                            auto tmp5 = static_cast<float>(1e-06);
-                            auto tmp6 = float(tmp4 + tmp5);
-                            auto tmp7 = 1 / std::sqrt(tmp6);
-                            auto tmp8 = at::vec::Vectorized<float>(tmp7);
-                            auto tmp9 = tmp1 * tmp8;
-                            auto tmp10 = tmp0 * tmp9;
-                            tmp10.store(out_ptr4 + static_cast<int64_t>(x1 + 64L*x0));
+                            auto tmp0 = in_ptr1[static_cast<int64_t>(x0)];
+                            auto tmp1 = tmp0;
+                            auto tmp2 = c10::convert<int64_t>(tmp1);
+                            TORCH_CHECK((0 <= tmp2) & (tmp2 < 256L), "index out of bounds: 0 <= tmp2 < 256L");
+                            auto tmp4 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x1 + 64L*tmp0), static_cast<int64_t>(8));
+                            auto tmp5 = tmp4 * tmp4;
+                            tmp4.store(out_ptr2 + static_cast<int64_t>(x1 + 64L*x0));
+                            tmp_acc0_vec = tmp_acc0_vec + tmp5;
                         }
+                    }
+                }
+                tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
+                out_ptr3[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
+            }
+            for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
+            {
+                {
+                    if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
+                    {
+                        auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr3 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
+                        auto tmp1 = at::vec::Vectorized<float>::loadu(out_ptr2 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
+                        auto tmp2 = out_ptr3[static_cast<int64_t>(x0)];
+                        auto tmp3 = static_cast<float>(64.0);
+                        auto tmp4 = tmp2 / tmp3;
+                        auto tmp5 = static_cast<float>(1e-06);
+                        auto tmp6 = float(tmp4 + tmp5);
+                        auto tmp7 = 1 / std::sqrt(tmp6);
+                        auto tmp8 = at::vec::Vectorized<float>(tmp7);
+                        auto tmp9 = tmp1 * tmp8;
+                        auto tmp10 = tmp0 * tmp9;
+                        tmp10.store(out_ptr4 + static_cast<int64_t>(x1 + 64L*x0));
                     }
                 }
             }
         }
+    }
+    {
+        #pragma GCC ivdep
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
+            for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(ks0); x1+=static_cast<int64_t>(8L))
             {
-                for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(ks0); x1+=static_cast<int64_t>(8L))
                 {
+                    if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L))))))
                     {
-                        if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L))))))
-                        {
-                            auto tmp0 = in_ptr4[static_cast<int64_t>(x0)];
-                            auto tmp1 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr4 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
-                            auto tmp2 = at::vec::VectorizedN<int64_t,2>(tmp0);
-                            auto tmp3 = at::vec::VecMask<int64_t,2>(tmp2 == tmp1);
-                            auto tmp4 = static_cast<bool>(true);
-                            auto tmp5 = at::vec::VecMask<float,1>::from(tmp4);
-                            auto tmp6 = tmp5.template cast<int32_t,1>();
-                            auto tmp7 = tmp3.template cast<int32_t,1>();
-                            auto tmp8 = tmp6 & tmp7;
-                            auto tmp9 = x1;
-                            auto tmp10 = c10::convert<int64_t>(tmp9);
-                            auto tmp11 = at::vec::VectorizedN<int64_t,2>::arange(tmp10, 1);
-                            auto tmp12 = x0;
-                            auto tmp13 = c10::convert<int64_t>(tmp12);
-                            auto tmp14 = at::vec::VectorizedN<int64_t,2>(tmp13);
-                            auto tmp15 = at::vec::VecMask<int64_t,2>(tmp11 <= tmp14);
-                            auto tmp16 = tmp8.template cast<int32_t,1>();
-                            auto tmp17 = tmp15.template cast<int32_t,1>();
-                            auto tmp18 = tmp16 & tmp17;
-                            tmp18.store(out_ptr5 + static_cast<int64_t>(x1 + ks0*x0), static_cast<int64_t>(8));
-                        }
-                        if(C10_UNLIKELY(x1 >= static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))) && x1 < static_cast<int64_t>(ks0)))
-                        {
-                            auto tmp0 = in_ptr4[static_cast<int64_t>(x0)];
-                            auto tmp1 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr4 + static_cast<int64_t>(x1), static_cast<int64_t>(ks0 + (-8L)*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))));
-                            auto tmp2 = at::vec::VectorizedN<int64_t,2>(tmp0);
-                            auto tmp3 = at::vec::VecMask<int64_t,2>(tmp2 == tmp1);
-                            auto tmp4 = static_cast<bool>(true);
-                            auto tmp5 = at::vec::VecMask<float,1>::from(tmp4);
-                            auto tmp6 = tmp5.template cast<int32_t,1>();
-                            auto tmp7 = tmp3.template cast<int32_t,1>();
-                            auto tmp8 = tmp6 & tmp7;
-                            auto tmp9 = x1;
-                            auto tmp10 = c10::convert<int64_t>(tmp9);
-                            auto tmp11 = at::vec::VectorizedN<int64_t,2>::arange(tmp10, 1);
-                            auto tmp12 = x0;
-                            auto tmp13 = c10::convert<int64_t>(tmp12);
-                            auto tmp14 = at::vec::VectorizedN<int64_t,2>(tmp13);
-                            auto tmp15 = at::vec::VecMask<int64_t,2>(tmp11 <= tmp14);
-                            auto tmp16 = tmp8.template cast<int32_t,1>();
-                            auto tmp17 = tmp15.template cast<int32_t,1>();
-                            auto tmp18 = tmp16 & tmp17;
-                            tmp18.store(out_ptr5 + static_cast<int64_t>(x1 + ks0*x0), static_cast<int64_t>(ks0 + (-8L)*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))));
-                        }
+                        auto tmp0 = in_ptr4[static_cast<int64_t>(x0)];
+                        auto tmp1 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr4 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
+                        auto tmp2 = at::vec::VectorizedN<int64_t,2>(tmp0);
+                        auto tmp3 = at::vec::VecMask<int64_t,2>(tmp2 == tmp1);
+                        auto tmp4 = static_cast<bool>(true);
+                        auto tmp5 = at::vec::VecMask<float,1>::from(tmp4);
+                        auto tmp6 = tmp5.template cast<int32_t,1>();
+                        auto tmp7 = tmp3.template cast<int32_t,1>();
+                        auto tmp8 = tmp6 & tmp7;
+                        auto tmp9 = x1;
+                        auto tmp10 = c10::convert<int64_t>(tmp9);
+                        auto tmp11 = at::vec::VectorizedN<int64_t,2>::arange(tmp10, 1);
+                        auto tmp12 = x0;
+                        auto tmp13 = c10::convert<int64_t>(tmp12);
+                        auto tmp14 = at::vec::VectorizedN<int64_t,2>(tmp13);
+                        auto tmp15 = at::vec::VecMask<int64_t,2>(tmp11 <= tmp14);
+                        auto tmp16 = tmp8.template cast<int32_t,1>();
+                        auto tmp17 = tmp15.template cast<int32_t,1>();
+                        auto tmp18 = tmp16 & tmp17;
+                        tmp18.store(out_ptr5 + static_cast<int64_t>(x1 + ks0*x0), static_cast<int64_t>(8));
+                    }
+                    if(C10_UNLIKELY(x1 >= static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))) && x1 < static_cast<int64_t>(ks0)))
+                    {
+                        auto tmp0 = in_ptr4[static_cast<int64_t>(x0)];
+                        auto tmp1 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr4 + static_cast<int64_t>(x1), static_cast<int64_t>(ks0 + (-8L)*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))));
+                        auto tmp2 = at::vec::VectorizedN<int64_t,2>(tmp0);
+                        auto tmp3 = at::vec::VecMask<int64_t,2>(tmp2 == tmp1);
+                        auto tmp4 = static_cast<bool>(true);
+                        auto tmp5 = at::vec::VecMask<float,1>::from(tmp4);
+                        auto tmp6 = tmp5.template cast<int32_t,1>();
+                        auto tmp7 = tmp3.template cast<int32_t,1>();
+                        auto tmp8 = tmp6 & tmp7;
+                        auto tmp9 = x1;
+                        auto tmp10 = c10::convert<int64_t>(tmp9);
+                        auto tmp11 = at::vec::VectorizedN<int64_t,2>::arange(tmp10, 1);
+                        auto tmp12 = x0;
+                        auto tmp13 = c10::convert<int64_t>(tmp12);
+                        auto tmp14 = at::vec::VectorizedN<int64_t,2>(tmp13);
+                        auto tmp15 = at::vec::VecMask<int64_t,2>(tmp11 <= tmp14);
+                        auto tmp16 = tmp8.template cast<int32_t,1>();
+                        auto tmp17 = tmp15.template cast<int32_t,1>();
+                        auto tmp18 = tmp16 & tmp17;
+                        tmp18.store(out_ptr5 + static_cast<int64_t>(x1 + ks0*x0), static_cast<int64_t>(ks0 + (-8L)*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))));
                     }
                 }
             }

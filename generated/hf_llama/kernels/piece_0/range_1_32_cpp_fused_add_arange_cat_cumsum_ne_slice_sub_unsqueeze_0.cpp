@@ -16,58 +16,52 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
             }
         }
     }
-    #pragma omp parallel
     {
-        int tid = omp_get_thread_num();
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(8L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(8L))
             {
+                if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L))))))
                 {
-                    if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L))))))
-                    {
-                        auto tmp0 = x0;
-                        auto tmp1 = c10::convert<int64_t>(tmp0);
-                        auto tmp2 = at::vec::VectorizedN<int64_t,2>::arange(tmp1, 1);
-                        tmp2.store(out_ptr1 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                    }
-                    if(C10_UNLIKELY(x0 >= static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))) && x0 < static_cast<int64_t>(ks0)))
-                    {
-                        auto tmp0 = x0;
-                        auto tmp1 = c10::convert<int64_t>(tmp0);
-                        auto tmp2 = at::vec::VectorizedN<int64_t,2>::arange(tmp1, 1);
-                        tmp2.store(out_ptr1 + static_cast<int64_t>(x0), static_cast<int64_t>(ks0 + (-8L)*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))));
-                    }
+                    auto tmp0 = x0;
+                    auto tmp1 = c10::convert<int64_t>(tmp0);
+                    auto tmp2 = at::vec::VectorizedN<int64_t,2>::arange(tmp1, 1);
+                    tmp2.store(out_ptr1 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                }
+                if(C10_UNLIKELY(x0 >= static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))) && x0 < static_cast<int64_t>(ks0)))
+                {
+                    auto tmp0 = x0;
+                    auto tmp1 = c10::convert<int64_t>(tmp0);
+                    auto tmp2 = at::vec::VectorizedN<int64_t,2>::arange(tmp1, 1);
+                    tmp2.store(out_ptr1 + static_cast<int64_t>(x0), static_cast<int64_t>(ks0 + (-8L)*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))));
                 }
             }
         }
+    }
+    {
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(8L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(8L))
             {
+                if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L))))))
                 {
-                    if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L))))))
-                    {
-                        auto tmp0 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(1L + x0), static_cast<int64_t>(8));
-                        auto tmp1 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                        auto tmp2 = tmp0 - tmp1;
-                        auto tmp3 = static_cast<int64_t>(1);
-                        auto tmp4 = at::vec::VectorizedN<int64_t,2>(tmp3);
-                        auto tmp5 = at::vec::VecMask<int64_t,2>(tmp2 != tmp4);
-                        auto tmp6 = tmp5.to<int64_t,2>();
-                        tmp6.store(out_ptr2 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                    }
-                    if(C10_UNLIKELY(x0 >= static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))) && x0 < static_cast<int64_t>(ks0)))
-                    {
-                        auto tmp0 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(1L + x0), static_cast<int64_t>(ks0 + (-8L)*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))));
-                        auto tmp1 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(ks0 + (-8L)*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))));
-                        auto tmp2 = tmp0 - tmp1;
-                        auto tmp3 = static_cast<int64_t>(1);
-                        auto tmp4 = at::vec::VectorizedN<int64_t,2>(tmp3);
-                        auto tmp5 = at::vec::VecMask<int64_t,2>(tmp2 != tmp4);
-                        auto tmp6 = tmp5.to<int64_t,2>();
-                        tmp6.store(out_ptr2 + static_cast<int64_t>(x0), static_cast<int64_t>(ks0 + (-8L)*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))));
-                    }
+                    auto tmp0 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(1L + x0), static_cast<int64_t>(8));
+                    auto tmp1 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                    auto tmp2 = tmp0 - tmp1;
+                    auto tmp3 = static_cast<int64_t>(1);
+                    auto tmp4 = at::vec::VectorizedN<int64_t,2>(tmp3);
+                    auto tmp5 = at::vec::VecMask<int64_t,2>(tmp2 != tmp4);
+                    auto tmp6 = tmp5.to<int64_t,2>();
+                    tmp6.store(out_ptr2 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                }
+                if(C10_UNLIKELY(x0 >= static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))) && x0 < static_cast<int64_t>(ks0)))
+                {
+                    auto tmp0 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(1L + x0), static_cast<int64_t>(ks0 + (-8L)*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))));
+                    auto tmp1 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(ks0 + (-8L)*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))));
+                    auto tmp2 = tmp0 - tmp1;
+                    auto tmp3 = static_cast<int64_t>(1);
+                    auto tmp4 = at::vec::VectorizedN<int64_t,2>(tmp3);
+                    auto tmp5 = at::vec::VecMask<int64_t,2>(tmp2 != tmp4);
+                    auto tmp6 = tmp5.to<int64_t,2>();
+                    tmp6.store(out_ptr2 + static_cast<int64_t>(x0), static_cast<int64_t>(ks0 + (-8L)*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))));
                 }
             }
         }

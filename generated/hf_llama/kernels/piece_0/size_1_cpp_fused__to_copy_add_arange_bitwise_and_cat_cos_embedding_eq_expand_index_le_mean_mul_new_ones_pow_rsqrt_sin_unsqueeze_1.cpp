@@ -14,29 +14,24 @@ extern "C"  void  kernel(const float* in_ptr0,
 {
     std::atomic<int> inductor_cpu_integer_div_error{0};
     inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;
-    #pragma omp parallel
     {
-        int tid = omp_get_thread_num();
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(16L); x0+=static_cast<int64_t>(8L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(16L); x0+=static_cast<int64_t>(8L))
             {
+                if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(16L)))
                 {
-                    if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(16L)))
-                    {
-                        auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>((static_cast<int64_t>(x0) % static_cast<int64_t>(8L))), static_cast<int64_t>(8));
-                        auto tmp1 = static_cast<float>(0.0);
-                        auto tmp2 = at::vec::Vectorized<float>(tmp1);
-                        auto tmp3 = tmp2 * tmp0;
-                        auto tmp4 = tmp3.cos();
-                        auto tmp5 = static_cast<float>(1.0);
-                        auto tmp6 = at::vec::Vectorized<float>(tmp5);
-                        auto tmp7 = tmp4 * tmp6;
-                        auto tmp8 = tmp3.sin();
-                        auto tmp9 = tmp8 * tmp6;
-                        tmp7.store(out_ptr0 + static_cast<int64_t>(x0));
-                        tmp9.store(out_ptr1 + static_cast<int64_t>(x0));
-                    }
+                    auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>((static_cast<int64_t>(x0) % static_cast<int64_t>(8L))), static_cast<int64_t>(8));
+                    auto tmp1 = static_cast<float>(0.0);
+                    auto tmp2 = at::vec::Vectorized<float>(tmp1);
+                    auto tmp3 = tmp2 * tmp0;
+                    auto tmp4 = tmp3.cos();
+                    auto tmp5 = static_cast<float>(1.0);
+                    auto tmp6 = at::vec::Vectorized<float>(tmp5);
+                    auto tmp7 = tmp4 * tmp6;
+                    auto tmp8 = tmp3.sin();
+                    auto tmp9 = tmp8 * tmp6;
+                    tmp7.store(out_ptr0 + static_cast<int64_t>(x0));
+                    tmp9.store(out_ptr1 + static_cast<int64_t>(x0));
                 }
             }
         }
@@ -45,49 +40,21 @@ extern "C"  void  kernel(const float* in_ptr0,
         {
             float tmp_acc0 = 0;
             at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
-            int max_threads = omp_get_max_threads();
-            at::vec::Vectorized<float> tmp_acc0_vec_arr[max_threads];
-            for (int i = 0; i < max_threads; i++)
+            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(64L); x0+=static_cast<int64_t>(8L))
             {
-                tmp_acc0_vec_arr[i] = at::vec::Vectorized<float>(0);
-            }
-            float tmp_acc0_arr[max_threads];
-            for (int i = 0; i < max_threads; i++)
-            {
-                tmp_acc0_arr[i] = 0;
-            }
-            #pragma omp parallel
-            {
-                int tid = omp_get_thread_num();
-                at::vec::Vectorized<float> tmp_acc0_vec_local = at::vec::Vectorized<float>(0);
-                float tmp_acc0_local = 0;
-                #pragma omp for
-                for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(64L); x0+=static_cast<int64_t>(8L))
                 {
+                    if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(64L)))
                     {
-                        if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(64L)))
-                        {
-                            auto tmp0 = in_ptr1[static_cast<int64_t>(0L)];
-                            auto tmp1 = tmp0;
-                            auto tmp2 = c10::convert<int64_t>(tmp1);
-                            TORCH_CHECK((0 <= tmp2) & (tmp2 < 256L), "index out of bounds: 0 <= tmp2 < 256L");
-                            auto tmp4 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x0 + 64L*tmp0), static_cast<int64_t>(8));
-                            auto tmp5 = tmp4 * tmp4;
-                            tmp4.store(out_ptr2 + static_cast<int64_t>(x0));
-                            tmp_acc0_vec_local = tmp_acc0_vec_local + tmp5;
-                        }
+                        auto tmp0 = in_ptr1[static_cast<int64_t>(0L)];
+                        auto tmp1 = tmp0;
+                        auto tmp2 = c10::convert<int64_t>(tmp1);
+                        TORCH_CHECK((0 <= tmp2) & (tmp2 < 256L), "index out of bounds: 0 <= tmp2 < 256L");
+                        auto tmp4 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x0 + 64L*tmp0), static_cast<int64_t>(8));
+                        auto tmp5 = tmp4 * tmp4;
+                        tmp4.store(out_ptr2 + static_cast<int64_t>(x0));
+                        tmp_acc0_vec = tmp_acc0_vec + tmp5;
                     }
                 }
-                tmp_acc0_vec_arr[tid] = tmp_acc0_vec_local;
-                tmp_acc0_arr[tid] = tmp_acc0_local;
-            }
-            for (int tid = 0; tid < max_threads; tid++)
-            {
-                tmp_acc0_vec = tmp_acc0_vec + tmp_acc0_vec_arr[tid];
-            }
-            for (int tid = 0; tid < max_threads; tid++)
-            {
-                tmp_acc0 = tmp_acc0 + tmp_acc0_arr[tid];
             }
             tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
             out_ptr3[static_cast<int64_t>(0L)] = static_cast<float>(tmp_acc0);
@@ -107,29 +74,24 @@ extern "C"  void  kernel(const float* in_ptr0,
             }
         }
     }
-    #pragma omp parallel
     {
-        int tid = omp_get_thread_num();
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(64L); x0+=static_cast<int64_t>(8L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(64L); x0+=static_cast<int64_t>(8L))
             {
+                if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(64L)))
                 {
-                    if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(64L)))
-                    {
-                        auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr4 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                        auto tmp1 = at::vec::Vectorized<float>::loadu(out_ptr2 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                        auto tmp2 = out_ptr3[static_cast<int64_t>(0L)];
-                        auto tmp3 = static_cast<float>(64.0);
-                        auto tmp4 = tmp2 / tmp3;
-                        auto tmp5 = static_cast<float>(1e-06);
-                        auto tmp6 = float(tmp4 + tmp5);
-                        auto tmp7 = 1 / std::sqrt(tmp6);
-                        auto tmp8 = at::vec::Vectorized<float>(tmp7);
-                        auto tmp9 = tmp1 * tmp8;
-                        auto tmp10 = tmp0 * tmp9;
-                        tmp10.store(out_ptr5 + static_cast<int64_t>(x0));
-                    }
+                    auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr4 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                    auto tmp1 = at::vec::Vectorized<float>::loadu(out_ptr2 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                    auto tmp2 = out_ptr3[static_cast<int64_t>(0L)];
+                    auto tmp3 = static_cast<float>(64.0);
+                    auto tmp4 = tmp2 / tmp3;
+                    auto tmp5 = static_cast<float>(1e-06);
+                    auto tmp6 = float(tmp4 + tmp5);
+                    auto tmp7 = 1 / std::sqrt(tmp6);
+                    auto tmp8 = at::vec::Vectorized<float>(tmp7);
+                    auto tmp9 = tmp1 * tmp8;
+                    auto tmp10 = tmp0 * tmp9;
+                    tmp10.store(out_ptr5 + static_cast<int64_t>(x0));
                 }
             }
         }

@@ -17,62 +17,61 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
 {
     std::atomic<int> inductor_cpu_integer_div_error{0};
     inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;
+    {
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(8L))
+        {
+            {
+                if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L))))))
+                {
+                    auto tmp0 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                    auto tmp1 = static_cast<int64_t>(0);
+                    auto tmp2 = at::vec::VectorizedN<int64_t,2>(tmp1);
+                    auto tmp3 = at::vec::VecMask<int64_t,2>(tmp0 < tmp2);
+                    auto tmp4 = static_cast<int64_t>(128);
+                    auto tmp5 = at::vec::VectorizedN<int64_t,2>(tmp4);
+                    auto tmp6 = decltype(tmp5)::blendv(tmp0, tmp5, tmp3.template cast<int64_t,2>());
+                    tmp6.store(out_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                }
+                if(C10_UNLIKELY(x0 >= static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))) && x0 < static_cast<int64_t>(ks0)))
+                {
+                    for (int64_t x0_tail = static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L))));x0_tail < static_cast<int64_t>(ks0); x0_tail++)
+                    {
+                        auto tmp0 = in_ptr0[static_cast<int64_t>(x0_tail)];
+                        auto tmp1 = static_cast<int64_t>(0);
+                        auto tmp2 = tmp0 < tmp1;
+                        auto tmp3 = static_cast<int64_t>(128);
+                        auto tmp4 = tmp2 ? tmp3 : tmp0;
+                        out_ptr0[static_cast<int64_t>(x0_tail)] = tmp4;
+                    }
+                }
+            }
+        }
+    }
+    {
+        #pragma GCC ivdep
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
+        {
+            #pragma GCC ivdep
+            for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(8L); x1+=static_cast<int64_t>(1L))
+            {
+                {
+                    {
+                        auto tmp0 = in_ptr1[static_cast<int64_t>(x0)];
+                        auto tmp2 = in_ptr2[static_cast<int64_t>((static_cast<int64_t>(x1) % static_cast<int64_t>(4L)))];
+                        auto tmp1 = c10::convert<float>(tmp0);
+                        auto tmp3 = float(tmp1 * tmp2);
+                        auto tmp4 = std::cos(tmp3);
+                        auto tmp5 = std::sin(tmp3);
+                        out_ptr1[static_cast<int64_t>(x1 + 8L*x0)] = tmp4;
+                        out_ptr2[static_cast<int64_t>(x1 + 8L*x0)] = tmp5;
+                    }
+                }
+            }
+        }
+    }
     #pragma omp parallel
     {
         int tid = omp_get_thread_num();
-        {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(8L))
-            {
-                {
-                    if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L))))))
-                    {
-                        auto tmp0 = at::vec::VectorizedN<int64_t,2>::loadu(in_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                        auto tmp1 = static_cast<int64_t>(0);
-                        auto tmp2 = at::vec::VectorizedN<int64_t,2>(tmp1);
-                        auto tmp3 = at::vec::VecMask<int64_t,2>(tmp0 < tmp2);
-                        auto tmp4 = static_cast<int64_t>(128);
-                        auto tmp5 = at::vec::VectorizedN<int64_t,2>(tmp4);
-                        auto tmp6 = decltype(tmp5)::blendv(tmp0, tmp5, tmp3.template cast<int64_t,2>());
-                        tmp6.store(out_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                    }
-                    if(C10_UNLIKELY(x0 >= static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L)))) && x0 < static_cast<int64_t>(ks0)))
-                    {
-                        for (int64_t x0_tail = static_cast<int64_t>(8L*(c10::div_floor_integer(static_cast<int64_t>(ks0), static_cast<int64_t>(8L))));x0_tail < static_cast<int64_t>(ks0); x0_tail++)
-                        {
-                            auto tmp0 = in_ptr0[static_cast<int64_t>(x0_tail)];
-                            auto tmp1 = static_cast<int64_t>(0);
-                            auto tmp2 = tmp0 < tmp1;
-                            auto tmp3 = static_cast<int64_t>(128);
-                            auto tmp4 = tmp2 ? tmp3 : tmp0;
-                            out_ptr0[static_cast<int64_t>(x0_tail)] = tmp4;
-                        }
-                    }
-                }
-            }
-        }
-        {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
-            {
-                #pragma GCC ivdep
-                for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(8L); x1+=static_cast<int64_t>(1L))
-                {
-                    {
-                        {
-                            auto tmp0 = in_ptr1[static_cast<int64_t>(x0)];
-                            auto tmp2 = in_ptr2[static_cast<int64_t>((static_cast<int64_t>(x1) % static_cast<int64_t>(4L)))];
-                            auto tmp1 = c10::convert<float>(tmp0);
-                            auto tmp3 = float(tmp1 * tmp2);
-                            auto tmp4 = std::cos(tmp3);
-                            auto tmp5 = std::sin(tmp3);
-                            out_ptr1[static_cast<int64_t>(x1 + 8L*x0)] = tmp4;
-                            out_ptr2[static_cast<int64_t>(x1 + 8L*x0)] = tmp5;
-                        }
-                    }
-                }
-            }
-        }
         {
             #pragma omp for
             for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
@@ -116,49 +115,52 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
                 }
             }
         }
+        #pragma omp single
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
             {
+                #pragma GCC ivdep
+                for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
                 {
-                    float tmp_acc0 = 0;
-                    at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
+                    {
+                        float tmp_acc0 = 0;
+                        at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
+                        for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
+                        {
+                            {
+                                if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
+                                {
+                                    auto tmp0 = in_ptr3[static_cast<int64_t>(x0)];
+                                    auto tmp1 = tmp0;
+                                    auto tmp2 = c10::convert<int64_t>(tmp1);
+                                    TORCH_CHECK((0 <= tmp2) & (tmp2 < 256L), "index out of bounds: 0 <= tmp2 < 256L");
+                                    auto tmp4 = at::vec::Vectorized<float>::loadu(in_ptr4 + static_cast<int64_t>(x1 + 64L*tmp0), static_cast<int64_t>(8));
+                                    auto tmp5 = tmp4 * tmp4;
+                                    tmp4.store(out_ptr4 + static_cast<int64_t>(x1 + 64L*x0));
+                                    tmp_acc0_vec = tmp_acc0_vec + tmp5;
+                                }
+                            }
+                        }
+                        tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
+                        out_ptr5[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
+                    }
                     for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
                     {
                         {
                             if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
                             {
-                                auto tmp0 = in_ptr3[static_cast<int64_t>(x0)];
-                                auto tmp1 = tmp0;
-                                auto tmp2 = c10::convert<int64_t>(tmp1);
-                                TORCH_CHECK((0 <= tmp2) & (tmp2 < 256L), "index out of bounds: 0 <= tmp2 < 256L");
-                                auto tmp4 = at::vec::Vectorized<float>::loadu(in_ptr4 + static_cast<int64_t>(x1 + 64L*tmp0), static_cast<int64_t>(8));
-                                auto tmp5 = tmp4 * tmp4;
-                                tmp4.store(out_ptr4 + static_cast<int64_t>(x1 + 64L*x0));
-                                tmp_acc0_vec = tmp_acc0_vec + tmp5;
+                                auto tmp0 = at::vec::Vectorized<float>::loadu(out_ptr4 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
+                                auto tmp1 = out_ptr5[static_cast<int64_t>(x0)];
+                                auto tmp9 = at::vec::Vectorized<float>::loadu(in_ptr5 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
+                                auto tmp2 = static_cast<float>(64.0);
+                                auto tmp3 = tmp1 / tmp2;
+                                auto tmp4 = static_cast<float>(1e-06);
+                                auto tmp5 = float(tmp3 + tmp4);
+                                auto tmp6 = 1 / std::sqrt(tmp5);
+                                auto tmp7 = at::vec::Vectorized<float>(tmp6);
+                                auto tmp8 = tmp0 * tmp7;
+                                auto tmp10 = tmp8 * tmp9;
+                                tmp10.store(out_ptr6 + static_cast<int64_t>(x1 + 64L*x0));
                             }
-                        }
-                    }
-                    tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
-                    out_ptr5[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
-                }
-                for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
-                {
-                    {
-                        if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
-                        {
-                            auto tmp0 = at::vec::Vectorized<float>::loadu(out_ptr4 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
-                            auto tmp1 = out_ptr5[static_cast<int64_t>(x0)];
-                            auto tmp9 = at::vec::Vectorized<float>::loadu(in_ptr5 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
-                            auto tmp2 = static_cast<float>(64.0);
-                            auto tmp3 = tmp1 / tmp2;
-                            auto tmp4 = static_cast<float>(1e-06);
-                            auto tmp5 = float(tmp3 + tmp4);
-                            auto tmp6 = 1 / std::sqrt(tmp5);
-                            auto tmp7 = at::vec::Vectorized<float>(tmp6);
-                            auto tmp8 = tmp0 * tmp7;
-                            auto tmp10 = tmp8 * tmp9;
-                            tmp10.store(out_ptr6 + static_cast<int64_t>(x1 + 64L*x0));
                         }
                     }
                 }

@@ -10,99 +10,61 @@ extern "C"  void  kernel(float* in_out_ptr0,
     inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;
     auto out_ptr0 = in_out_ptr0;
     auto in_ptr0 = in_out_ptr1;
-    #pragma omp parallel
     {
-        int tid = omp_get_thread_num();
+        #pragma GCC ivdep
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(4L); x0+=static_cast<int64_t>(1L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(4L); x0+=static_cast<int64_t>(1L))
             {
+                float tmp_acc0 = 0;
+                at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
+                for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
                 {
-                    float tmp_acc0 = 0;
-                    at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
-                    for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
                     {
+                        if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
                         {
-                            if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
-                            {
-                                auto tmp0 = at::vec::Vectorized<float>::loadu(in_out_ptr1 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
-                                auto tmp1 = static_cast<float>(0.5);
-                                auto tmp2 = at::vec::Vectorized<float>(tmp1);
-                                auto tmp3 = tmp0 * tmp2;
-                                auto tmp4 = static_cast<float>(0.7071067811865476);
-                                auto tmp5 = at::vec::Vectorized<float>(tmp4);
-                                auto tmp6 = tmp0 * tmp5;
-                                auto tmp7 = tmp6.erf();
-                                auto tmp8 = static_cast<float>(1.0);
-                                auto tmp9 = at::vec::Vectorized<float>(tmp8);
-                                auto tmp10 = tmp7 + tmp9;
-                                auto tmp11 = tmp3 * tmp10;
-                                tmp_acc0_vec = tmp_acc0_vec + tmp11;
-                            }
+                            auto tmp0 = at::vec::Vectorized<float>::loadu(in_out_ptr1 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
+                            auto tmp1 = static_cast<float>(0.5);
+                            auto tmp2 = at::vec::Vectorized<float>(tmp1);
+                            auto tmp3 = tmp0 * tmp2;
+                            auto tmp4 = static_cast<float>(0.7071067811865476);
+                            auto tmp5 = at::vec::Vectorized<float>(tmp4);
+                            auto tmp6 = tmp0 * tmp5;
+                            auto tmp7 = tmp6.erf();
+                            auto tmp8 = static_cast<float>(1.0);
+                            auto tmp9 = at::vec::Vectorized<float>(tmp8);
+                            auto tmp10 = tmp7 + tmp9;
+                            auto tmp11 = tmp3 * tmp10;
+                            tmp_acc0_vec = tmp_acc0_vec + tmp11;
                         }
                     }
-                    tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
-                    in_out_ptr0[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
                 }
+                tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
+                in_out_ptr0[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
             }
         }
+    }
+    {
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(4L); x0+=static_cast<int64_t>(8L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(4L); x0+=static_cast<int64_t>(8L))
             {
+                if(C10_LIKELY(x0 >= static_cast<int64_t>(0L) && x0 < static_cast<int64_t>(4L)))
                 {
-                    if(C10_LIKELY(x0 >= static_cast<int64_t>(0L) && x0 < static_cast<int64_t>(4L)))
-                    {
-                        auto tmp0 = at::vec::Vectorized<float>::loadu(out_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(4L));
-                        auto tmp1 = static_cast<float>(64.0);
-                        auto tmp2 = at::vec::Vectorized<float>(tmp1);
-                        auto tmp3 = tmp0 / tmp2;
-                        tmp3.store(in_out_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(4L));
-                    }
+                    auto tmp0 = at::vec::Vectorized<float>::loadu(out_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(4L));
+                    auto tmp1 = static_cast<float>(64.0);
+                    auto tmp2 = at::vec::Vectorized<float>(tmp1);
+                    auto tmp3 = tmp0 / tmp2;
+                    tmp3.store(in_out_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(4L));
                 }
             }
         }
+    }
+    {
+        #pragma GCC ivdep
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(4L); x0+=static_cast<int64_t>(1L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(4L); x0+=static_cast<int64_t>(1L))
             {
-                {
-                    float tmp_acc0 = 0;
-                    at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
-                    for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
-                    {
-                        {
-                            if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
-                            {
-                                auto tmp0 = at::vec::Vectorized<float>::loadu(in_out_ptr1 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
-                                auto tmp12 = in_out_ptr0[static_cast<int64_t>(x0)];
-                                auto tmp1 = static_cast<float>(0.5);
-                                auto tmp2 = at::vec::Vectorized<float>(tmp1);
-                                auto tmp3 = tmp0 * tmp2;
-                                auto tmp4 = static_cast<float>(0.7071067811865476);
-                                auto tmp5 = at::vec::Vectorized<float>(tmp4);
-                                auto tmp6 = tmp0 * tmp5;
-                                auto tmp7 = tmp6.erf();
-                                auto tmp8 = static_cast<float>(1.0);
-                                auto tmp9 = at::vec::Vectorized<float>(tmp8);
-                                auto tmp10 = tmp7 + tmp9;
-                                auto tmp11 = tmp3 * tmp10;
-                                auto tmp13 = at::vec::Vectorized<float>(tmp12);
-                                auto tmp14 = tmp11 - tmp13;
-                                auto tmp15 = tmp14 * tmp14;
-                                tmp_acc0_vec = tmp_acc0_vec + tmp15;
-                            }
-                        }
-                    }
-                    tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
-                    out_ptr1[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
-                }
-            }
-        }
-        {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(4L); x0+=static_cast<int64_t>(1L))
-            {
+                float tmp_acc0 = 0;
+                at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
                 for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
                 {
                     {
@@ -110,9 +72,6 @@ extern "C"  void  kernel(float* in_out_ptr0,
                         {
                             auto tmp0 = at::vec::Vectorized<float>::loadu(in_out_ptr1 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
                             auto tmp12 = in_out_ptr0[static_cast<int64_t>(x0)];
-                            auto tmp15 = out_ptr1[static_cast<int64_t>(x0)];
-                            auto tmp23 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
-                            auto tmp25 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
                             auto tmp1 = static_cast<float>(0.5);
                             auto tmp2 = at::vec::Vectorized<float>(tmp1);
                             auto tmp3 = tmp0 * tmp2;
@@ -126,17 +85,53 @@ extern "C"  void  kernel(float* in_out_ptr0,
                             auto tmp11 = tmp3 * tmp10;
                             auto tmp13 = at::vec::Vectorized<float>(tmp12);
                             auto tmp14 = tmp11 - tmp13;
-                            auto tmp16 = static_cast<float>(64.0);
-                            auto tmp17 = tmp15 / tmp16;
-                            auto tmp18 = static_cast<float>(1e-05);
-                            auto tmp19 = float(tmp17 + tmp18);
-                            auto tmp20 = 1 / std::sqrt(tmp19);
-                            auto tmp21 = at::vec::Vectorized<float>(tmp20);
-                            auto tmp22 = tmp14 * tmp21;
-                            auto tmp24 = tmp22 * tmp23;
-                            auto tmp26 = tmp24 + tmp25;
-                            tmp26.store(in_out_ptr1 + static_cast<int64_t>(x1 + 64L*x0));
+                            auto tmp15 = tmp14 * tmp14;
+                            tmp_acc0_vec = tmp_acc0_vec + tmp15;
                         }
+                    }
+                }
+                tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
+                out_ptr1[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
+            }
+        }
+    }
+    {
+        #pragma GCC ivdep
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(4L); x0+=static_cast<int64_t>(1L))
+        {
+            for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
+            {
+                {
+                    if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
+                    {
+                        auto tmp0 = at::vec::Vectorized<float>::loadu(in_out_ptr1 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
+                        auto tmp12 = in_out_ptr0[static_cast<int64_t>(x0)];
+                        auto tmp15 = out_ptr1[static_cast<int64_t>(x0)];
+                        auto tmp23 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
+                        auto tmp25 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
+                        auto tmp1 = static_cast<float>(0.5);
+                        auto tmp2 = at::vec::Vectorized<float>(tmp1);
+                        auto tmp3 = tmp0 * tmp2;
+                        auto tmp4 = static_cast<float>(0.7071067811865476);
+                        auto tmp5 = at::vec::Vectorized<float>(tmp4);
+                        auto tmp6 = tmp0 * tmp5;
+                        auto tmp7 = tmp6.erf();
+                        auto tmp8 = static_cast<float>(1.0);
+                        auto tmp9 = at::vec::Vectorized<float>(tmp8);
+                        auto tmp10 = tmp7 + tmp9;
+                        auto tmp11 = tmp3 * tmp10;
+                        auto tmp13 = at::vec::Vectorized<float>(tmp12);
+                        auto tmp14 = tmp11 - tmp13;
+                        auto tmp16 = static_cast<float>(64.0);
+                        auto tmp17 = tmp15 / tmp16;
+                        auto tmp18 = static_cast<float>(1e-05);
+                        auto tmp19 = float(tmp17 + tmp18);
+                        auto tmp20 = 1 / std::sqrt(tmp19);
+                        auto tmp21 = at::vec::Vectorized<float>(tmp20);
+                        auto tmp22 = tmp14 * tmp21;
+                        auto tmp24 = tmp22 * tmp23;
+                        auto tmp26 = tmp24 + tmp25;
+                        tmp26.store(in_out_ptr1 + static_cast<int64_t>(x1 + 64L*x0));
                     }
                 }
             }

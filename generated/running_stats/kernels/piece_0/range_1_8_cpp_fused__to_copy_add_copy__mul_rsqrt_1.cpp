@@ -7,40 +7,32 @@ extern "C"  void  kernel(float* in_out_ptr0,
 {
     std::atomic<int> inductor_cpu_integer_div_error{0};
     inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;
-    #pragma omp parallel
     {
-        int tid = omp_get_thread_num();
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(16L*ks0); x0+=static_cast<int64_t>(8L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(16L*ks0); x0+=static_cast<int64_t>(8L))
             {
+                if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(16L*ks0)))
                 {
-                    if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(16L*ks0)))
-                    {
-                        auto tmp0 = at::vec::Vectorized<float>::loadu(in_out_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                        auto tmp1 = in_ptr0[static_cast<int64_t>(0L)];
-                        auto tmp2 = static_cast<int64_t>(1);
-                        auto tmp3 = int64_t(tmp1 + tmp2);
-                        auto tmp4 = c10::convert<float>(tmp3);
-                        auto tmp5 = 1 / std::sqrt(tmp4);
-                        auto tmp6 = at::vec::Vectorized<float>(tmp5);
-                        auto tmp7 = tmp0 * tmp6;
-                        tmp7.store(in_out_ptr0 + static_cast<int64_t>(x0));
-                    }
+                    auto tmp0 = at::vec::Vectorized<float>::loadu(in_out_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                    auto tmp1 = in_ptr0[static_cast<int64_t>(0L)];
+                    auto tmp2 = static_cast<int64_t>(1);
+                    auto tmp3 = int64_t(tmp1 + tmp2);
+                    auto tmp4 = c10::convert<float>(tmp3);
+                    auto tmp5 = 1 / std::sqrt(tmp4);
+                    auto tmp6 = at::vec::Vectorized<float>(tmp5);
+                    auto tmp7 = tmp0 * tmp6;
+                    tmp7.store(in_out_ptr0 + static_cast<int64_t>(x0));
                 }
             }
         }
-        #pragma omp single
+    }
+    {
         {
             {
-                {
-                    {
-                        auto tmp0 = in_ptr0[static_cast<int64_t>(0L)];
-                        auto tmp1 = static_cast<int64_t>(1);
-                        auto tmp2 = int64_t(tmp0 + tmp1);
-                        out_ptr1[static_cast<int64_t>(0L)] = tmp2;
-                    }
-                }
+                auto tmp0 = in_ptr0[static_cast<int64_t>(0L)];
+                auto tmp1 = static_cast<int64_t>(1);
+                auto tmp2 = int64_t(tmp0 + tmp1);
+                out_ptr1[static_cast<int64_t>(0L)] = tmp2;
             }
         }
     }

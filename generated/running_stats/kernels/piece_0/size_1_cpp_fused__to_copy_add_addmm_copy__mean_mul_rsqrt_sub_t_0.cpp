@@ -12,105 +12,96 @@ extern "C"  void  kernel(const float* in_ptr0,
 {
     std::atomic<int> inductor_cpu_integer_div_error{0};
     inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;
-    #pragma omp parallel
     {
-        int tid = omp_get_thread_num();
+        #pragma GCC ivdep
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(16L); x0+=static_cast<int64_t>(1L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(16L); x0+=static_cast<int64_t>(1L))
             {
+                float tmp_acc0 = 0;
+                at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
+                for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(16L); x1+=static_cast<int64_t>(8L))
                 {
-                    float tmp_acc0 = 0;
-                    at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
-                    for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(16L); x1+=static_cast<int64_t>(8L))
                     {
+                        if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(16L)))
                         {
-                            if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(16L)))
-                            {
-                                auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
-                                auto tmp1 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
-                                auto tmp13 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x1 + 16L*x0), static_cast<int64_t>(8));
-                                auto tmp2 = static_cast<float>(0.9);
-                                auto tmp3 = at::vec::Vectorized<float>(tmp2);
-                                auto tmp4 = tmp1 * tmp3;
-                                auto tmp5 = static_cast<float>(1.0);
-                                auto tmp6 = at::vec::Vectorized<float>(tmp5);
-                                auto tmp7 = tmp0 / tmp6;
-                                auto tmp8 = static_cast<float>(0.1);
-                                auto tmp9 = at::vec::Vectorized<float>(tmp8);
-                                auto tmp10 = tmp7 * tmp9;
-                                auto tmp11 = tmp4 + tmp10;
-                                auto tmp12 = tmp0 - tmp11;
-                                auto tmp14 = tmp12 * tmp13;
-                                tmp_acc0_vec = tmp_acc0_vec + tmp14;
-                            }
+                            auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
+                            auto tmp1 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
+                            auto tmp13 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x1 + 16L*x0), static_cast<int64_t>(8));
+                            auto tmp2 = static_cast<float>(0.9);
+                            auto tmp3 = at::vec::Vectorized<float>(tmp2);
+                            auto tmp4 = tmp1 * tmp3;
+                            auto tmp5 = static_cast<float>(1.0);
+                            auto tmp6 = at::vec::Vectorized<float>(tmp5);
+                            auto tmp7 = tmp0 / tmp6;
+                            auto tmp8 = static_cast<float>(0.1);
+                            auto tmp9 = at::vec::Vectorized<float>(tmp8);
+                            auto tmp10 = tmp7 * tmp9;
+                            auto tmp11 = tmp4 + tmp10;
+                            auto tmp12 = tmp0 - tmp11;
+                            auto tmp14 = tmp12 * tmp13;
+                            tmp_acc0_vec = tmp_acc0_vec + tmp14;
                         }
                     }
-                    tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
-                    out_ptr0[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
+                }
+                tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
+                out_ptr0[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
+            }
+        }
+    }
+    {
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(16L); x0+=static_cast<int64_t>(8L))
+        {
+            {
+                if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(16L)))
+                {
+                    auto tmp0 = at::vec::Vectorized<float>::loadu(out_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                    auto tmp4 = at::vec::Vectorized<float>::loadu(in_ptr3 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                    auto tmp7 = in_ptr4[static_cast<int64_t>(0L)];
+                    auto tmp1 = static_cast<float>(1.0);
+                    auto tmp2 = at::vec::Vectorized<float>(tmp1);
+                    auto tmp3 = tmp0 * tmp2;
+                    auto tmp5 = tmp4 * tmp2;
+                    auto tmp6 = tmp3 + tmp5;
+                    auto tmp8 = static_cast<int64_t>(1);
+                    auto tmp9 = int64_t(tmp7 + tmp8);
+                    auto tmp10 = c10::convert<float>(tmp9);
+                    auto tmp11 = 1 / std::sqrt(tmp10);
+                    auto tmp12 = at::vec::Vectorized<float>(tmp11);
+                    auto tmp13 = tmp6 * tmp12;
+                    tmp13.store(out_ptr1 + static_cast<int64_t>(x0));
                 }
             }
         }
+    }
+    {
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(16L); x0+=static_cast<int64_t>(8L))
             {
-                {
-                    if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(16L)))
-                    {
-                        auto tmp0 = at::vec::Vectorized<float>::loadu(out_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                        auto tmp4 = at::vec::Vectorized<float>::loadu(in_ptr3 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                        auto tmp7 = in_ptr4[static_cast<int64_t>(0L)];
-                        auto tmp1 = static_cast<float>(1.0);
-                        auto tmp2 = at::vec::Vectorized<float>(tmp1);
-                        auto tmp3 = tmp0 * tmp2;
-                        auto tmp5 = tmp4 * tmp2;
-                        auto tmp6 = tmp3 + tmp5;
-                        auto tmp8 = static_cast<int64_t>(1);
-                        auto tmp9 = int64_t(tmp7 + tmp8);
-                        auto tmp10 = c10::convert<float>(tmp9);
-                        auto tmp11 = 1 / std::sqrt(tmp10);
-                        auto tmp12 = at::vec::Vectorized<float>(tmp11);
-                        auto tmp13 = tmp6 * tmp12;
-                        tmp13.store(out_ptr1 + static_cast<int64_t>(x0));
-                    }
-                }
+                auto tmp0 = in_ptr4[static_cast<int64_t>(0L)];
+                auto tmp1 = static_cast<int64_t>(1);
+                auto tmp2 = int64_t(tmp0 + tmp1);
+                out_ptr3[static_cast<int64_t>(0L)] = tmp2;
             }
         }
-        #pragma omp single
+    }
+    {
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(16L); x0+=static_cast<int64_t>(8L))
         {
             {
+                if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(16L)))
                 {
-                    {
-                        auto tmp0 = in_ptr4[static_cast<int64_t>(0L)];
-                        auto tmp1 = static_cast<int64_t>(1);
-                        auto tmp2 = int64_t(tmp0 + tmp1);
-                        out_ptr3[static_cast<int64_t>(0L)] = tmp2;
-                    }
-                }
-            }
-        }
-        {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(16L); x0+=static_cast<int64_t>(8L))
-            {
-                {
-                    if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(16L)))
-                    {
-                        auto tmp0 = at::vec::Vectorized<float>::loadu(out_ptr5 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                        auto tmp4 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                        auto tmp1 = static_cast<float>(0.9);
-                        auto tmp2 = at::vec::Vectorized<float>(tmp1);
-                        auto tmp3 = tmp0 * tmp2;
-                        auto tmp5 = static_cast<float>(1.0);
-                        auto tmp6 = at::vec::Vectorized<float>(tmp5);
-                        auto tmp7 = tmp4 / tmp6;
-                        auto tmp8 = static_cast<float>(0.1);
-                        auto tmp9 = at::vec::Vectorized<float>(tmp8);
-                        auto tmp10 = tmp7 * tmp9;
-                        auto tmp11 = tmp3 + tmp10;
-                        tmp11.store(out_ptr5 + static_cast<int64_t>(x0));
-                    }
+                    auto tmp0 = at::vec::Vectorized<float>::loadu(out_ptr5 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                    auto tmp4 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                    auto tmp1 = static_cast<float>(0.9);
+                    auto tmp2 = at::vec::Vectorized<float>(tmp1);
+                    auto tmp3 = tmp0 * tmp2;
+                    auto tmp5 = static_cast<float>(1.0);
+                    auto tmp6 = at::vec::Vectorized<float>(tmp5);
+                    auto tmp7 = tmp4 / tmp6;
+                    auto tmp8 = static_cast<float>(0.1);
+                    auto tmp9 = at::vec::Vectorized<float>(tmp8);
+                    auto tmp10 = tmp7 * tmp9;
+                    auto tmp11 = tmp3 + tmp10;
+                    tmp11.store(out_ptr5 + static_cast<int64_t>(x0));
                 }
             }
         }

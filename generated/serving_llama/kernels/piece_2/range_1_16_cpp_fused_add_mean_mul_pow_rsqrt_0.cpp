@@ -8,48 +8,44 @@ extern "C"  void  kernel(const float* in_ptr0,
 {
     std::atomic<int> inductor_cpu_integer_div_error{0};
     inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;
-    #pragma omp parallel
     {
-        int tid = omp_get_thread_num();
+        #pragma GCC ivdep
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
             {
-                {
-                    float tmp_acc0 = 0;
-                    at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
-                    for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
-                    {
-                        {
-                            if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
-                            {
-                                auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
-                                auto tmp1 = tmp0 * tmp0;
-                                tmp_acc0_vec = tmp_acc0_vec + tmp1;
-                            }
-                        }
-                    }
-                    tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
-                    out_ptr0[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
-                }
+                float tmp_acc0 = 0;
+                at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
                 for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
                 {
                     {
                         if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
                         {
                             auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
-                            auto tmp1 = out_ptr0[static_cast<int64_t>(x0)];
-                            auto tmp9 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
-                            auto tmp2 = static_cast<float>(64.0);
-                            auto tmp3 = tmp1 / tmp2;
-                            auto tmp4 = static_cast<float>(1e-06);
-                            auto tmp5 = float(tmp3 + tmp4);
-                            auto tmp6 = 1 / std::sqrt(tmp5);
-                            auto tmp7 = at::vec::Vectorized<float>(tmp6);
-                            auto tmp8 = tmp0 * tmp7;
-                            auto tmp10 = tmp8 * tmp9;
-                            tmp10.store(out_ptr1 + static_cast<int64_t>(x1 + 64L*x0));
+                            auto tmp1 = tmp0 * tmp0;
+                            tmp_acc0_vec = tmp_acc0_vec + tmp1;
                         }
+                    }
+                }
+                tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
+                out_ptr0[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
+            }
+            for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
+            {
+                {
+                    if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
+                    {
+                        auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
+                        auto tmp1 = out_ptr0[static_cast<int64_t>(x0)];
+                        auto tmp9 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
+                        auto tmp2 = static_cast<float>(64.0);
+                        auto tmp3 = tmp1 / tmp2;
+                        auto tmp4 = static_cast<float>(1e-06);
+                        auto tmp5 = float(tmp3 + tmp4);
+                        auto tmp6 = 1 / std::sqrt(tmp5);
+                        auto tmp7 = at::vec::Vectorized<float>(tmp6);
+                        auto tmp8 = tmp0 * tmp7;
+                        auto tmp10 = tmp8 * tmp9;
+                        tmp10.store(out_ptr1 + static_cast<int64_t>(x1 + 64L*x0));
                     }
                 }
             }

@@ -13,77 +13,44 @@ extern "C"  void  kernel(const int64_t* in_ptr0,
         {
             float tmp_acc0 = 0;
             at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
-            int max_threads = omp_get_max_threads();
-            at::vec::Vectorized<float> tmp_acc0_vec_arr[max_threads];
-            for (int i = 0; i < max_threads; i++)
-            {
-                tmp_acc0_vec_arr[i] = at::vec::Vectorized<float>(0);
-            }
-            float tmp_acc0_arr[max_threads];
-            for (int i = 0; i < max_threads; i++)
-            {
-                tmp_acc0_arr[i] = 0;
-            }
-            #pragma omp parallel
-            {
-                int tid = omp_get_thread_num();
-                at::vec::Vectorized<float> tmp_acc0_vec_local = at::vec::Vectorized<float>(0);
-                float tmp_acc0_local = 0;
-                #pragma omp for
-                for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(64L); x0+=static_cast<int64_t>(8L))
-                {
-                    {
-                        if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(64L)))
-                        {
-                            auto tmp0 = in_ptr0[static_cast<int64_t>(0L)];
-                            auto tmp1 = tmp0;
-                            auto tmp2 = c10::convert<int64_t>(tmp1);
-                            TORCH_CHECK((0 <= tmp2) & (tmp2 < 128L), "index out of bounds: 0 <= tmp2 < 128L");
-                            auto tmp4 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x0 + 64L*tmp0), static_cast<int64_t>(8));
-                            auto tmp5 = tmp4 * tmp4;
-                            tmp4.store(out_ptr0 + static_cast<int64_t>(x0));
-                            tmp_acc0_vec_local = tmp_acc0_vec_local + tmp5;
-                        }
-                    }
-                }
-                tmp_acc0_vec_arr[tid] = tmp_acc0_vec_local;
-                tmp_acc0_arr[tid] = tmp_acc0_local;
-            }
-            for (int tid = 0; tid < max_threads; tid++)
-            {
-                tmp_acc0_vec = tmp_acc0_vec + tmp_acc0_vec_arr[tid];
-            }
-            for (int tid = 0; tid < max_threads; tid++)
-            {
-                tmp_acc0 = tmp_acc0 + tmp_acc0_arr[tid];
-            }
-            tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
-            out_ptr1[static_cast<int64_t>(0L)] = static_cast<float>(tmp_acc0);
-        }
-    }
-    #pragma omp parallel
-    {
-        int tid = omp_get_thread_num();
-        {
-            #pragma omp for
             for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(64L); x0+=static_cast<int64_t>(8L))
             {
                 {
                     if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(64L)))
                     {
-                        auto tmp0 = at::vec::Vectorized<float>::loadu(out_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                        auto tmp1 = out_ptr1[static_cast<int64_t>(0L)];
-                        auto tmp9 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                        auto tmp2 = static_cast<float>(64.0);
-                        auto tmp3 = tmp1 / tmp2;
-                        auto tmp4 = static_cast<float>(1e-06);
-                        auto tmp5 = float(tmp3 + tmp4);
-                        auto tmp6 = 1 / std::sqrt(tmp5);
-                        auto tmp7 = at::vec::Vectorized<float>(tmp6);
-                        auto tmp8 = tmp0 * tmp7;
-                        auto tmp10 = tmp8 * tmp9;
-                        tmp10.store(out_ptr2 + static_cast<int64_t>(x0));
+                        auto tmp0 = in_ptr0[static_cast<int64_t>(0L)];
+                        auto tmp1 = tmp0;
+                        auto tmp2 = c10::convert<int64_t>(tmp1);
+                        TORCH_CHECK((0 <= tmp2) & (tmp2 < 128L), "index out of bounds: 0 <= tmp2 < 128L");
+                        auto tmp4 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x0 + 64L*tmp0), static_cast<int64_t>(8));
+                        auto tmp5 = tmp4 * tmp4;
+                        tmp4.store(out_ptr0 + static_cast<int64_t>(x0));
+                        tmp_acc0_vec = tmp_acc0_vec + tmp5;
                     }
+                }
+            }
+            tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
+            out_ptr1[static_cast<int64_t>(0L)] = static_cast<float>(tmp_acc0);
+        }
+    }
+    {
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(64L); x0+=static_cast<int64_t>(8L))
+        {
+            {
+                if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(64L)))
+                {
+                    auto tmp0 = at::vec::Vectorized<float>::loadu(out_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                    auto tmp1 = out_ptr1[static_cast<int64_t>(0L)];
+                    auto tmp9 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                    auto tmp2 = static_cast<float>(64.0);
+                    auto tmp3 = tmp1 / tmp2;
+                    auto tmp4 = static_cast<float>(1e-06);
+                    auto tmp5 = float(tmp3 + tmp4);
+                    auto tmp6 = 1 / std::sqrt(tmp5);
+                    auto tmp7 = at::vec::Vectorized<float>(tmp6);
+                    auto tmp8 = tmp0 * tmp7;
+                    auto tmp10 = tmp8 * tmp9;
+                    tmp10.store(out_ptr2 + static_cast<int64_t>(x0));
                 }
             }
         }

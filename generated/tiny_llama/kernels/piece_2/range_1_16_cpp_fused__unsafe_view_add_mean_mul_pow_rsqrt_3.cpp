@@ -10,56 +10,52 @@ extern "C"  void  kernel(float* in_out_ptr0,
     std::atomic<int> inductor_cpu_integer_div_error{0};
     inductor_cpu_integer_div_error_flag = &inductor_cpu_integer_div_error;
     auto in_ptr1 = in_out_ptr0;
-    #pragma omp parallel
     {
-        int tid = omp_get_thread_num();
+        #pragma GCC ivdep
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
         {
-            #pragma omp for
-            for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=static_cast<int64_t>(1L))
             {
-                {
-                    float tmp_acc0 = 0;
-                    at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
-                    for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
-                    {
-                        {
-                            if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
-                            {
-                                auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
-                                auto tmp1 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
-                                auto tmp3 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
-                                auto tmp2 = tmp0 + tmp1;
-                                auto tmp4 = tmp2 + tmp3;
-                                auto tmp5 = tmp4 * tmp4;
-                                tmp_acc0_vec = tmp_acc0_vec + tmp5;
-                            }
-                        }
-                    }
-                    tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
-                    out_ptr0[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
-                }
+                float tmp_acc0 = 0;
+                at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
                 for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
                 {
                     {
                         if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
                         {
                             auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
-                            auto tmp1 = at::vec::Vectorized<float>::loadu(in_out_ptr0 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
+                            auto tmp1 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
                             auto tmp3 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
-                            auto tmp5 = out_ptr0[static_cast<int64_t>(x0)];
-                            auto tmp13 = at::vec::Vectorized<float>::loadu(in_ptr3 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
                             auto tmp2 = tmp0 + tmp1;
                             auto tmp4 = tmp2 + tmp3;
-                            auto tmp6 = static_cast<float>(64.0);
-                            auto tmp7 = tmp5 / tmp6;
-                            auto tmp8 = static_cast<float>(1e-06);
-                            auto tmp9 = float(tmp7 + tmp8);
-                            auto tmp10 = 1 / std::sqrt(tmp9);
-                            auto tmp11 = at::vec::Vectorized<float>(tmp10);
-                            auto tmp12 = tmp4 * tmp11;
-                            auto tmp14 = tmp12 * tmp13;
-                            tmp14.store(in_out_ptr0 + static_cast<int64_t>(x1 + 64L*x0));
+                            auto tmp5 = tmp4 * tmp4;
+                            tmp_acc0_vec = tmp_acc0_vec + tmp5;
                         }
+                    }
+                }
+                tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
+                out_ptr0[static_cast<int64_t>(x0)] = static_cast<float>(tmp_acc0);
+            }
+            for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(64L); x1+=static_cast<int64_t>(8L))
+            {
+                {
+                    if(C10_LIKELY(x1 >= static_cast<int64_t>(0) && x1 < static_cast<int64_t>(64L)))
+                    {
+                        auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
+                        auto tmp1 = at::vec::Vectorized<float>::loadu(in_out_ptr0 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
+                        auto tmp3 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x1 + 64L*x0), static_cast<int64_t>(8));
+                        auto tmp5 = out_ptr0[static_cast<int64_t>(x0)];
+                        auto tmp13 = at::vec::Vectorized<float>::loadu(in_ptr3 + static_cast<int64_t>(x1), static_cast<int64_t>(8));
+                        auto tmp2 = tmp0 + tmp1;
+                        auto tmp4 = tmp2 + tmp3;
+                        auto tmp6 = static_cast<float>(64.0);
+                        auto tmp7 = tmp5 / tmp6;
+                        auto tmp8 = static_cast<float>(1e-06);
+                        auto tmp9 = float(tmp7 + tmp8);
+                        auto tmp10 = 1 / std::sqrt(tmp9);
+                        auto tmp11 = at::vec::Vectorized<float>(tmp10);
+                        auto tmp12 = tmp4 * tmp11;
+                        auto tmp14 = tmp12 * tmp13;
+                        tmp14.store(in_out_ptr0 + static_cast<int64_t>(x1 + 64L*x0));
                     }
                 }
             }

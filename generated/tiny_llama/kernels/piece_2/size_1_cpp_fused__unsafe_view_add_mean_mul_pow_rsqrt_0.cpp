@@ -12,56 +12,6 @@ extern "C"  void  kernel(const float* in_ptr0,
         {
             float tmp_acc0 = 0;
             at::vec::Vectorized<float> tmp_acc0_vec = at::vec::Vectorized<float>(0);
-            int max_threads = omp_get_max_threads();
-            at::vec::Vectorized<float> tmp_acc0_vec_arr[max_threads];
-            for (int i = 0; i < max_threads; i++)
-            {
-                tmp_acc0_vec_arr[i] = at::vec::Vectorized<float>(0);
-            }
-            float tmp_acc0_arr[max_threads];
-            for (int i = 0; i < max_threads; i++)
-            {
-                tmp_acc0_arr[i] = 0;
-            }
-            #pragma omp parallel
-            {
-                int tid = omp_get_thread_num();
-                at::vec::Vectorized<float> tmp_acc0_vec_local = at::vec::Vectorized<float>(0);
-                float tmp_acc0_local = 0;
-                #pragma omp for
-                for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(64L); x0+=static_cast<int64_t>(8L))
-                {
-                    {
-                        if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(64L)))
-                        {
-                            auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                            auto tmp1 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                            auto tmp2 = tmp0 + tmp1;
-                            auto tmp3 = tmp2 * tmp2;
-                            tmp_acc0_vec_local = tmp_acc0_vec_local + tmp3;
-                        }
-                    }
-                }
-                tmp_acc0_vec_arr[tid] = tmp_acc0_vec_local;
-                tmp_acc0_arr[tid] = tmp_acc0_local;
-            }
-            for (int tid = 0; tid < max_threads; tid++)
-            {
-                tmp_acc0_vec = tmp_acc0_vec + tmp_acc0_vec_arr[tid];
-            }
-            for (int tid = 0; tid < max_threads; tid++)
-            {
-                tmp_acc0 = tmp_acc0 + tmp_acc0_arr[tid];
-            }
-            tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
-            out_ptr0[static_cast<int64_t>(0L)] = static_cast<float>(tmp_acc0);
-        }
-    }
-    #pragma omp parallel
-    {
-        int tid = omp_get_thread_num();
-        {
-            #pragma omp for
             for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(64L); x0+=static_cast<int64_t>(8L))
             {
                 {
@@ -69,19 +19,36 @@ extern "C"  void  kernel(const float* in_ptr0,
                     {
                         auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
                         auto tmp1 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
-                        auto tmp3 = out_ptr0[static_cast<int64_t>(0L)];
-                        auto tmp11 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
                         auto tmp2 = tmp0 + tmp1;
-                        auto tmp4 = static_cast<float>(64.0);
-                        auto tmp5 = tmp3 / tmp4;
-                        auto tmp6 = static_cast<float>(1e-06);
-                        auto tmp7 = float(tmp5 + tmp6);
-                        auto tmp8 = 1 / std::sqrt(tmp7);
-                        auto tmp9 = at::vec::Vectorized<float>(tmp8);
-                        auto tmp10 = tmp2 * tmp9;
-                        auto tmp12 = tmp10 * tmp11;
-                        tmp12.store(out_ptr1 + static_cast<int64_t>(x0));
+                        auto tmp3 = tmp2 * tmp2;
+                        tmp_acc0_vec = tmp_acc0_vec + tmp3;
                     }
+                }
+            }
+            tmp_acc0 = tmp_acc0 + at::vec::vec_reduce_all<float, 1>([](at::vec::Vectorized<float>& x, at::vec::Vectorized<float>& y) { return x + y; }, tmp_acc0_vec);
+            out_ptr0[static_cast<int64_t>(0L)] = static_cast<float>(tmp_acc0);
+        }
+    }
+    {
+        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(64L); x0+=static_cast<int64_t>(8L))
+        {
+            {
+                if(C10_LIKELY(x0 >= static_cast<int64_t>(0) && x0 < static_cast<int64_t>(64L)))
+                {
+                    auto tmp0 = at::vec::Vectorized<float>::loadu(in_ptr0 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                    auto tmp1 = at::vec::Vectorized<float>::loadu(in_ptr1 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                    auto tmp3 = out_ptr0[static_cast<int64_t>(0L)];
+                    auto tmp11 = at::vec::Vectorized<float>::loadu(in_ptr2 + static_cast<int64_t>(x0), static_cast<int64_t>(8));
+                    auto tmp2 = tmp0 + tmp1;
+                    auto tmp4 = static_cast<float>(64.0);
+                    auto tmp5 = tmp3 / tmp4;
+                    auto tmp6 = static_cast<float>(1e-06);
+                    auto tmp7 = float(tmp5 + tmp6);
+                    auto tmp8 = 1 / std::sqrt(tmp7);
+                    auto tmp9 = at::vec::Vectorized<float>(tmp8);
+                    auto tmp10 = tmp2 * tmp9;
+                    auto tmp12 = tmp10 * tmp11;
+                    tmp12.store(out_ptr1 + static_cast<int64_t>(x0));
                 }
             }
         }
