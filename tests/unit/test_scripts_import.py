@@ -27,6 +27,7 @@ MODULES = [
     "gpu_tp_check",
     "serving_batches",
     "serving_throughput",
+    "gpu_capture_time",
     "gpu_paged_attention_check",
     "capture_profile",
 ]

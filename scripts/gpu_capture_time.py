@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Issue 18's capture target: how long `capture()` takes after `load()` for every default
+capture size of the 1.1B bf16 serving decoder, piecewise and full, each mode in a fresh
+process (the package transpiled once, without --capture-sizes, so its defaults apply).
+
+    bash scripts/gpu-run.sh scripts/gpu_capture_time.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import format_summary, import_package, transpile_command
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "serving_llama"
+NAME = "serving_llama_1b_capture"
+ENV_1B = {"SERVING_CONFIG": "1b", "SERVING_DTYPE": "bfloat16"}
+
+
+def measure(out: Path, mode: str) -> None:
+    """In this process: load, then time capture() of every default size."""
+    import torch
+
+    sys.path.insert(0, str(EXAMPLE))
+    import llama
+
+    package = import_package(out, NAME, [EXAMPLE])
+    model = package.load()
+    cache = llama.new_kv_cache(llama.CONFIGS["1b"], 64, torch.bfloat16, "cuda")
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    model.capture(mode=mode, kv_cache=cache)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    print(f"RESULT {mode} {seconds:.3f} {len(package.cudagraphs.CAPTURE_SIZES)}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("scratch", type=Path)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--measure", nargs=2, metavar=("OUT", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        measure(Path(args.measure[0]), args.measure[1])
+        return 0
+    out = args.scratch / "gen"
+    env = {**os.environ, **ENV_1B}
+    command = transpile_command(
+        EXAMPLE / "model.py", out, "--name", NAME, "--import", "serving_ops", "--device", "cuda",
+        "--ranges", "1-64,65-2048", "--sizes", "1", "-q",
+    )  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, env=env, check=True)
+    print(f"transpile: {time.perf_counter() - started:.1f} s", flush=True)
+    seconds: dict[str, list[float]] = {"piecewise": [], "full": []}
+    sizes = 0
+    for _ in range(args.runs):
+        for mode in seconds:
+            done = subprocess.run(
+                [sys.executable, __file__, str(args.scratch), "--measure", str(out), mode],
+                env=env, capture_output=True, text=True,
+            )  # fmt: skip
+            line = next((text for text in done.stdout.splitlines() if text.startswith("RESULT ")), None)
+            if line is None:
+                print(done.stdout[-2000:], done.stderr[-4000:], sep="\n")
+                return 1
+            _, _, value, count = line.split()
+            seconds[mode].append(float(value))
+            sizes = int(count)
+    for mode, samples in seconds.items():
+        print(f"capture {mode}, {sizes} default sizes, after load(): {format_summary(samples, unit=' s')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
