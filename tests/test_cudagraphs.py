@@ -28,16 +28,17 @@ from torch.utils._pytree import tree_flatten
 
 from transpiler.cudagraphs import (
     PaddedDim,
+    capture_sizes_within,
     cudagraphs_context,
     default_capture_sizes,
     input_padded_dims,
     output_dispatch_dims,
-    parse_capture_sizes,
     render_source,
     sizes_literal,
     validate_capture_sizes,
 )
 from transpiler.errors import TranspileError
+from transpiler.options import parse_capture_sizes
 from transpiler.runtime import runtime_files
 
 REAL_GC_COLLECT = gc.collect
@@ -561,8 +562,8 @@ def test_capture_sizes_print_short(sizes, literal):
 def test_valid_capture_sizes_pass():
     assert validate_capture_sizes([1, 3, 8], 1, 16) == [1, 3, 8]
     assert validate_capture_sizes([600], 1, None) == [600]
-    assert parse_capture_sizes("1, 2,4", 1, 16) == [1, 2, 4]
-    assert parse_capture_sizes(None, 1, 16) == [1, 2, 4, 8, 16]
+    assert capture_sizes_within(parse_capture_sizes("1, 2,4"), 1, 16) == [1, 2, 4]
+    assert capture_sizes_within(parse_capture_sizes(None), 1, 16) == [1, 2, 4, 8, 16]
 
 
 @pytest.mark.parametrize(
@@ -586,7 +587,7 @@ def test_invalid_capture_sizes_are_refused_in_one_line(sizes, message):
 @pytest.mark.parametrize("text", ["1,x", "", "1,,2", "4,-1"])
 def test_unparsable_capture_sizes_are_refused(text):
     with pytest.raises(TranspileError) as error:
-        parse_capture_sizes(text, 1, 256)
+        capture_sizes_within(parse_capture_sizes(text), 1, 256)
     assert str(error.value).startswith("--capture-sizes: ") and "\n" not in str(error.value)
 
 

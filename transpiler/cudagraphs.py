@@ -78,16 +78,11 @@ def validate_capture_sizes(sizes: Sequence[int], lo: int, hi: int | None) -> lis
     return list(sizes)
 
 
-def parse_capture_sizes(text: str | None, lo: int, hi: int | None) -> list[int]:
-    """`--capture-sizes 1,2,4,8` (None: the defaults), validated as validate_capture_sizes does."""
-    if text is None:
+def capture_sizes_within(sizes: Sequence[int] | None, lo: int, hi: int | None) -> list[int]:
+    """The sizes to capture for compiled sizes [lo, hi]: the defaults when none were given
+    (--capture-sizes, parsed by options.parse_capture_sizes), else the given ones, checked."""
+    if sizes is None:
         return default_capture_sizes(lo, hi)
-    sizes = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part.lstrip("-").isdigit():
-            raise TranspileError(f"--capture-sizes: {part!r} is not a whole number; write for example 1,2,4,8")
-        sizes.append(int(part))
     return validate_capture_sizes(sizes, lo, hi)
 
 

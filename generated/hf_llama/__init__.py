@@ -18,7 +18,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "hf_llama"
-FINGERPRINT = "1ce6c45e63f9805545d27ea4161a8eafdd50081fecbd429eb438d1bb7ac6b6d2"
+FINGERPRINT = "242ebcde04c013ec3bee9ba59d33706dda27954a88ea2a5bab6ebee4a08d177c"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 256}
 SIZES = (1,)

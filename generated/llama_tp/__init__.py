@@ -27,7 +27,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "llama_tp"
-FINGERPRINT = "0fa5462e817d66344903d96adcf123a10320316722cb27d31f7c7f5d5028b4c6"
+FINGERPRINT = "54e21ad9f94feb2a6171aacc9a1f4ca7c46dc57a84c337e49dfdf05b3d62cd1c"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 1, "min": 1, "max": 64}
 SIZES = (1,)

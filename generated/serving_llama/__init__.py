@@ -22,7 +22,7 @@ from . import runtime
 logger = logging.getLogger(__name__)
 
 NAME = "serving_llama"
-FINGERPRINT = "f459ee6e8297199e5bf886af3672151aa416e8ce982d6bee0605796a49e45f7e"
+FINGERPRINT = "7b5525b284069df56a42447a9fb98351e0ec2e23380f3b2b3bee534d79fa7660"
 # The size of this input dimension picks the compiled variant.
 DISPATCH = {"input": "input_ids", "dim": 0, "min": 1, "max": 128}
 SIZES = (1,)

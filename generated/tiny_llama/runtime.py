@@ -236,9 +236,8 @@ def _read_staged(
         target = tensor.view(-1).view(torch.uint8) if tensor.numel() else None
         done = 0
         while done < entry.end - entry.start:
-            if (
-                used == staging_bytes
-            ):  # this buffer is full: its copies are queued; take the other
+            # this buffer is full: its copies are queued; take the other
+            if used == staging_bytes:
                 if on_gpu:
                     events[current] = torch.cuda.Event()
                     events[current].record()
@@ -364,9 +363,8 @@ def load_weights(specs: tuple, embedded: bool, given, device: str = "cpu") -> tu
         own += [spec[0] for spec in from_checkpoint]
         from_checkpoint = []
     tensors = {}
-    wanted = (
-        {}
-    )  # file -> tensor name in it -> (its FileTensor, the state-dict keys it supplies)
+    # file -> tensor name in it -> (its FileTensor, the state-dict keys it supplies)
+    wanted = {}
 
     def want(entry, key):
         wanted.setdefault(entry.file, {}).setdefault(entry.name, (entry, []))[1].append(

@@ -68,9 +68,8 @@ class TritonKernel:
         self.arg_types = arg_types
         self.arch = arch
         self.functions = {}  # device index -> CUfunction handle
-        self.modules = (
-            {}
-        )  # device index -> CUmodule handle (None where torch does not return it)
+        # device index -> CUmodule handle (None where torch does not return it)
+        self.modules = {}
 
     def _load(self, device: int) -> int:
         if self.arch is not None:

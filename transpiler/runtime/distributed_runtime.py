@@ -103,9 +103,8 @@ class TensorParallel:
                 raise ValueError(
                     f"{checkpoint.what}: {key!r} is {tensor.dtype} {tuple(tensor.shape)}, {what} must be {dtype} {expected}"
                 )
-            if (
-                not full or dim is None or self.world_size == 1
-            ):  # the whole tensor is this rank's
+            # the whole tensor is this rank's
+            if not full or dim is None or self.world_size == 1:
                 tensors[key] = tensor.detach().contiguous()
             elif checkpoint.mapped:
                 tensors[key] = self.block_of(

@@ -7,6 +7,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
+from unittest import mock
 
 from ..errors import TranspileError
 from ..inductor import compile_variant, cpp_kernel_files
@@ -49,7 +50,6 @@ class CppKernel(Kernel):
 BUILD_ASSUMPTIONS = {"threads": 8, "parallel_loop_threads": 2, "l1d_cache_bytes": 32768, "l2_cache_bytes": 524288}
 
 
-@contextlib.contextmanager
 def assumed_cpu_caches():
     """torch.cpu.get_capabilities() with the cache sizes of BUILD_ASSUMPTIONS."""
     import torch
@@ -63,14 +63,9 @@ def assumed_cpu_caches():
             "l2_cache_size": BUILD_ASSUMPTIONS["l2_cache_bytes"],
         }
 
-    torch.cpu.get_capabilities = capabilities
-    try:
-        yield
-    finally:
-        torch.cpu.get_capabilities = real
+    return mock.patch.object(torch.cpu, "get_capabilities", capabilities)
 
 
-@contextlib.contextmanager
 def parallel_only_where_worth_it():
     """With `cpp.dynamic_threads`, Inductor opens an OpenMP parallel region in every kernel,
     however little work it has ("let the OMP runtime manage serial vs. parallel"), and waking
@@ -84,21 +79,15 @@ def parallel_only_where_worth_it():
 
     real = getattr(CppKernel, "decide_parallel_depth", None)
     if real is None:  # another torch: every kernel gets a parallel region
-        yield
-        return
+        return contextlib.nullcontext()
 
     def decide_parallel_depth(self, max_parallel_depth, threads):
         with config.patch({"cpp.dynamic_threads": False}):
             return real(self, max_parallel_depth, BUILD_ASSUMPTIONS["parallel_loop_threads"])
 
-    CppKernel.decide_parallel_depth = decide_parallel_depth
-    try:
-        yield
-    finally:
-        CppKernel.decide_parallel_depth = real
+    return mock.patch.object(CppKernel, "decide_parallel_depth", decide_parallel_depth)
 
 
-@contextlib.contextmanager
 def build_paths_mapped():
     """Kernel binaries that do not embed where torch and Python are installed: Inductor's
     compile flags plus `-ffile-prefix-map` (gcc >= 8, clang >= 10) mapping torch's folder to
@@ -111,8 +100,7 @@ def build_paths_mapped():
 
     real = getattr(cpp_builder, "_get_optimization_cflags", None)
     if real is None:  # another torch: its binaries may embed these folders
-        yield
-        return
+        return contextlib.nullcontext()
     mapped = (
         (str(Path(torch.__file__).resolve().parent), "torch"),
         (sysconfig.get_paths()["include"], "python"),
@@ -123,11 +111,7 @@ def build_paths_mapped():
         cflags, ldflags = real(*args, **kwargs)
         return cflags + flags, ldflags
 
-    cpp_builder._get_optimization_cflags = optimization_cflags
-    try:
-        yield
-    finally:
-        cpp_builder._get_optimization_cflags = real
+    return mock.patch.object(cpp_builder, "_get_optimization_cflags", optimization_cflags)
 
 
 def cpu_features(cpu_isa: CpuIsa) -> tuple[str, ...]:

@@ -170,10 +170,7 @@ def _cuda_graphs_context(split, capture_sizes: tuple[int, ...] | None):
     """What the emitted cudagraphs.py needs: capture sizes (the defaults, or those given,
     inside the compiled sizes) and which dims to pad and slice."""
     lo, hi = split.ranges[0].lo, split.ranges[-1].hi
-    if capture_sizes is None:
-        sizes = cudagraphs.default_capture_sizes(lo, hi)
-    else:
-        sizes = cudagraphs.validate_capture_sizes(list(capture_sizes), lo, hi)
+    sizes = cudagraphs.capture_sizes_within(capture_sizes, lo, hi)
     captured = split.captured
     padded = cudagraphs.input_padded_dims(
         captured.graph_module, split.dispatch_symbol, captured.user_inputs, captured.symbol_ranges

@@ -66,9 +66,8 @@ def _defined() -> bool:
 
 
 if not _defined():
-    LIBRARY = torch.library.Library(
-        "transpile", "FRAGMENT"
-    )  # noqa: TOR901 (define + impl on purpose)
+    # define + impl on purpose (not torch.library.custom_op, whose calls import Dynamo)
+    LIBRARY = torch.library.Library("transpile", "FRAGMENT")
     LIBRARY.define(SCHEMA)
     LIBRARY.impl("sdpa", sdpa, "CompositeExplicitAutograd")
     LIBRARY._register_fake("sdpa", sdpa_fake)
