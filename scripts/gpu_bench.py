@@ -63,6 +63,9 @@ VARIANTS = (
 )
 # With --autotune: a second package, transpiled with --autotune (tuning.json), beside the first.
 TUNED_VARIANTS = ("tuned package", "tuned package + full graphs")
+# With --compare-matvec: a package transpiled with --matvec library (every product through
+# cuBLAS, as before the reduction pass), measured beside the default one.
+LIBRARY_VARIANTS = ("cuBLAS-matvec package + piecewise graphs", "cuBLAS-matvec package + full graphs")
 CAPTURE_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -92,8 +95,8 @@ def table(summaries: dict, floors_us: dict) -> list[str]:
     """Markdown: one row per case (in `CASES` order, others after), each variant's median
     (min-max), best package vs best torch.compile, and where `floors_us` has the case (decode
     cases) the floor and the best package mode over it."""
-    variants = [v for v in (*VARIANTS, *TUNED_VARIANTS) if v in summaries]
-    packages = [v for v in variants if v.startswith(("package", "tuned package"))]
+    variants = [v for v in (*VARIANTS, *TUNED_VARIANTS, *LIBRARY_VARIANTS) if v in summaries]
+    packages = [v for v in variants if is_package(v)]
     compiled = [v for v in variants if v in ("torch.compile", "reduce-overhead", "max-autotune")]
     lines = [
         "| case | " + " | ".join(variants) + " | best package / best compile | floor | best package / floor |",
@@ -118,6 +121,11 @@ def table(summaries: dict, floors_us: dict) -> list[str]:
         over = f"{package_median / floor_us:.2f}x" if floor_us and package_name else "-"
         lines.append(f"| {case} | " + " | ".join(cells) + f" | {ratio} | {floor} | {over} |")
     return lines
+
+
+def is_package(variant: str) -> bool:
+    """Whether a variant runs an emitted package (else eager or a torch.compile mode)."""
+    return variant.startswith(("package", "tuned package", "cuBLAS-matvec package"))
 
 
 def floors(weight_bytes: int, bandwidth: float, config, itemsize: int) -> dict:
@@ -146,10 +154,10 @@ def worker(variant: str, out: Path, repeats: int, cases=None) -> dict:
 
     config, dtype = llama.CONFIGS["1b"], torch.bfloat16
     cache = llama.new_kv_cache(config, cache_blocks(), dtype, "cuda")
-    if variant.startswith(("package", "tuned package")):
+    if is_package(variant):
         package = import_package(out, NAME, [EXAMPLE])
         model = package.load()
-        if variant not in ("package", "tuned package"):
+        if "graphs" in variant:
             mode = "piecewise" if "piecewise" in variant else "full"
             model.capture(mode=mode, capture_sizes=CAPTURE_SIZES, kv_cache=cache)
         run = model
@@ -219,6 +227,11 @@ def main() -> int:
         action="store_true",
         help=f"also transpile with --autotune and measure {' and '.join(TUNED_VARIANTS)}",
     )
+    parser.add_argument(
+        "--compare-matvec",
+        action="store_true",
+        help=f"also transpile with --matvec library and measure {' and '.join(LIBRARY_VARIANTS)}",
+    )
     parser.add_argument("--cases", default="", help="case labels to run, comma-separated (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="CPU only: build every case's inputs (tiny config)")
     options = parser.parse_args()
@@ -271,6 +284,15 @@ def main() -> int:
             variants += list(TUNED_VARIANTS)
             outs.update({variant: tuned_out for variant in TUNED_VARIANTS})
             print((tuned_out / NAME / "tuning.json").read_text()[:6000], flush=True)
+    if options.compare_matvec:
+        library_out = options.scratch / "gen-library"
+        started = time.perf_counter()
+        library = [*command[: command.index("-o")], "-o", str(library_out), *command[command.index("-o") + 2 :]]
+        done = subprocess.run([*library, "--matvec", "library"], cwd=ROOT, env=env)
+        print(f"transpile --matvec library: {time.perf_counter() - started:.1f} s, exit {done.returncode}", flush=True)
+        if done.returncode == 0:
+            variants += list(LIBRARY_VARIANTS)
+            outs.update({variant: library_out for variant in LIBRARY_VARIANTS})
     tensors = json.loads((out / NAME / "manifest.json").read_text())["weights"]["tensors"].values()
     weight_bytes = sum(
         math.prod(t["shape"]) * getattr(torch, t["dtype"].removeprefix("torch.")).itemsize for t in tensors

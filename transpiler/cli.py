@@ -127,6 +127,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the package is one rank of the model split across N ranks (MODEL.py sizes its shards by "
         "torch.distributed.get_world_size(); load() needs a process group of N ranks and a checkpoint)",
     )
+    parser.add_argument(
+        "--matvec",
+        choices=["reduction", "library"],
+        default="reduction",
+        help="cuda: products of one row (an exact size of 1, as in decode) as reductions Inductor fuses with "
+        "their neighbours (default), or every product through the GEMM library (cuBLAS)",
+    )
     parser.add_argument("--check", action="store_true", help="compare with the existing OUT/NAME instead of writing")
     parser.add_argument(
         "--wheel",
@@ -240,6 +247,7 @@ def _run(args, console, console_out) -> int:
         autotune=args.autotune,
         tuning=args.tuning,
         tensor_parallel=parse.parse_world_size(args.tensor_parallel),
+        matvec=args.matvec,
     )
     target = args.out / package_name(options)
     if args.check and args.wheel is not None:

@@ -68,7 +68,7 @@ def compile_planned(
     module_name, input_names = plan.groups[group_index]
     group = _PlannedGroup(module_name, input_names, plan.graph(group_index))
     session = open_session(plan.tuning, module_name, variant, plan.symbol_ranges, plan.dispatch_symbol)
-    patches = target.inductor_patches(options.cpu_isa, tuned=session is not None)
+    patches = target.inductor_patches(options, tuned=session is not None)
     with inductor_config(patches, compile_threads_per_process(options.jobs)), tuned(session):
         compiled = target.compile_variant(group, variant, plan.dispatch_symbol, plan.symbol_ranges, session)
     return dataclasses.replace(compiled, tuning=session.finish() if session is not None else None)

@@ -19,6 +19,7 @@ from .targets import DEFAULT_DEVICE
 from .targets.cpu_isa import CPU_ISAS, DEFAULT_CPU_ISA, CpuIsa
 
 WEIGHTS_CHOICES = ("embed", "none")
+MATVEC_CHOICES = ("reduction", "library")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Options:
     autotune: bool = False  # --autotune: benchmark Inductor's choices, record them in tuning.json
     tuning: Path | None = None  # --tuning (or OUT/NAME/tuning.json): a lockfile to replay
     tensor_parallel: int | None = None  # --tensor-parallel N: the package is one rank of N
+    matvec: str = "reduction"  # --matvec: one-row products as fused reductions (cuda), or "library"
 
     @property
     def embeds_weights(self) -> bool:

@@ -30,6 +30,7 @@ MODULES = [
     "gpu_capture_time",
     "gpu_paged_attention_check",
     "capture_profile",
+    "gpu_matvec",
 ]
 
 

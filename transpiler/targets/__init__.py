@@ -42,8 +42,9 @@ class Target(Protocol):
         kernels of `kernel_type`. `session` (tuning.py), in a tuned transpile: the size to
         compile at, and the Triton configs to measure or replay."""
 
-    def inductor_patches(self, cpu_isa: CpuIsa, tuned: bool) -> dict[str, object]:
-        """Inductor settings of this target (tuned: those of --autotune and its replays)."""
+    def inductor_patches(self, options, tuned: bool) -> dict[str, object]:
+        """Inductor settings of this target for `options` (options.Options; tuned: those of
+        --autotune and its replays)."""
 
     def fingerprint(self) -> dict:
         """What the kernels depend on beyond torch and Python (checked at load)."""

@@ -145,10 +145,11 @@ class CpuTarget:
 
     # --- the pipeline
 
-    def inductor_patches(self, cpu_isa: CpuIsa, tuned: bool) -> dict[str, object]:
+    def inductor_patches(self, options, tuned: bool) -> dict[str, object]:
         """The x86-64 level the C++ is generated and built for; tuned: GEMMs ATen against
         Inductor's C++ templates (batched matmuls: a plain matmul's template needs constant
         weights, and weights are inputs here)."""
+        cpu_isa: CpuIsa = options.cpu_isa
         import torch
         import torch._inductor.config as config
 

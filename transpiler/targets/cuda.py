@@ -85,8 +85,13 @@ class CudaTarget:
 
     # --- the pipeline
 
-    def inductor_patches(self, cpu_isa, tuned: bool) -> dict[str, object]:
+    def inductor_patches(self, options, tuned: bool) -> dict[str, object]:
         import torch._inductor.config as config
+
+        from .matvec import MatvecPass
+
+        # --matvec reduction: one-row products (an exact size of 1) as fused reductions.
+        passes = {"post_grad_custom_pre_pass": MatvecPass()} if options.matvec == "reduction" else {}
 
         if tuned:
             # Every candidate config of every kernel, and GEMMs cuBLAS (ATen) against Triton
@@ -100,10 +105,10 @@ class CudaTarget:
             }
             if hasattr(config, "deterministic"):
                 patches["deterministic"] = False
-            return patches
+            return {**patches, **passes}
         # One config per kernel, chosen without timing: autotuning picks by benchmark,
         # which would make the emitted launch parameters differ from run to run.
-        patches = {"triton.autotune_pointwise": False}
+        patches = {"triton.autotune_pointwise": False, **passes}
         if hasattr(config, "deterministic"):
             patches["deterministic"] = True
         return patches
