@@ -23,7 +23,13 @@ from pathlib import Path
 from harness import copy_bandwidth, format_ratio, markdown_table
 
 # (name, N, K) for y[1, N] = x[1, K] @ w[N, K].T
-SHAPES = (("q/o", 2048, 2048), ("k/v", 512, 2048), ("gate/up", 8192, 2048), ("down", 2048, 8192), ("lm_head", 32000, 2048))
+SHAPES = (
+    ("q/o", 2048, 2048),
+    ("k/v", 512, 2048),
+    ("gate/up", 8192, 2048),
+    ("down", 2048, 8192),
+    ("lm_head", 32000, 2048),
+)
 TINY_SHAPES = (("q/o", 64, 64), ("gate/up", 256, 64), ("down", 64, 256))
 ROWS = (1, 2, 4, 8, 16, 32, 64)
 HIDDEN, FFN = 2048, 8192
@@ -149,7 +155,15 @@ def main() -> int:
         )
         del weights, sets
         print(rows[-1], flush=True)
-    header = ["1 row", "floor us", "cuBLAS us", "reduction us", "reduction + coord. descent us", "reduction / cuBLAS", "rel. err"]
+    header = [
+        "1 row",
+        "floor us",
+        "cuBLAS us",
+        "reduction us",
+        "reduction + coord. descent us",
+        "reduction / cuBLAS",
+        "rel. err",
+    ]
     print(markdown_table(header, rows))
 
     # The MLP half of a layer at one row: three products and what lies between them.
@@ -174,7 +188,14 @@ def main() -> int:
     ):
         error = relative_error(fn(*sets[0]), reference)
         samples = time_per_call(fn, sets)
-        block_rows.append([label, summary(samples), format_ratio(statistics.median(samples) / floor_us(block_bytes, bandwidth)), f"{error:.1e}"])
+        block_rows.append(
+            [
+                label,
+                summary(samples),
+                format_ratio(statistics.median(samples) / floor_us(block_bytes, bandwidth)),
+                f"{error:.1e}",
+            ]
+        )
         print(block_rows[-1], flush=True)
     print(f"MLP block at 1 row, floor {floor_us(block_bytes, bandwidth):.1f} us")
     print(markdown_table(["MLP block", "us per call", "/ floor", "rel. err vs eager"], block_rows))
@@ -187,7 +208,9 @@ def main() -> int:
     for count in ROWS:
         x = torch.randn(count, k, device=device, dtype=dtype)
         samples = time_per_call(linear, [(x, w) for w in weights])
-        many.append([count, summary(samples), format_ratio(statistics.median(samples) / floor_us(n * k * 2, bandwidth))])
+        many.append(
+            [count, summary(samples), format_ratio(statistics.median(samples) / floor_us(n * k * 2, bandwidth))]
+        )
     print(markdown_table([f"rows, cuBLAS {n}x{k}", "us per call", "/ floor"], many))
     return 0
 
