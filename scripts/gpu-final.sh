@@ -1,12 +1,12 @@
 #!/bin/bash
-# The serving example's GPU run (issues 16 and 18) in ONE device call on one H200, under
-# 9 minutes, from the repo root:
-#   run(command="bash scripts/gpu-final.sh", carry=[".whl"], timeout_s=600)
+# The serving example's GPU run (issues 16 and 18) in ONE device call on one H200, from the
+# repo root (all stages take about 11 minutes: name the ones a call should run):
+#   run(command="bash scripts/gpu-final.sh [STAGE ...]", carry=[".whl"], timeout_s=600)
 # .whl holds the wheels the GPU machine lacks, for Python 3.12 (no network there): black,
 # libcst, platformdirs, pytokens (see scripts/gpu-run.sh and the README).
 # On a CPU machine, `bash scripts/gpu-final.sh --dry-run` runs every stage's CPU dry run.
 #
-# Stages, in order, each under its own time budget (`timeout`; a stage that runs out is
+# Stages, in order (all by default; or those named), each under its own time budget (`timeout`; a stage that runs out is
 # reported and the next one starts), logs in $OUT/NN-stage.log and a summary in
 # $OUT/summary.txt:
 #   1. paged_attention  (90 s): scripts/gpu_paged_attention_check.py --no-time: the Triton
@@ -16,13 +16,19 @@
 #      batches (prefill chunks beside decodes, 1-6 sequences, padded and unpadded sizes)
 #      through the package plain, with piecewise and with full CUDA graphs beside eager on
 #      its own cache: logits and cache within 1e-4 of eager's scale at every step.
-#   3. bench_1b        (270 s): scripts/gpu_bench.py, the 1.1B bf16 config: eager,
+#   3. bench_1b        (260 s): scripts/gpu_bench.py, the 1.1B bf16 config: eager,
 #      torch.compile, and the package plain, piecewise and full; decode N (one sequence),
 #      decode Nx1 (N sequences) and prefill cases; floor = weights + KV read per step over
 #      the measured copy bandwidth. reduce-overhead and max-autotune are left out (200+ s).
+#   4. examples        (120 s): scripts/gpu_check.py, stages transpile, correct, determinism:
+#      the CUDA examples (tiny_llama is the CUDA golden: its sources come back in
+#      cuda_packages.tar.gz for `scripts/regen-goldens --cuda-from-gpu`) equal to eager.
+#   5. capture_time    (130 s): scripts/gpu_capture_time.py --runs 1: capture() after load()
+#      for every default capture size, both modes, and lazily (first calls).
 set -u
 DRY_RUN=0
-[ "${1:-}" = "--dry-run" ] && DRY_RUN=1
+[ "${1:-}" = "--dry-run" ] && DRY_RUN=1 && shift
+STAGES=" ${*:-paged_attention serving_graphs bench_1b examples capture_time} "
 OUT=${OUT:-/tmp/gpu_out}
 WORK=/tmp/gpu_work
 [ "$DRY_RUN" = 1 ] && WORK=$(mktemp -d)  # a shared CPU machine: a scratch folder of its own
@@ -49,6 +55,7 @@ rc=0
 stage() {
   local number=$1 name=$2 budget=$3
   shift 3
+  [[ "$STAGES" == *" $name "* ]] || return 0
   local log="$OUT/$number-$name.log" begin status
   begin=$(date +%s)
   echo "== $number $name (budget ${budget} s): $*" | tee "$log"
@@ -69,8 +76,10 @@ stage() {
 if [ "$DRY_RUN" = 0 ]; then
   stage 1 paged_attention 90 python3 scripts/gpu_paged_attention_check.py --no-time
   stage 2 serving_graphs 150 python3 scripts/gpu_state_check.py "$WORK" --no-timings
-  stage 3 bench_1b 270 python3 scripts/gpu_bench.py "$WORK" --rounds 1 --repeats 10 --jobs 16 --variant-timeout 120 \
+  stage 3 bench_1b 260 python3 scripts/gpu_bench.py "$WORK" --rounds 1 --repeats 10 --jobs 16 --variant-timeout 120 \
     --variants "eager,torch.compile,package,package + piecewise graphs,package + full graphs"
+  stage 4 examples 120 python3 scripts/gpu_check.py "$WORK" --stages transpile,correct,determinism
+  stage 5 capture_time 130 python3 scripts/gpu_capture_time.py "$WORK" --runs 1
 else
   stage 1 paged_attention 60 python3 scripts/gpu_paged_attention_check.py --dry-run
   stage 2 serving_graphs 150 python3 scripts/gpu_state_check.py "$WORK" --dry-run

@@ -2,6 +2,9 @@
 """Issue 18's capture target: how long `capture()` takes after `load()` for every default
 capture size of the 1.1B bf16 serving decoder, piecewise and full, each mode in a fresh
 process (the package transpiled once, without --capture-sizes, so its defaults apply).
+With lazy capture (`capture(lazy=True)`), the first call of a size pays for its capture:
+for those modes, the time of capture() itself and of the first and second calls of a
+one-sequence step of 1, 8 and 64 tokens.
 
     bash scripts/gpu-run.sh scripts/gpu_capture_time.py [--runs N]
 """
@@ -9,18 +12,22 @@ process (the package transpiled once, without --capture-sizes, so its defaults a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import serving_batches
 from harness import format_summary, import_package, transpile_command
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "serving_llama"
 NAME = "serving_llama_1b_capture"
 ENV_1B = {"SERVING_CONFIG": "1b", "SERVING_DTYPE": "bfloat16"}
+MODES = ("piecewise", "full", "piecewise lazy", "full lazy")
+FIRST_CALL_TOKENS = (1, 8, 64)
 
 
 def measure(out: Path, mode: str) -> None:
@@ -35,10 +42,23 @@ def measure(out: Path, mode: str) -> None:
     cache = llama.new_kv_cache(llama.CONFIGS["1b"], 64, torch.bfloat16, "cuda")
     torch.cuda.synchronize()
     started = time.perf_counter()
-    model.capture(mode=mode, kv_cache=cache)
+    model.capture(mode=mode.split()[0], kv_cache=cache, lazy=mode.endswith("lazy"))
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    print(f"RESULT {mode} {seconds:.3f} {len(package.cudagraphs.CAPTURE_SIZES)}", flush=True)
+    calls = {}
+    if mode.endswith("lazy"):
+        for tokens in FIRST_CALL_TOKENS:
+            case = serving_batches.Case(f"decode {tokens}", 1, tokens, 32)
+            args = serving_batches.forward_args(serving_batches.batch(case, llama.CONFIGS["1b"], "cuda"), cache)
+            timings = []
+            for _ in range(2):  # the first call captures its size, the second replays
+                begun = time.perf_counter()
+                with torch.no_grad():
+                    model(*args)
+                torch.cuda.synchronize()
+                timings.append(time.perf_counter() - begun)
+            calls[tokens] = timings
+    print(f"RESULT {mode.replace(' ', '_')} {seconds:.3f} {len(package.cudagraphs.CAPTURE_SIZES)} {json.dumps(calls)}")
 
 
 def main() -> int:
@@ -59,7 +79,8 @@ def main() -> int:
     started = time.perf_counter()
     subprocess.run(command, cwd=ROOT, env=env, check=True)
     print(f"transpile: {time.perf_counter() - started:.1f} s", flush=True)
-    seconds: dict[str, list[float]] = {"piecewise": [], "full": []}
+    seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
+    calls: dict[str, list[dict]] = {mode: [] for mode in MODES}
     sizes = 0
     for _ in range(args.runs):
         for mode in seconds:
@@ -71,11 +92,20 @@ def main() -> int:
             if line is None:
                 print(done.stdout[-2000:], done.stderr[-4000:], sep="\n")
                 return 1
-            _, _, value, count = line.split()
+            _, _, value, count, first_calls = line.split(maxsplit=4)
             seconds[mode].append(float(value))
+            calls[mode].append(json.loads(first_calls))
             sizes = int(count)
     for mode, samples in seconds.items():
         print(f"capture {mode}, {sizes} default sizes, after load(): {format_summary(samples, unit=' s')}", flush=True)
+        for tokens in FIRST_CALL_TOKENS if mode.endswith("lazy") else ():
+            first = [1000 * run[str(tokens)][0] for run in calls[mode]]
+            second = [1000 * run[str(tokens)][1] for run in calls[mode]]
+            print(
+                f"  {mode}, {tokens} tokens: first call {format_summary(first, unit=' ms')}, "
+                f"second {format_summary(second, unit=' ms')}",
+                flush=True,
+            )
     return 0
 
 

@@ -238,6 +238,49 @@ def test_replays_match_the_plain_forward_and_write_the_callers_cache(fake_graphs
     assert len(fake_graphs.graphs) == graph_count  # nothing captured again
 
 
+@pytest.mark.parametrize("mode", ["piecewise", "full"])
+def test_lazy_capture_captures_each_size_at_its_first_call(fake_graphs, mode):
+    w = weights()
+    cache = torch.randn(ROWS, 4)
+    expected_cache = cache.clone()
+    runner = cg.runner_class(make_model())(w, mode=mode, static_inputs={"cache": cache})
+    runner.capture(lazy=True)
+    assert runner.captured and fake_graphs.graphs == []  # nothing captured yet
+    per_size = 2 if mode == "piecewise" else 1
+    captured_sizes = []
+    for step, size in enumerate((3, 1, 4, 8, 1, 3)):
+        x, slots = inputs(size, seed=step)
+        expected = forward(w, x, slots, expected_cache)
+        CALLS.clear()
+        out, _rest = runner(x, slots, cache)
+        capture_size = runner.capture_size_for(size)
+        if capture_size not in captured_sizes:
+            captured_sizes.append(capture_size)
+        assert len(fake_graphs.graphs) == per_size * len(captured_sizes)  # only sizes called so far
+        assert sorted(runner._graphs) == sorted(captured_sizes)
+        torch.testing.assert_close(out, expected[0], rtol=0, atol=1e-6)
+        # The capture's warm-up runs wrote the cache and were undone: only real tokens count.
+        torch.testing.assert_close(cache[: ROWS - 1], expected_cache[: ROWS - 1], rtol=0, atol=1e-6)
+    assert captured_sizes == [4, 1, 8]
+    with pytest.raises(RuntimeError, match="already captured"):
+        runner.capture()
+
+
+def test_a_failed_lazy_capture_says_which_size_and_keeps_the_cache(fake_graphs, monkeypatch):
+    def failing_capture(self):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    cache = torch.randn(ROWS, 4)
+    before = cache.clone()
+    runner = cg.runner_class(make_model())(weights(), mode="full", static_inputs={"cache": cache})
+    runner.capture(lazy=True)
+    monkeypatch.setattr(cg._FullGraph, "capture", failing_capture)
+    with pytest.raises(RuntimeError, match="capturing the CUDA graphs of size 2 failed: operation not permitted"):
+        runner(*inputs(2, seed=4), cache)
+    assert torch.equal(cache, before)
+    assert 2 not in runner._graphs
+
+
 def test_static_inputs_are_used_by_reference(fake_graphs):
     cache = torch.zeros(ROWS, 4)
     runner_class = cg.runner_class(make_model())

@@ -141,6 +141,8 @@ class CudaGraphRunner:
     """The forward replayed from CUDA graphs, one set per capture size.
 
     Call capture() once, before serving; until then a call runs the plain forward.
+    capture(lazy=True) instead captures each capture size's graphs at the first call
+    that maps to it (start-up pays for no size that is never called).
 
     The tensors a call returns are the graphs' static output buffers (or views of them):
     they stay valid until the next call whose size maps to the same capture size, which
@@ -186,25 +188,41 @@ class CudaGraphRunner:
         self.static_inputs = _bind_static_inputs(
             model, static_inputs or {}, self.device
         )
-        # Capture size -> _PiecewiseGraphs or _FullGraph, filled by capture().
+        # Capture size -> _PiecewiseGraphs or _FullGraph, filled by capture() (lazily:
+        # by the first call of each size, into the pool capture(lazy=True) made).
         self._graphs = {}
+        self._lazy_pool = None
 
     @property
     def captured(self) -> bool:
-        return bool(self._graphs)
+        return bool(self._graphs) or self._lazy_pool is not None
 
-    def capture(self) -> None:
+    def capture(self, lazy=False) -> None:
         """Capture the graphs of every capture size, largest first, into one shared pool.
 
         Largest first: memory the pool holds for a large size is reused by smaller ones.
         Each size runs warmup_runs plain forwards first, so that lazy initialisation (kernel
         loading, library workspaces) happens outside the capture.
+
+        lazy=True captures nothing now: each size is captured (the same way, into one
+        pool) by the first call that maps to it, which takes that much longer.
         """
         name = self.model.name
-        if self._graphs:
+        if self.captured:
             raise RuntimeError(
                 f"{name}: the CUDA graphs are already captured; make a new runner to capture again"
             )
+        if lazy and self.capture_sizes:
+            self._lazy_pool = graph_pool_handle()
+            self.logger.info(
+                "%s: %s CUDA graphs of %d sizes (%d to %d) will be captured at each size's first call",
+                name,
+                self.mode,
+                len(self.capture_sizes),
+                self.capture_sizes[0],
+                self.capture_sizes[-1],
+            )
+            return
         if not self.capture_sizes:
             self.logger.info(
                 "%s: no capture sizes, nothing to capture; every call runs the plain forward",
@@ -239,41 +257,62 @@ class CudaGraphRunner:
         )
 
     def _capture_sizes(self, order):
-        model = self.model
         pool = graph_pool_handle()
-        graphs = {}
-        for size in order:
-            size_started = time.perf_counter()
-            input_buffers = _allocate_input_buffers(
-                model.inputs, size, self.device, self.static_inputs
+        return {size: self._capture_size(size, pool) for size in order}
+
+    def _capture_size(self, size, pool):
+        """The graphs of one capture size (warm-up runs first), captured into `pool`."""
+        model = self.model
+        size_started = time.perf_counter()
+        input_buffers = _allocate_input_buffers(
+            model.inputs, size, self.device, self.static_inputs
+        )
+        if self.mode == "piecewise":
+            size_graphs = _PiecewiseGraphs(
+                model, self.weights, input_buffers, size, pool
             )
-            if self.mode == "piecewise":
-                size_graphs = _PiecewiseGraphs(
-                    model, self.weights, input_buffers, size, pool
-                )
-            else:
-                size_graphs = _FullGraph(model, self.weights, input_buffers, size, pool)
-            try:
-                for _ in range(self.warmup_runs):
-                    model.forward(self.weights, *input_buffers)
-                size_graphs.capture()
-            except Exception as error:
-                raise RuntimeError(
-                    f"{model.name}: capturing the CUDA graphs of size {size} failed: {error}"
-                ) from error
-            graphs[size] = size_graphs
-            self.logger.debug(
-                "%s: captured size %d: %d graphs in %.3f s",
-                model.name,
-                size,
-                size_graphs.graph_count,
-                time.perf_counter() - size_started,
-            )
-        return graphs
+        else:
+            size_graphs = _FullGraph(model, self.weights, input_buffers, size, pool)
+        try:
+            for _ in range(self.warmup_runs):
+                model.forward(self.weights, *input_buffers)
+            size_graphs.capture()
+        except Exception as error:
+            raise RuntimeError(
+                f"{model.name}: capturing the CUDA graphs of size {size} failed: {error}"
+            ) from error
+        self.logger.debug(
+            "%s: captured size %d: %d graphs in %.3f s",
+            model.name,
+            size,
+            size_graphs.graph_count,
+            time.perf_counter() - size_started,
+        )
+        return size_graphs
+
+    def _capture_lazily(self, size):
+        """Capture one size at its first call: the caller's state (a KV cache, buffers)
+        is saved around the warm-up and capture runs and put back."""
+        started = time.perf_counter()
+        saved_state = _save_state(self.model, self.weights, self.static_inputs)
+        try:
+            size_graphs = self._capture_size(size, self._lazy_pool)
+        finally:
+            _restore_state(saved_state)
+        synchronize()
+        self._graphs[size] = size_graphs
+        self.logger.info(
+            "%s: captured the %s CUDA graphs of size %d at its first call in %.3f s",
+            self.model.name,
+            self.mode,
+            size,
+            time.perf_counter() - started,
+        )
+        return size_graphs
 
     def capture_size_for(self, size: int) -> int | None:
         """The capture size whose graphs serve a runtime size, or None: the plain forward."""
-        if not self._graphs:
+        if not self.captured:
             return None
         index = bisect_left(self.capture_sizes, size)
         if index == len(self.capture_sizes):
@@ -295,7 +334,9 @@ class CudaGraphRunner:
         capture_size = self.capture_size_for(size)
         if capture_size is None:
             return model.forward(self.weights, *inputs)
-        size_graphs = self._graphs[capture_size]
+        size_graphs = self._graphs.get(capture_size)
+        if size_graphs is None:
+            size_graphs = self._capture_lazily(capture_size)
         if not _fits(model.inputs, inputs, size_graphs.input_buffers):
             # More sequences than the buffers hold: the plain forward.
             return model.forward(self.weights, *inputs)
