@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch._functorch.config as functorch_config
 import torch._inductor.config as inductor_config
 
 from transpiler.options import Options
@@ -26,7 +27,11 @@ class CountingPass(MatvecPass):
 def compile_with_pass(fn, *args, dynamic=False):
     torch._dynamo.reset()
     CountingPass.changed = 0
-    with inductor_config.patch(post_grad_custom_pre_pass=CountingPass()):
+    # No cached graphs: a cache hit would skip the pass this test counts.
+    with (
+        inductor_config.patch(post_grad_custom_pre_pass=CountingPass(), fx_graph_cache=False),
+        functorch_config.patch(enable_autograd_cache=False),
+    ):
         out = torch.compile(fn, dynamic=dynamic, fullgraph=True)(*args)
     return out, CountingPass.changed
 
