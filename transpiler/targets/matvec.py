@@ -15,7 +15,7 @@ The pass runs on Inductor's post-grad graph (`post_grad_custom_pre_pass`), where
 size's shapes are integers: only products whose row count is statically 1 change, so
 ranges (symbolic row counts) keep their library GEMMs.
 
-Two rules come from measurements on an H200 (bench-results/gpu-matvec-h200.log):
+Two rules come from measurements on an H200 (bench-results/gpu-matvec-run2-h200-gpu_matvec.log):
 - Only products with at most as many outputs as inputs (N <= K: q, k, v, o and down of a
   Llama layer) are rewritten: there the reduction beat cuBLAS (0.41-0.78x its time), while
   for wide outputs (gate/up 8192x2048, a 32000-word head) Inductor's reduction configs read
