@@ -20,7 +20,7 @@
 #      torch.compile, and the package plain, piecewise and full; decode N (one sequence),
 #      decode Nx1 (N sequences) and prefill cases; floor = weights + KV read per step over
 #      the measured copy bandwidth. reduce-overhead and max-autotune are left out (200+ s).
-#   4. examples        (120 s): scripts/gpu_check.py, stages transpile, correct, determinism:
+#   4. examples        (200 s): scripts/gpu_check.py, stages transpile, correct, determinism:
 #      the CUDA examples (tiny_llama is the CUDA golden: its sources come back in
 #      cuda_packages.tar.gz for `scripts/regen-goldens --cuda-from-gpu`) equal to eager.
 #   5. capture_time    (130 s): scripts/gpu_capture_time.py --runs 1: capture() after load()
@@ -78,7 +78,7 @@ if [ "$DRY_RUN" = 0 ]; then
   stage 2 serving_graphs 150 python3 scripts/gpu_state_check.py "$WORK" --no-timings
   stage 3 bench_1b 260 python3 scripts/gpu_bench.py "$WORK" --rounds 1 --repeats 10 --jobs 16 --variant-timeout 120 \
     --variants "eager,torch.compile,package,package + piecewise graphs,package + full graphs"
-  stage 4 examples 120 python3 scripts/gpu_check.py "$WORK" --stages transpile,correct,determinism
+  stage 4 examples 200 python3 scripts/gpu_check.py "$WORK" --stages transpile,correct,determinism
   stage 5 capture_time 130 python3 scripts/gpu_capture_time.py "$WORK" --runs 1
 else
   stage 1 paged_attention 60 python3 scripts/gpu_paged_attention_check.py --dry-run

@@ -16,25 +16,34 @@ from ..cuda_runtime import (
     load_triton_kernel,
 )
 
-# triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=24, spills=0
-_size_1_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0 = load_triton_kernel(
+# triton_per_fused_add_embedding_mean_mul_pow_rsqrt_view_0: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=24, spills=0
+_size_1_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_view_0 = load_triton_kernel(
     "piece_0",
-    "size_1_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0",
-    "triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0",
+    "size_1_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_view_0",
+    "triton_per_fused_add_embedding_mean_mul_pow_rsqrt_view_0",
     num_warps=2,
     shared=8,
-    arg_types="OOOOOiOO",
+    arg_types="OOOOOOOiOO",
     arch=90,
 )
 
 
-def size_1_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0(
-    in_ptr0, in_ptr1, in_ptr2, out_ptr0, out_ptr2, xnumel, r0_numel, stream
+def size_1_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_view_0(
+    in_ptr0,
+    in_ptr1,
+    in_ptr2,
+    out_ptr0,
+    out_ptr2,
+    out_ptr3,
+    out_ptr4,
+    xnumel,
+    r0_numel,
+    stream,
 ):
     grid_0 = xnumel
     grid_1 = 1
     grid_2 = 1
-    _size_1_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0.launch(
+    _size_1_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_view_0.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -44,17 +53,50 @@ def size_1_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0(
         in_ptr2,
         out_ptr0,
         out_ptr2,
+        out_ptr3,
+        out_ptr4,
         r0_numel,
         None,
         None,
     )
 
 
-# triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2: XBLOCK=64, num_warps=1, num_stages=1; shared=0, regs=36, spills=0
-_size_1_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2 = load_triton_kernel(
+# triton_per_fused_t_1: XBLOCK=8, num_warps=2, num_stages=1; shared=256, regs=20, spills=0
+_size_1_triton_per_fused_t_1 = load_triton_kernel(
     "piece_0",
-    "size_1_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2",
-    "triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2",
+    "size_1_triton_per_fused_t_1",
+    "triton_per_fused_t_1",
+    num_warps=2,
+    shared=256,
+    arg_types="OOOiiOO",
+    arch=90,
+)
+
+
+def size_1_triton_per_fused_t_1(in_ptr0, in_ptr1, out_ptr0, xnumel, r0_numel, stream):
+    grid_0 = -((xnumel) // -(8))
+    grid_1 = 1
+    grid_2 = 1
+    _size_1_triton_per_fused_t_1.launch(
+        grid_0,
+        grid_1,
+        grid_2,
+        stream,
+        in_ptr0,
+        in_ptr1,
+        out_ptr0,
+        xnumel,
+        r0_numel,
+        None,
+        None,
+    )
+
+
+# triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_3: XBLOCK=64, num_warps=1, num_stages=1; shared=0, regs=36, spills=0
+_size_1_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_3 = load_triton_kernel(
+    "piece_0",
+    "size_1_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_3",
+    "triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_3",
     num_warps=1,
     shared=0,
     arg_types="OOOOOOiOO",
@@ -62,13 +104,13 @@ _size_1_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_tra
 )
 
 
-def size_1_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2(
+def size_1_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_3(
     in_ptr0, in_ptr1, in_ptr2, in_ptr3, out_ptr0, out_ptr1, xnumel, stream
 ):
     grid_0 = -((xnumel) // -(64))
     grid_1 = 1
     grid_2 = 1
-    _size_1_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2.launch(
+    _size_1_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_3.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -85,11 +127,11 @@ def size_1_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_
     )
 
 
-# triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1: XBLOCK=16, num_warps=1, num_stages=1; shared=0, regs=19, spills=8
-_size_1_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1 = load_triton_kernel(
+# triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_2: XBLOCK=16, num_warps=1, num_stages=1; shared=0, regs=19, spills=8
+_size_1_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_2 = load_triton_kernel(
     "piece_0",
-    "size_1_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1",
-    "triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1",
+    "size_1_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_2",
+    "triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_2",
     num_warps=1,
     shared=0,
     arg_types="OOOOiOO",
@@ -97,13 +139,13 @@ _size_1_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1 = load_triton_kern
 )
 
 
-def size_1_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1(
+def size_1_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_2(
     in_ptr0, in_ptr1, out_ptr0, out_ptr1, xnumel, stream
 ):
     grid_0 = -((xnumel) // -(16))
     grid_1 = 1
     grid_2 = 1
-    _size_1_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1.launch(
+    _size_1_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_2.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -454,15 +496,19 @@ def size_1(args):
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
         buf0 = empty_strided_cuda((1, 1, 64), (64, 64, 1), torch.float32)
-        buf2 = empty_strided_cuda((1, 1, 64), (64, 64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [embedding, pow_1, mean, add, rsqrt, mul_1, mul_2], Original ATen: [aten.embedding, aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul]
+        buf2 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
+        buf4 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
+        buf6 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [embedding, pow_1, mean, add, rsqrt, mul_1, mul_2, linear, linear_1, linear_2], Original ATen: [aten.embedding, aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view]
         stream0 = get_raw_stream(0)
-        size_1_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0(
+        size_1_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_view_0(
             input_ids,
             p_embed_tokens_weight,
             p_layers_0_input_layernorm_weight,
             buf0,
             buf2,
+            buf4,
+            buf6,
             1,
             64,
             stream=stream0,
@@ -471,62 +517,55 @@ def size_1(args):
         del input_ids
         del p_layers_0_input_layernorm_weight
         buf3 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [pow_1, mean, add, rsqrt, mul_1, mul_2, linear], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(buf2, (1, 64), (0, 1), 0),
-            reinterpret_tensor(
-                p_layers_0_self_attn_q_proj_weight, (64, 64), (1, 64), 0
-            ),
-            out=buf3,
+        # Topologically Sorted Source Nodes: [linear], Original ATen: [aten.t]
+        stream0 = get_raw_stream(0)
+        size_1_triton_per_fused_t_1(
+            buf2, p_layers_0_self_attn_q_proj_weight, buf3, 64, 64, stream=stream0
         )
         del p_layers_0_self_attn_q_proj_weight
-        buf4 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [linear_1], Original ATen: [aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(buf2, (1, 64), (64, 1), 0),
-            reinterpret_tensor(
-                p_layers_0_self_attn_k_proj_weight, (64, 64), (1, 64), 0
-            ),
-            out=buf4,
+        buf5 = buf2
+        del buf2  # reuse
+        # Topologically Sorted Source Nodes: [linear_1], Original ATen: [aten.t]
+        stream0 = get_raw_stream(0)
+        size_1_triton_per_fused_t_1(
+            buf4, p_layers_0_self_attn_k_proj_weight, buf5, 64, 64, stream=stream0
         )
         del p_layers_0_self_attn_k_proj_weight
-        buf5 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [linear_2], Original ATen: [aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(buf2, (1, 64), (64, 1), 0),
-            reinterpret_tensor(
-                p_layers_0_self_attn_v_proj_weight, (64, 64), (1, 64), 0
-            ),
-            out=buf5,
+        buf7 = buf4
+        del buf4  # reuse
+        # Topologically Sorted Source Nodes: [linear_2], Original ATen: [aten.t]
+        stream0 = get_raw_stream(0)
+        size_1_triton_per_fused_t_1(
+            buf6, p_layers_0_self_attn_v_proj_weight, buf7, 64, 64, stream=stream0
         )
         del p_layers_0_self_attn_v_proj_weight
-        buf6 = empty_strided_cuda((1, 1, 16), (16, 16, 1), torch.float32)
-        buf7 = empty_strided_cuda((1, 1, 16), (16, 16, 1), torch.float32)
+        buf8 = empty_strided_cuda((1, 1, 16), (16, 16, 1), torch.float32)
+        buf9 = empty_strided_cuda((1, 1, 16), (16, 16, 1), torch.float32)
         # Topologically Sorted Source Nodes: [to, unsqueeze, mul, cat, cos, sin], Original ATen: [aten._to_copy, aten.unsqueeze, aten.mul, aten.cat, aten.cos, aten.sin]
         stream0 = get_raw_stream(0)
-        size_1_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1(
-            positions, b_rotary_inv_freq, buf6, buf7, 16, stream=stream0
+        size_1_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_2(
+            positions, b_rotary_inv_freq, buf8, buf9, 16, stream=stream0
         )
         del positions
         del b_rotary_inv_freq
-        buf8 = reinterpret_tensor(buf2, (1, 4, 1, 16), (64, 16, 16, 1), 0)
-        del buf2  # reuse
-        buf9 = empty_strided_cuda((1, 4, 1, 16), (64, 16, 16, 1), torch.float32)
+        buf10 = reinterpret_tensor(buf6, (1, 4, 1, 16), (64, 16, 16, 1), 0)
+        del buf6  # reuse
+        buf11 = empty_strided_cuda((1, 4, 1, 16), (64, 16, 16, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear, view, transpose, chunk, linear_1, view_1, transpose_1, chunk_1, to, unsqueeze, mul, cat, cos, unsqueeze_1, mul_3, neg, cat_1, sin, unsqueeze_2, mul_4, add_1, mul_5, neg_1, cat_2, mul_6, add_2], Original ATen: [aten._unsafe_view, aten.view, aten.transpose, aten.split, aten._to_copy, aten.unsqueeze, aten.mul, aten.cat, aten.cos, aten.neg, aten.sin, aten.add]
         stream0 = get_raw_stream(0)
-        size_1_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_2(
-            buf3, buf6, buf7, buf4, buf8, buf9, 64, stream=stream0
+        size_1_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_3(
+            buf3, buf8, buf9, buf5, buf10, buf11, 64, stream=stream0
         )
         del buf3
-        del buf4
+        del buf5
     return (
         1,
         buf0,
-        reinterpret_tensor(buf6, (1, 1, 1, 16), (16, 16, 16, 1), 0),
-        reinterpret_tensor(buf7, (1, 1, 1, 16), (16, 16, 16, 1), 0),
-        reinterpret_tensor(buf5, (1, 4, 1, 16), (64, 16, 64, 1), 0),
-        buf8,
-        buf9,
+        reinterpret_tensor(buf8, (1, 1, 1, 16), (16, 16, 16, 1), 0),
+        reinterpret_tensor(buf9, (1, 1, 1, 16), (16, 16, 16, 1), 0),
+        reinterpret_tensor(buf7, (1, 4, 1, 16), (64, 16, 64, 1), 0),
+        buf10,
+        buf11,
     )
 
 

@@ -16,11 +16,11 @@ from ..cuda_runtime import (
     load_triton_kernel,
 )
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=17, spills=0
-_size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_triton_kernel(
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=17, spills=0
+_size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1 = load_triton_kernel(
     "piece_1",
-    "size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
-    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
+    "size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
+    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
     num_warps=2,
     shared=8,
     arg_types="OOOOiOO",
@@ -28,13 +28,13 @@ _size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_triton_ker
 )
 
 
-def size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+def size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
     in_ptr0, in_ptr1, in_ptr2, out_ptr1, xnumel, r0_numel, stream
 ):
     grid_0 = xnumel
     grid_1 = 1
     grid_2 = 1
-    _size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0.launch(
+    _size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -49,25 +49,25 @@ def size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
     )
 
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=18, spills=0
-_size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_triton_kernel(
+# triton_per_fused__unsafe_view_add_t_3: XBLOCK=8, num_warps=2, num_stages=1; shared=512, regs=32, spills=0
+_size_1_triton_per_fused__unsafe_view_add_t_3 = load_triton_kernel(
     "piece_1",
-    "size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
-    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
+    "size_1_triton_per_fused__unsafe_view_add_t_3",
+    "triton_per_fused__unsafe_view_add_t_3",
     num_warps=2,
-    shared=8,
-    arg_types="OOOOOiOO",
+    shared=512,
+    arg_types="OOOOiiOO",
     arch=90,
 )
 
 
-def size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
-    in_out_ptr0, in_ptr0, in_ptr1, in_ptr2, out_ptr1, xnumel, r0_numel, stream
+def size_1_triton_per_fused__unsafe_view_add_t_3(
+    in_out_ptr0, in_ptr0, in_ptr1, in_ptr2, xnumel, r0_numel, stream
 ):
-    grid_0 = xnumel
+    grid_0 = -((xnumel) // -(8))
     grid_1 = 1
     grid_2 = 1
-    _size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2.launch(
+    _size_1_triton_per_fused__unsafe_view_add_t_3.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -76,19 +76,86 @@ def size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
         in_ptr0,
         in_ptr1,
         in_ptr2,
-        out_ptr1,
+        xnumel,
         r0_numel,
         None,
         None,
     )
 
 
-# triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3: XBLOCK=64, num_warps=1, num_stages=1; shared=0, regs=36, spills=0
-_size_1_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3 = (
+# triton_per_fused_add_mean_mul_pow_rsqrt_view_4: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=18, spills=0
+_size_1_triton_per_fused_add_mean_mul_pow_rsqrt_view_4 = load_triton_kernel(
+    "piece_1",
+    "size_1_triton_per_fused_add_mean_mul_pow_rsqrt_view_4",
+    "triton_per_fused_add_mean_mul_pow_rsqrt_view_4",
+    num_warps=2,
+    shared=8,
+    arg_types="OOOOOiOO",
+    arch=90,
+)
+
+
+def size_1_triton_per_fused_add_mean_mul_pow_rsqrt_view_4(
+    in_ptr0, in_ptr1, out_ptr1, out_ptr2, out_ptr3, xnumel, r0_numel, stream
+):
+    grid_0 = xnumel
+    grid_1 = 1
+    grid_2 = 1
+    _size_1_triton_per_fused_add_mean_mul_pow_rsqrt_view_4.launch(
+        grid_0,
+        grid_1,
+        grid_2,
+        stream,
+        in_ptr0,
+        in_ptr1,
+        out_ptr1,
+        out_ptr2,
+        out_ptr3,
+        r0_numel,
+        None,
+        None,
+    )
+
+
+# triton_per_fused_t_transpose_view_0: XBLOCK=8, num_warps=2, num_stages=1; shared=256, regs=20, spills=0
+_size_1_triton_per_fused_t_transpose_view_0 = load_triton_kernel(
+    "piece_1",
+    "size_1_triton_per_fused_t_transpose_view_0",
+    "triton_per_fused_t_transpose_view_0",
+    num_warps=2,
+    shared=256,
+    arg_types="OOOiiOO",
+    arch=90,
+)
+
+
+def size_1_triton_per_fused_t_transpose_view_0(
+    in_ptr0, in_ptr1, out_ptr0, xnumel, r0_numel, stream
+):
+    grid_0 = -((xnumel) // -(8))
+    grid_1 = 1
+    grid_2 = 1
+    _size_1_triton_per_fused_t_transpose_view_0.launch(
+        grid_0,
+        grid_1,
+        grid_2,
+        stream,
+        in_ptr0,
+        in_ptr1,
+        out_ptr0,
+        xnumel,
+        r0_numel,
+        None,
+        None,
+    )
+
+
+# triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_5: XBLOCK=64, num_warps=1, num_stages=1; shared=0, regs=36, spills=0
+_size_1_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_5 = (
     load_triton_kernel(
         "piece_1",
-        "size_1_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3",
-        "triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3",
+        "size_1_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_5",
+        "triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_5",
         num_warps=1,
         shared=0,
         arg_types="OOOOOOiOO",
@@ -97,13 +164,13 @@ _size_1_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3 = (
 )
 
 
-def size_1_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3(
+def size_1_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_5(
     in_ptr0, in_ptr1, in_ptr2, in_ptr3, out_ptr0, out_ptr1, xnumel, stream
 ):
     grid_0 = -((xnumel) // -(64))
     grid_1 = 1
     grid_2 = 1
-    _size_1_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3.launch(
+    _size_1_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_5.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -120,11 +187,11 @@ def size_1_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3(
     )
 
 
-# triton_poi_fused__unsafe_view_mul_silu_1: XBLOCK=128, num_warps=4, num_stages=1; shared=0, regs=14, spills=0
-_size_1_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
+# triton_poi_fused__unsafe_view_mul_silu_view_2: XBLOCK=128, num_warps=4, num_stages=1; shared=0, regs=14, spills=0
+_size_1_triton_poi_fused__unsafe_view_mul_silu_view_2 = load_triton_kernel(
     "piece_1",
-    "size_1_triton_poi_fused__unsafe_view_mul_silu_1",
-    "triton_poi_fused__unsafe_view_mul_silu_1",
+    "size_1_triton_poi_fused__unsafe_view_mul_silu_view_2",
+    "triton_poi_fused__unsafe_view_mul_silu_view_2",
     num_warps=4,
     shared=0,
     arg_types="OOiOO",
@@ -132,13 +199,13 @@ _size_1_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
 )
 
 
-def size_1_triton_poi_fused__unsafe_view_mul_silu_1(
+def size_1_triton_poi_fused__unsafe_view_mul_silu_view_2(
     in_out_ptr0, in_ptr0, xnumel, stream
 ):
     grid_0 = -((xnumel) // -(128))
     grid_1 = 1
     grid_2 = 1
-    _size_1_triton_poi_fused__unsafe_view_mul_silu_1.launch(
+    _size_1_triton_poi_fused__unsafe_view_mul_silu_view_2.launch(
         grid_0, grid_1, grid_2, stream, in_out_ptr0, in_ptr0, xnumel, None, None
     )
 
@@ -632,20 +699,17 @@ def size_1(args):
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
         buf0 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(sdpa, (1, 64), (64, 1), 0),
-            reinterpret_tensor(
-                p_layers_0_self_attn_o_proj_weight, (64, 64), (1, 64), 0
-            ),
-            out=buf0,
+        # Topologically Sorted Source Nodes: [transpose_3, reshape, linear_3], Original ATen: [aten.transpose, aten.view, aten.t]
+        stream0 = get_raw_stream(0)
+        size_1_triton_per_fused_t_transpose_view_0(
+            sdpa, p_layers_0_self_attn_o_proj_weight, buf0, 64, 64, stream=stream0
         )
         del sdpa
         del p_layers_0_self_attn_o_proj_weight
         buf2 = empty_strided_cuda((1, 1, 64), (64, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_3, add_3, pow_2, mean_1, add_4, rsqrt_1, mul_7, mul_8], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+        size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
             embedding,
             buf0,
             p_layers_0_post_attention_layernorm_weight,
@@ -672,86 +736,86 @@ def size_1(args):
         )
         del p_layers_0_mlp_up_proj_weight
         del buf2
-        buf5 = reinterpret_tensor(buf3, (1, 1, 128), (128, 128, 1), 0)
+        buf5 = buf3
         del buf3  # reuse
-        # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9], Original ATen: [aten._unsafe_view, aten.silu, aten.mul]
+        # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9, linear_6], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view]
         stream0 = get_raw_stream(0)
-        size_1_triton_poi_fused__unsafe_view_mul_silu_1(buf5, buf4, 128, stream=stream0)
-        del buf4
-        buf6 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [linear_4, silu, linear_5, mul_9, linear_6], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(buf5, (1, 128), (0, 1), 0),
-            reinterpret_tensor(p_layers_0_mlp_down_proj_weight, (128, 64), (1, 128), 0),
-            out=buf6,
+        size_1_triton_poi_fused__unsafe_view_mul_silu_view_2(
+            buf5, buf4, 128, stream=stream0
         )
-        del p_layers_0_mlp_down_proj_weight
-        del buf5
+        del buf4
         buf7 = reinterpret_tensor(buf0, (1, 1, 64), (64, 64, 1), 0)
         del buf0  # reuse
-        buf9 = empty_strided_cuda((1, 1, 64), (64, 64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [linear_3, add_3, linear_6, add_5, pow_3, mean_2, add_6, rsqrt_2, mul_10, mul_11], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
+        # Topologically Sorted Source Nodes: [linear_3, add_3, linear_6, add_5], Original ATen: [aten._unsafe_view, aten.add, aten.t]
         stream0 = get_raw_stream(0)
-        size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
+        size_1_triton_per_fused__unsafe_view_add_t_3(
             buf7,
+            buf5,
+            p_layers_0_mlp_down_proj_weight,
             embedding,
-            buf6,
+            64,
+            128,
+            stream=stream0,
+        )
+        del embedding
+        del p_layers_0_mlp_down_proj_weight
+        del buf5
+        buf9 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
+        buf11 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
+        buf13 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [pow_3, mean_2, add_6, rsqrt_2, mul_10, mul_11, linear_7, linear_8, linear_9], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view]
+        stream0 = get_raw_stream(0)
+        size_1_triton_per_fused_add_mean_mul_pow_rsqrt_view_4(
+            buf7,
             p_layers_1_input_layernorm_weight,
             buf9,
+            buf11,
+            buf13,
             1,
             64,
             stream=stream0,
         )
-        del embedding
         del p_layers_1_input_layernorm_weight
-        buf10 = buf6
-        del buf6  # reuse
-        # Topologically Sorted Source Nodes: [pow_3, mean_2, add_6, rsqrt_2, mul_10, mul_11, linear_7], Original ATen: [aten.pow, aten.mean, aten.add, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(buf9, (1, 64), (0, 1), 0),
-            reinterpret_tensor(
-                p_layers_1_self_attn_q_proj_weight, (64, 64), (1, 64), 0
-            ),
-            out=buf10,
+        buf10 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
+        # Topologically Sorted Source Nodes: [linear_7], Original ATen: [aten.t]
+        stream0 = get_raw_stream(0)
+        size_1_triton_per_fused_t_transpose_view_0(
+            buf9, p_layers_1_self_attn_q_proj_weight, buf10, 64, 64, stream=stream0
         )
         del p_layers_1_self_attn_q_proj_weight
-        buf11 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [linear_8], Original ATen: [aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(buf9, (1, 64), (64, 1), 0),
-            reinterpret_tensor(
-                p_layers_1_self_attn_k_proj_weight, (64, 64), (1, 64), 0
-            ),
-            out=buf11,
+        buf12 = buf9
+        del buf9  # reuse
+        # Topologically Sorted Source Nodes: [linear_8], Original ATen: [aten.t]
+        stream0 = get_raw_stream(0)
+        size_1_triton_per_fused_t_transpose_view_0(
+            buf11, p_layers_1_self_attn_k_proj_weight, buf12, 64, 64, stream=stream0
         )
         del p_layers_1_self_attn_k_proj_weight
-        buf12 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [linear_9], Original ATen: [aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(buf9, (1, 64), (64, 1), 0),
-            reinterpret_tensor(
-                p_layers_1_self_attn_v_proj_weight, (64, 64), (1, 64), 0
-            ),
-            out=buf12,
+        buf14 = buf11
+        del buf11  # reuse
+        # Topologically Sorted Source Nodes: [linear_9], Original ATen: [aten.t]
+        stream0 = get_raw_stream(0)
+        size_1_triton_per_fused_t_transpose_view_0(
+            buf13, p_layers_1_self_attn_v_proj_weight, buf14, 64, 64, stream=stream0
         )
         del p_layers_1_self_attn_v_proj_weight
-        buf13 = reinterpret_tensor(buf9, (1, 4, 1, 16), (64, 16, 16, 1), 0)
-        del buf9  # reuse
-        buf14 = empty_strided_cuda((1, 4, 1, 16), (64, 16, 16, 1), torch.float32)
+        buf15 = reinterpret_tensor(buf13, (1, 4, 1, 16), (64, 16, 16, 1), 0)
+        del buf13  # reuse
+        buf16 = empty_strided_cuda((1, 4, 1, 16), (64, 16, 16, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_7, view_3, transpose_4, chunk_2, linear_8, view_4, transpose_5, chunk_3, mul_12, neg_2, cat_3, mul_13, add_7, mul_14, neg_3, cat_4, mul_15, add_8], Original ATen: [aten._unsafe_view, aten.view, aten.transpose, aten.split, aten.mul, aten.neg, aten.cat, aten.add]
         stream0 = get_raw_stream(0)
-        size_1_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3(
-            buf10, unsqueeze_1, unsqueeze_2, buf11, buf13, buf14, 64, stream=stream0
+        size_1_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_5(
+            buf10, unsqueeze_1, unsqueeze_2, buf12, buf15, buf16, 64, stream=stream0
         )
         del unsqueeze_1
         del unsqueeze_2
         del buf10
-        del buf11
+        del buf12
     return (
         buf7,
-        reinterpret_tensor(buf12, (1, 4, 1, 16), (64, 16, 64, 1), 0),
-        buf13,
-        buf14,
+        reinterpret_tensor(buf14, (1, 4, 1, 16), (64, 16, 64, 1), 0),
+        buf15,
+        buf16,
     )
 
 

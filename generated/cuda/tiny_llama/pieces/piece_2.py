@@ -16,11 +16,11 @@ from ..cuda_runtime import (
     load_triton_kernel,
 )
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=17, spills=0
-_size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_triton_kernel(
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=17, spills=0
+_size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1 = load_triton_kernel(
     "piece_2",
-    "size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
-    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
+    "size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
+    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
     num_warps=2,
     shared=8,
     arg_types="OOOOiOO",
@@ -28,13 +28,13 @@ _size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0 = load_triton_ker
 )
 
 
-def size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+def size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
     in_ptr0, in_ptr1, in_ptr2, out_ptr1, xnumel, r0_numel, stream
 ):
     grid_0 = xnumel
     grid_1 = 1
     grid_2 = 1
-    _size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0.launch(
+    _size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -49,11 +49,11 @@ def size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
     )
 
 
-# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=18, spills=0
-_size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_triton_kernel(
+# triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_4: XBLOCK=1, num_warps=2, num_stages=1; shared=8, regs=18, spills=0
+_size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_4 = load_triton_kernel(
     "piece_2",
-    "size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
-    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2",
+    "size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_4",
+    "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_4",
     num_warps=2,
     shared=8,
     arg_types="OOOOiOO",
@@ -61,13 +61,13 @@ _size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2 = load_triton_ker
 )
 
 
-def size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
+def size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_4(
     in_out_ptr0, in_ptr0, in_ptr1, in_ptr2, xnumel, r0_numel, stream
 ):
     grid_0 = xnumel
     grid_1 = 1
     grid_2 = 1
-    _size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2.launch(
+    _size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_4.launch(
         grid_0,
         grid_1,
         grid_2,
@@ -82,11 +82,75 @@ def size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
     )
 
 
-# triton_poi_fused__unsafe_view_mul_silu_1: XBLOCK=128, num_warps=4, num_stages=1; shared=0, regs=14, spills=0
-_size_1_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
+# triton_per_fused_t_3: XBLOCK=8, num_warps=2, num_stages=1; shared=512, regs=32, spills=0
+_size_1_triton_per_fused_t_3 = load_triton_kernel(
     "piece_2",
-    "size_1_triton_poi_fused__unsafe_view_mul_silu_1",
-    "triton_poi_fused__unsafe_view_mul_silu_1",
+    "size_1_triton_per_fused_t_3",
+    "triton_per_fused_t_3",
+    num_warps=2,
+    shared=512,
+    arg_types="OOOiiOO",
+    arch=90,
+)
+
+
+def size_1_triton_per_fused_t_3(in_ptr0, in_ptr1, out_ptr0, xnumel, r0_numel, stream):
+    grid_0 = -((xnumel) // -(8))
+    grid_1 = 1
+    grid_2 = 1
+    _size_1_triton_per_fused_t_3.launch(
+        grid_0,
+        grid_1,
+        grid_2,
+        stream,
+        in_ptr0,
+        in_ptr1,
+        out_ptr0,
+        xnumel,
+        r0_numel,
+        None,
+        None,
+    )
+
+
+# triton_per_fused_t_transpose_view_0: XBLOCK=8, num_warps=2, num_stages=1; shared=256, regs=20, spills=0
+_size_1_triton_per_fused_t_transpose_view_0 = load_triton_kernel(
+    "piece_2",
+    "size_1_triton_per_fused_t_transpose_view_0",
+    "triton_per_fused_t_transpose_view_0",
+    num_warps=2,
+    shared=256,
+    arg_types="OOOiiOO",
+    arch=90,
+)
+
+
+def size_1_triton_per_fused_t_transpose_view_0(
+    in_ptr0, in_ptr1, out_ptr0, xnumel, r0_numel, stream
+):
+    grid_0 = -((xnumel) // -(8))
+    grid_1 = 1
+    grid_2 = 1
+    _size_1_triton_per_fused_t_transpose_view_0.launch(
+        grid_0,
+        grid_1,
+        grid_2,
+        stream,
+        in_ptr0,
+        in_ptr1,
+        out_ptr0,
+        xnumel,
+        r0_numel,
+        None,
+        None,
+    )
+
+
+# triton_poi_fused__unsafe_view_mul_silu_view_2: XBLOCK=128, num_warps=4, num_stages=1; shared=0, regs=14, spills=0
+_size_1_triton_poi_fused__unsafe_view_mul_silu_view_2 = load_triton_kernel(
+    "piece_2",
+    "size_1_triton_poi_fused__unsafe_view_mul_silu_view_2",
+    "triton_poi_fused__unsafe_view_mul_silu_view_2",
     num_warps=4,
     shared=0,
     arg_types="OOiOO",
@@ -94,13 +158,13 @@ _size_1_triton_poi_fused__unsafe_view_mul_silu_1 = load_triton_kernel(
 )
 
 
-def size_1_triton_poi_fused__unsafe_view_mul_silu_1(
+def size_1_triton_poi_fused__unsafe_view_mul_silu_view_2(
     in_out_ptr0, in_ptr0, xnumel, stream
 ):
     grid_0 = -((xnumel) // -(128))
     grid_1 = 1
     grid_2 = 1
-    _size_1_triton_poi_fused__unsafe_view_mul_silu_1.launch(
+    _size_1_triton_poi_fused__unsafe_view_mul_silu_view_2.launch(
         grid_0, grid_1, grid_2, stream, in_out_ptr0, in_ptr0, xnumel, None, None
     )
 
@@ -476,20 +540,17 @@ def size_1(args):
     with torch.cuda._DeviceGuard(0):
         torch.cuda.set_device(0)
         buf0 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [transpose_7, reshape_1, linear_10], Original ATen: [aten.transpose, aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(sdpa_1, (1, 64), (64, 1), 0),
-            reinterpret_tensor(
-                p_layers_1_self_attn_o_proj_weight, (64, 64), (1, 64), 0
-            ),
-            out=buf0,
+        # Topologically Sorted Source Nodes: [transpose_7, reshape_1, linear_10], Original ATen: [aten.transpose, aten.view, aten.t]
+        stream0 = get_raw_stream(0)
+        size_1_triton_per_fused_t_transpose_view_0(
+            sdpa_1, p_layers_1_self_attn_o_proj_weight, buf0, 64, 64, stream=stream0
         )
         del sdpa_1
         del p_layers_1_self_attn_o_proj_weight
         buf2 = empty_strided_cuda((1, 1, 64), (64, 64, 1), torch.float32)
         # Topologically Sorted Source Nodes: [linear_10, add_9, pow_4, mean_3, add_10, rsqrt_3, mul_16, mul_17], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+        size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
             add_5,
             buf0,
             p_layers_1_post_attention_layernorm_weight,
@@ -516,31 +577,32 @@ def size_1(args):
         )
         del p_layers_1_mlp_up_proj_weight
         del buf2
-        buf5 = reinterpret_tensor(buf3, (1, 1, 128), (128, 128, 1), 0)
+        buf5 = buf3
         del buf3  # reuse
-        # Topologically Sorted Source Nodes: [linear_11, silu_1, linear_12, mul_18], Original ATen: [aten._unsafe_view, aten.silu, aten.mul]
+        # Topologically Sorted Source Nodes: [linear_11, silu_1, linear_12, mul_18, linear_13], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view]
         stream0 = get_raw_stream(0)
-        size_1_triton_poi_fused__unsafe_view_mul_silu_1(buf5, buf4, 128, stream=stream0)
+        size_1_triton_poi_fused__unsafe_view_mul_silu_view_2(
+            buf5, buf4, 128, stream=stream0
+        )
         del buf4
         buf6 = empty_strided_cuda((1, 64), (64, 1), torch.float32)
-        # Topologically Sorted Source Nodes: [linear_11, silu_1, linear_12, mul_18, linear_13], Original ATen: [aten._unsafe_view, aten.silu, aten.mul, aten.view, aten.t, aten.mm]
-        torch.mm(
-            reinterpret_tensor(buf5, (1, 128), (0, 1), 0),
-            reinterpret_tensor(p_layers_1_mlp_down_proj_weight, (128, 64), (1, 128), 0),
-            out=buf6,
+        # Topologically Sorted Source Nodes: [linear_13], Original ATen: [aten.t]
+        stream0 = get_raw_stream(0)
+        size_1_triton_per_fused_t_3(
+            buf5, p_layers_1_mlp_down_proj_weight, buf6, 64, 128, stream=stream0
         )
         del p_layers_1_mlp_down_proj_weight
         buf8 = reinterpret_tensor(buf0, (1, 1, 64), (64, 64, 1), 0)
         del buf0  # reuse
         # Topologically Sorted Source Nodes: [linear_10, add_9, linear_13, add_11, pow_5, mean_4, add_12, rsqrt_4, mul_19, mul_20], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul]
         stream0 = get_raw_stream(0)
-        size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_2(
+        size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_4(
             buf8, add_5, buf6, p_norm_weight, 1, 64, stream=stream0
         )
         del add_5
         del p_norm_weight
         del buf6
-        buf9 = reinterpret_tensor(buf5, (1, 128), (128, 1), 0)
+        buf9 = buf5
         del buf5  # reuse
         # Topologically Sorted Source Nodes: [linear_10, add_9, linear_13, add_11, pow_5, mean_4, add_12, rsqrt_4, mul_19, mul_20, linear_14], Original ATen: [aten._unsafe_view, aten.add, aten.pow, aten.mean, aten.rsqrt, aten.mul, aten.view, aten.t, aten.mm]
         torch.mm(

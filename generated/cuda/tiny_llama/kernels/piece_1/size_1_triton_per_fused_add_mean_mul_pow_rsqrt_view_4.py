@@ -1,4 +1,4 @@
-# Triton source of size_1_triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0, kept for review: the package launches the cubin
+# Triton source of size_1_triton_per_fused_add_mean_mul_pow_rsqrt_view_4, kept for review: the package launches the cubin
 # beside it and never imports this file.
 import triton
 import triton.language as tl
@@ -21,11 +21,11 @@ triton_helpers.set_driver_to_gpu()
     filename=__file__,
     triton_meta={
         "signature": {
-            "in_ptr0": "*i64",
+            "in_ptr0": "*fp32",
             "in_ptr1": "*fp32",
-            "in_ptr2": "*fp32",
-            "out_ptr0": "*fp32",
+            "out_ptr1": "*fp32",
             "out_ptr2": "*fp32",
+            "out_ptr3": "*fp32",
             "xnumel": "constexpr",
             "r0_numel": "i32",
             "XBLOCK": "constexpr",
@@ -60,13 +60,13 @@ triton_helpers.set_driver_to_gpu()
     inductor_meta={
         "grid_type": "Grid1D",
         "autotune_hints": set(),
-        "kernel_name": "triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0",
+        "kernel_name": "triton_per_fused_add_mean_mul_pow_rsqrt_view_4",
         "mutated_arg_names": [],
         "optimize_mem": True,
         "no_x_dim": None,
         "atomic_add_found": False,
         "num_load": 2,
-        "num_store": 2,
+        "num_store": 3,
         "num_reduction": 1,
         "backend_hash": "91D1D1166449D9E2EB66EB9770C9E2C3B0FEB787341F27FEB4D3F0338DA50336",
         "assert_indirect_indexing": True,
@@ -85,16 +85,16 @@ triton_helpers.set_driver_to_gpu()
         "mix_order_reduction_allow_multi_stages": False,
         "are_deterministic_algorithms_enabled": False,
         "has_loadstore_with_contiguous_rdim": True,
-        "tiling_scores": {"r0_": 1280},
+        "tiling_scores": {"r0_": 2048},
     },
 )
 @triton.jit
-def triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0(
+def triton_per_fused_add_mean_mul_pow_rsqrt_view_4(
     in_ptr0,
     in_ptr1,
-    in_ptr2,
-    out_ptr0,
+    out_ptr1,
     out_ptr2,
+    out_ptr3,
     xnumel,
     r0_numel,
     XBLOCK: tl.constexpr,
@@ -113,24 +113,18 @@ def triton_per_fused_add_embedding_mean_mul_pow_rsqrt_0(
     roffset = r0_offset
     rindex = r0_index
     r0_0 = r0_index
-    tmp0 = tl.load(in_ptr0 + (0))
-    tmp1 = tl.broadcast_to(tmp0, [1, 1])
-    tmp18 = tl.load(in_ptr2 + (r0_0), None)
-    tmp2 = tl.full([1, 1], 128, tl.int32)
-    tmp3 = tmp1 + tmp2
-    tmp4 = tmp1 < 0
-    tmp5 = tl.where(tmp4, tmp3, tmp1)
-    tl.device_assert((0 <= tmp5) & (tmp5 < 128), "index out of bounds: 0 <= tmp5 < 128")
-    tmp7 = tl.load(in_ptr1 + (r0_0 + 64 * tmp5), None)
-    tmp8 = tmp7 * tmp7
-    tmp9 = tl.broadcast_to(tmp8, [XBLOCK, R0_BLOCK])
-    tmp11 = tl.sum(tmp9, 1)[:, None].to(tl.float32)
-    tmp12 = tl.full([1, 1], 64.0, tl.float32)
-    tmp13 = tmp11 / tmp12
-    tmp14 = tl.full([1, 1], 1e-06, tl.float32)
-    tmp15 = tmp13 + tmp14
-    tmp16 = libdevice.rsqrt(tmp15)
-    tmp17 = tmp7 * tmp16
-    tmp19 = tmp17 * tmp18
-    tl.store(out_ptr0 + (tl.broadcast_to(r0_0, [XBLOCK, R0_BLOCK])), tmp7, None)
-    tl.store(out_ptr2 + (tl.broadcast_to(r0_0, [XBLOCK, R0_BLOCK])), tmp19, None)
+    tmp0 = tl.load(in_ptr0 + (r0_0), None)
+    tmp11 = tl.load(in_ptr1 + (r0_0), None)
+    tmp1 = tmp0 * tmp0
+    tmp2 = tl.broadcast_to(tmp1, [XBLOCK, R0_BLOCK])
+    tmp4 = tl.sum(tmp2, 1)[:, None].to(tl.float32)
+    tmp5 = tl.full([1, 1], 64.0, tl.float32)
+    tmp6 = tmp4 / tmp5
+    tmp7 = tl.full([1, 1], 1e-06, tl.float32)
+    tmp8 = tmp6 + tmp7
+    tmp9 = libdevice.rsqrt(tmp8)
+    tmp10 = tmp0 * tmp9
+    tmp12 = tmp10 * tmp11
+    tl.store(out_ptr1 + (tl.broadcast_to(r0_0, [XBLOCK, R0_BLOCK])), tmp12, None)
+    tl.store(out_ptr2 + (tl.broadcast_to(r0_0, [XBLOCK, R0_BLOCK])), tmp12, None)
+    tl.store(out_ptr3 + (tl.broadcast_to(r0_0, [XBLOCK, R0_BLOCK])), tmp12, None)

@@ -1,4 +1,4 @@
-# Triton source of size_1_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3, kept for review: the package launches the cubin
+# Triton source of size_1_triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_3, kept for review: the package launches the cubin
 # beside it and never imports this file.
 import triton
 import triton.language as tl
@@ -60,7 +60,7 @@ triton_helpers.set_driver_to_gpu()
     inductor_meta={
         "grid_type": "Grid1D",
         "autotune_hints": set(),
-        "kernel_name": "triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3",
+        "kernel_name": "triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_3",
         "mutated_arg_names": [],
         "optimize_mem": True,
         "no_x_dim": False,
@@ -90,7 +90,7 @@ triton_helpers.set_driver_to_gpu()
     min_elem_per_thread=0,
 )
 @triton.jit
-def triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_3(
+def triton_poi_fused__to_copy__unsafe_view_add_cat_cos_mul_neg_sin_split_transpose_unsqueeze_view_3(
     in_ptr0, in_ptr1, in_ptr2, in_ptr3, out_ptr0, out_ptr1, xnumel, XBLOCK: tl.constexpr
 ):
     xnumel = 64

@@ -1,4 +1,4 @@
-# Triton source of size_1_triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1, kept for review: the package launches the cubin
+# Triton source of size_1_triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_5, kept for review: the package launches the cubin
 # beside it and never imports this file.
 import triton
 import triton.language as tl
@@ -16,12 +16,14 @@ triton_helpers.set_driver_to_gpu()
 
 
 @triton_heuristics.pointwise(
-    size_hints={"x": 16},
+    size_hints={"x": 64},
     filename=__file__,
     triton_meta={
         "signature": {
-            "in_ptr0": "*i64",
+            "in_ptr0": "*fp32",
             "in_ptr1": "*fp32",
+            "in_ptr2": "*fp32",
+            "in_ptr3": "*fp32",
             "out_ptr0": "*fp32",
             "out_ptr1": "*fp32",
             "xnumel": "i32",
@@ -50,18 +52,20 @@ triton_helpers.set_driver_to_gpu()
                 (2,): [["tt.divisibility", 16]],
                 (3,): [["tt.divisibility", 16]],
                 (4,): [["tt.divisibility", 16]],
+                (5,): [["tt.divisibility", 16]],
+                (6,): [["tt.divisibility", 16]],
             }
         ],
     },
     inductor_meta={
         "grid_type": "Grid1D",
         "autotune_hints": set(),
-        "kernel_name": "triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1",
+        "kernel_name": "triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_5",
         "mutated_arg_names": [],
         "optimize_mem": True,
         "no_x_dim": False,
         "atomic_add_found": False,
-        "num_load": 2,
+        "num_load": 8,
         "num_store": 2,
         "num_reduction": 0,
         "backend_hash": "91D1D1166449D9E2EB66EB9770C9E2C3B0FEB787341F27FEB4D3F0338DA50336",
@@ -81,25 +85,70 @@ triton_helpers.set_driver_to_gpu()
         "mix_order_reduction_allow_multi_stages": False,
         "are_deterministic_algorithms_enabled": False,
         "has_loadstore_with_contiguous_rdim": False,
-        "tiling_scores": {"x": 288},
+        "tiling_scores": {"x": 2688},
     },
     min_elem_per_thread=0,
 )
 @triton.jit
-def triton_poi_fused__to_copy_cat_cos_mul_sin_unsqueeze_1(
-    in_ptr0, in_ptr1, out_ptr0, out_ptr1, xnumel, XBLOCK: tl.constexpr
+def triton_poi_fused__unsafe_view_add_cat_mul_neg_split_transpose_view_5(
+    in_ptr0, in_ptr1, in_ptr2, in_ptr3, out_ptr0, out_ptr1, xnumel, XBLOCK: tl.constexpr
 ):
-    xnumel = 16
+    xnumel = 64
     xoffset = tl.program_id(0) * XBLOCK
     xindex = xoffset + tl.arange(0, XBLOCK)[:]
     xmask = xindex < xnumel
-    x0 = xindex
-    tmp0 = tl.load(in_ptr0 + (0))
-    tmp1 = tl.broadcast_to(tmp0, [XBLOCK])
-    tmp3 = tl.load(in_ptr1 + ((x0 % 8)), xmask)
-    tmp2 = tmp1.to(tl.float32)
-    tmp4 = tmp2 * tmp3
-    tmp5 = tl_math.cos(tmp4)
-    tmp6 = tl_math.sin(tmp4)
-    tl.store(out_ptr0 + (x0), tmp5, xmask)
-    tl.store(out_ptr1 + (x0), tmp6, xmask)
+    x2 = xindex
+    x0 = xindex % 16
+    x1 = xindex // 16
+    tmp0 = tl.load(in_ptr0 + (x2), xmask)
+    tmp1 = tl.load(in_ptr1 + (x0), xmask, eviction_policy="evict_last")
+    tmp17 = tl.load(in_ptr2 + (x0), xmask, eviction_policy="evict_last")
+    tmp20 = tl.load(in_ptr3 + (x2), xmask)
+    tmp2 = tmp0 * tmp1
+    tmp3 = x0
+    tmp4 = tl.full([1], 0, tl.int64)
+    tmp5 = tmp3 >= tmp4
+    tmp6 = tl.full([1], 8, tl.int64)
+    tmp7 = tmp3 < tmp6
+    tmp8 = tl.load(
+        in_ptr0 + (8 + 16 * x1 + (x0)),
+        tmp7 & xmask,
+        eviction_policy="evict_last",
+        other=0.0,
+    )
+    tmp9 = -tmp8
+    tmp10 = tl.full(tmp9.shape, 0.0, tmp9.dtype)
+    tmp11 = tl.where(tmp7, tmp9, tmp10)
+    tmp12 = tmp3 >= tmp6
+    tmp13 = tl.full([1], 16, tl.int64)
+    tmp14 = tmp3 < tmp13
+    tmp15 = tl.load(
+        in_ptr0 + (16 * x1 + ((-8) + x0)),
+        tmp12 & xmask,
+        eviction_policy="evict_last",
+        other=0.0,
+    )
+    tmp16 = tl.where(tmp7, tmp11, tmp15)
+    tmp18 = tmp16 * tmp17
+    tmp19 = tmp2 + tmp18
+    tmp21 = tmp20 * tmp1
+    tmp22 = tl.load(
+        in_ptr3 + (8 + 16 * x1 + (x0)),
+        tmp7 & xmask,
+        eviction_policy="evict_last",
+        other=0.0,
+    )
+    tmp23 = -tmp22
+    tmp24 = tl.full(tmp23.shape, 0.0, tmp23.dtype)
+    tmp25 = tl.where(tmp7, tmp23, tmp24)
+    tmp26 = tl.load(
+        in_ptr3 + (16 * x1 + ((-8) + x0)),
+        tmp12 & xmask,
+        eviction_policy="evict_last",
+        other=0.0,
+    )
+    tmp27 = tl.where(tmp7, tmp25, tmp26)
+    tmp28 = tmp27 * tmp17
+    tmp29 = tmp21 + tmp28
+    tl.store(out_ptr0 + (x2), tmp19, xmask)
+    tl.store(out_ptr1 + (x2), tmp29, xmask)

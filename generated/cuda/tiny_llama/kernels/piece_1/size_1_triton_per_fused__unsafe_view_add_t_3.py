@@ -1,4 +1,4 @@
-# Triton source of size_1_triton_poi_fused__unsafe_view_mul_silu_1, kept for review: the package launches the cubin
+# Triton source of size_1_triton_per_fused__unsafe_view_add_t_3, kept for review: the package launches the cubin
 # beside it and never imports this file.
 import triton
 import triton.language as tl
@@ -15,14 +15,18 @@ from torch._inductor.runtime.hints import (
 triton_helpers.set_driver_to_gpu()
 
 
-@triton_heuristics.pointwise(
-    size_hints={"x": 128},
+@triton_heuristics.persistent_reduction(
+    size_hints={"x": 64, "r0_": 128},
+    reduction_hint=ReductionHint.INNER,
     filename=__file__,
     triton_meta={
         "signature": {
             "in_out_ptr0": "*fp32",
             "in_ptr0": "*fp32",
+            "in_ptr1": "*fp32",
+            "in_ptr2": "*fp32",
             "xnumel": "i32",
+            "r0_numel": "i32",
             "XBLOCK": "constexpr",
         },
         "device": DeviceProperties(
@@ -46,20 +50,23 @@ triton_helpers.set_driver_to_gpu()
                 (0,): [["tt.divisibility", 16]],
                 (1,): [["tt.divisibility", 16]],
                 (2,): [["tt.divisibility", 16]],
+                (3,): [["tt.divisibility", 16]],
+                (4,): [["tt.divisibility", 16]],
+                (5,): [["tt.divisibility", 16]],
             }
         ],
     },
     inductor_meta={
         "grid_type": "Grid1D",
         "autotune_hints": set(),
-        "kernel_name": "triton_poi_fused__unsafe_view_mul_silu_1",
+        "kernel_name": "triton_per_fused__unsafe_view_add_t_3",
         "mutated_arg_names": ["in_out_ptr0"],
         "optimize_mem": True,
-        "no_x_dim": False,
+        "no_x_dim": None,
         "atomic_add_found": False,
-        "num_load": 2,
+        "num_load": 4,
         "num_store": 1,
-        "num_reduction": 0,
+        "num_reduction": 1,
         "backend_hash": "91D1D1166449D9E2EB66EB9770C9E2C3B0FEB787341F27FEB4D3F0338DA50336",
         "assert_indirect_indexing": True,
         "autotune_local_cache": True,
@@ -76,26 +83,38 @@ triton_helpers.set_driver_to_gpu()
         "force_filter_reduction_configs": False,
         "mix_order_reduction_allow_multi_stages": False,
         "are_deterministic_algorithms_enabled": False,
-        "has_loadstore_with_contiguous_rdim": False,
-        "tiling_scores": {"x": 2048},
+        "has_loadstore_with_contiguous_rdim": True,
+        "tiling_scores": {"x": 1024, "r0_": 33280},
     },
-    min_elem_per_thread=0,
 )
 @triton.jit
-def triton_poi_fused__unsafe_view_mul_silu_1(
-    in_out_ptr0, in_ptr0, xnumel, XBLOCK: tl.constexpr
+def triton_per_fused__unsafe_view_add_t_3(
+    in_out_ptr0, in_ptr0, in_ptr1, in_ptr2, xnumel, r0_numel, XBLOCK: tl.constexpr
 ):
-    xnumel = 128
+    xnumel = 64
+    r0_numel = 128
+    R0_BLOCK: tl.constexpr = 128
+    rnumel = r0_numel
+    RBLOCK: tl.constexpr = R0_BLOCK
     xoffset = tl.program_id(0) * XBLOCK
-    xindex = xoffset + tl.arange(0, XBLOCK)[:]
+    xindex = xoffset + tl.arange(0, XBLOCK)[:, None]
     xmask = xindex < xnumel
+    r0_index = tl.arange(0, R0_BLOCK)[None, :]
+    r0_offset = 0
+    r0_mask = tl.full([R0_BLOCK], True, tl.int1)[None, :]
+    roffset = r0_offset
+    rindex = r0_index
+    r0_1 = r0_index
     x0 = xindex
-    tmp0 = tl.load(in_out_ptr0 + (x0), xmask)
-    tmp6 = tl.load(in_ptr0 + (x0), xmask)
-    tmp1 = -tmp0
-    tmp2 = libdevice.exp(tmp1)
-    tmp3 = tl.full([1], 1.0, tl.float32)
-    tmp4 = tmp2 + tmp3
-    tmp5 = tmp0 / tmp4
-    tmp7 = tmp5 * tmp6
-    tl.store(in_out_ptr0 + (x0), tmp7, xmask)
+    tmp0 = tl.load(in_ptr0 + (r0_1), None, eviction_policy="evict_last")
+    tmp1 = tl.load(in_ptr1 + (r0_1 + 128 * x0), xmask, other=0.0)
+    tmp7 = tl.load(in_ptr2 + (x0), xmask, eviction_policy="evict_last")
+    tmp8 = tl.load(in_out_ptr0 + (x0), xmask, eviction_policy="evict_last")
+    tmp2 = tmp0 * tmp1
+    tmp3 = tl.broadcast_to(tmp2, [XBLOCK, R0_BLOCK])
+    tmp5 = tl.where(xmask, tmp3, 0)
+    tmp6 = tl.sum(tmp5, 1)[:, None].to(tl.float32)
+    tmp9 = tmp7 + tmp8
+    tmp10 = tmp9 + tmp6
+    tl.debug_barrier()
+    tl.store(in_out_ptr0 + (x0), tmp10, xmask)

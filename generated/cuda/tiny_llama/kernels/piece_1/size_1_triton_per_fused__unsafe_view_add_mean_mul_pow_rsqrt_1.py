@@ -1,4 +1,4 @@
-# Triton source of size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0, kept for review: the package launches the cubin
+# Triton source of size_1_triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1, kept for review: the package launches the cubin
 # beside it and never imports this file.
 import triton
 import triton.language as tl
@@ -58,7 +58,7 @@ triton_helpers.set_driver_to_gpu()
     inductor_meta={
         "grid_type": "Grid1D",
         "autotune_hints": set(),
-        "kernel_name": "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0",
+        "kernel_name": "triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1",
         "mutated_arg_names": [],
         "optimize_mem": True,
         "no_x_dim": None,
@@ -87,7 +87,7 @@ triton_helpers.set_driver_to_gpu()
     },
 )
 @triton.jit
-def triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_0(
+def triton_per_fused__unsafe_view_add_mean_mul_pow_rsqrt_1(
     in_ptr0, in_ptr1, in_ptr2, out_ptr1, xnumel, r0_numel, XBLOCK: tl.constexpr
 ):
     xnumel = 1
