@@ -35,14 +35,15 @@ from harness import (
     REPO,
     RESULT_MARKER,
     SERVING_1B_ENV,
+    SERVING_1B_VARIANTS,
     SERVING_EXAMPLE,
     copy_bandwidth,
     cuda_timings,
     format_summary,
     import_package,
     run_fresh,
+    serving_cuda_command,
     summarize,
-    transpile_command,
 )
 
 ROOT = REPO
@@ -243,22 +244,8 @@ def main() -> int:
 
     gpu = torch.cuda.get_device_name()
     print(f"{gpu}, torch {torch.__version__}", flush=True)
-    command = transpile_command(
-        EXAMPLE / "model.py",
-        out,
-        "--name",
-        NAME,
-        "--import",
-        "serving_ops",
-        "--device",
-        "cuda",
-        "--ranges",
-        "1-64,65-2048",
-        "--sizes",
-        "1",
-        "--capture-sizes",
-        ",".join(map(str, CAPTURE_SIZES)),
-        "-q",
+    command = serving_cuda_command(
+        out, NAME, *SERVING_1B_VARIANTS, "--capture-sizes", ",".join(map(str, CAPTURE_SIZES)), "-q"
     )
     if options.jobs:
         command += ["-j", str(options.jobs)]

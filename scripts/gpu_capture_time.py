@@ -20,12 +20,19 @@ import time
 from pathlib import Path
 
 import serving_batches
-from harness import format_summary, import_package, transpile_command
+from harness import (
+    REPO,
+    SERVING_1B_ENV,
+    SERVING_1B_VARIANTS,
+    SERVING_EXAMPLE,
+    format_summary,
+    import_package,
+    serving_cuda_command,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "serving_llama"
+ROOT = REPO
+EXAMPLE = SERVING_EXAMPLE
 NAME = "serving_llama_1b_capture"
-ENV_1B = {"SERVING_CONFIG": "1b", "SERVING_DTYPE": "bfloat16"}
 MODES = ("piecewise", "full", "piecewise lazy", "full lazy")
 FIRST_CALL_TOKENS = (1, 8, 64)
 
@@ -71,11 +78,8 @@ def main() -> int:
         measure(Path(args.measure[0]), args.measure[1])
         return 0
     out = args.scratch / "gen"
-    env = {**os.environ, **ENV_1B}
-    command = transpile_command(
-        EXAMPLE / "model.py", out, "--name", NAME, "--import", "serving_ops", "--device", "cuda",
-        "--ranges", "1-64,65-2048", "--sizes", "1", "-q",
-    )  # fmt: skip
+    env = {**os.environ, **SERVING_1B_ENV}
+    command = serving_cuda_command(out, NAME, *SERVING_1B_VARIANTS, "-q")
     started = time.perf_counter()
     subprocess.run(command, cwd=ROOT, env=env, check=True)
     print(f"transpile: {time.perf_counter() - started:.1f} s", flush=True)

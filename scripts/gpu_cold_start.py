@@ -26,7 +26,7 @@ from harness import (
     SERVING_1B_ENV,
     SERVING_EXAMPLE,
     format_summary,
-    transpile_command,
+    serving_cuda_command,
 )
 
 ROOT = REPO
@@ -175,20 +175,7 @@ def main() -> int:
     import torch
 
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
-    command = transpile_command(
-        EXAMPLE / "model.py",
-        out,
-        "--name",
-        "serving_llama_1b",
-        "--import",
-        "serving_ops",
-        "--device",
-        "cuda",
-        "--ranges",
-        "1-64,65-2048",
-        "--sizes",
-        "1,8",
-    )
+    command = serving_cuda_command(out, "serving_llama_1b", "--ranges", "1-64,65-2048", "--sizes", "1,8")
     if options.jobs:
         command += ["-j", str(options.jobs)]
     started = time.perf_counter()

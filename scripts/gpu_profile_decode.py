@@ -23,9 +23,10 @@ import serving_batches
 from harness import (
     REPO,
     SERVING_1B_ENV,
+    SERVING_1B_VARIANTS,
     SERVING_EXAMPLE,
     import_package,
-    transpile_command,
+    serving_cuda_command,
 )
 
 ROOT = REPO
@@ -68,21 +69,7 @@ def main() -> int:
 
     if not (out / NAME).is_dir():
         started = time.perf_counter()
-        command = transpile_command(
-            EXAMPLE / "model.py",
-            out,
-            "--name",
-            NAME,
-            "--import",
-            "serving_ops",
-            "--device",
-            "cuda",
-            "--ranges",
-            "1-64,65-2048",
-            "--sizes",
-            "1",
-            "-q",
-        )
+        command = serving_cuda_command(out, NAME, *SERVING_1B_VARIANTS, "-q")
         subprocess.run(command, cwd=ROOT, check=True)
         print(f"transpile {time.perf_counter() - started:.1f} s", flush=True)
     package = import_package(out, NAME, [EXAMPLE])

@@ -26,6 +26,7 @@ import serving_batches
 from harness import (
     REPO,
     SERVING_1B_ENV,
+    SERVING_1B_VARIANTS,
     SERVING_EXAMPLE,
     copy_bandwidth,
     cuda_timings,
@@ -34,8 +35,8 @@ from harness import (
     import_file,
     import_package,
     markdown_table,
+    serving_cuda_command,
     summarize,
-    transpile_command,
 )
 
 ROOT = REPO
@@ -50,9 +51,7 @@ def record(name: str, ok: bool, detail: str = "") -> None:
 
 
 def transpile(out: Path, name: str, extra: list[str], env: dict) -> bool:
-    command = transpile_command(
-        EXAMPLE / "model.py", out, "--name", name, "--import", "serving_ops", "--device", "cuda", "-q", *extra
-    )
+    command = serving_cuda_command(out, name, "-q", *extra)
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True)
     record(
@@ -263,7 +262,7 @@ def main() -> int:
             out,
             "serving_llama_1b",
             env,
-            ["--ranges", "1-64,65-2048", "--sizes", "1", "--capture-sizes", "1,2,4,8,16,32,64"],
+            [*SERVING_1B_VARIANTS, "--capture-sizes", "1,2,4,8,16,32,64"],
             # bf16: Inductor fuses (RMSNorm in fp32, fewer roundings) where eager rounds every op;
             # 2.5-3.5% of the largest logit over 16 layers was measured identical in every mode.
             BIG_LOOP,

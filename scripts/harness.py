@@ -178,6 +178,17 @@ def transpile_command(model: Path | str, out: Path | str, *options: str) -> list
     return [sys.executable, "-m", "transpiler.cli", str(model), "-o", str(out), *options]
 
 
+# How the GPU scripts compile the 1.1B decoder: decode sizes 1-64 as one range, exact size 1.
+SERVING_1B_VARIANTS = ("--ranges", "1-64,65-2048", "--sizes", "1")
+
+
+def serving_cuda_command(out: Path | str, name: str, *options: str) -> list[str]:
+    """`transpile` of the serving example for the GPU as package `name` (its op module
+    imported); `options` follow (variants, capture sizes, -j, -q)."""
+    model = SERVING_EXAMPLE / "model.py"
+    return transpile_command(model, out, "--name", name, "--import", "serving_ops", "--device", "cuda", *options)
+
+
 SUMMARY = re.compile(
     r"(?P<calls>\d+) piece calls \((?P<unique>\d+) unique\), (?P<split>\d+) splitting-op calls, "
     r"(?P<variants>\d+) variants, (?P<kernels>\d+) kernels in (?P<seconds>[\d.]+) s"

@@ -71,6 +71,14 @@ def test_interleaved_takes_turns_and_leaves_out_failures():
     assert order == ["a", "b", "c", "a", "b", "c"]
 
 
+def test_serving_cuda_command():
+    command = harness.serving_cuda_command(Path("out"), "serving_llama_1b", *harness.SERVING_1B_VARIANTS, "-q")
+    assert command[:3] == [sys.executable, "-m", "transpiler.cli"]
+    assert command[3] == str(harness.SERVING_EXAMPLE / "model.py")
+    assert command[4:] == ["-o", "out", "--name", "serving_llama_1b", "--import", "serving_ops", "--device", "cuda",
+                           "--ranges", "1-64,65-2048", "--sizes", "1", "-q"]  # fmt: skip
+
+
 def test_transpile_command_and_its_summary():
     command = harness.transpile_command(Path("m/model.py"), Path("out"), "--sizes", "1")
     assert command == [sys.executable, "-m", "transpiler.cli", "m/model.py", "-o", "out", "--sizes", "1"]
