@@ -25,6 +25,10 @@
 #      cuda_packages.tar.gz for `scripts/regen-goldens --cuda-from-gpu`) equal to eager.
 #   5. capture_time    (130 s): scripts/gpu_capture_time.py --runs 1: capture() after load()
 #      for every default capture size, both modes, and lazily (first calls).
+#   6. autotune_1b     (450 s, not in the default list: name it): scripts/gpu_bench.py
+#      --autotune: the 1.1B transpiled with --autotune (on one process: benchmarks in parallel
+#      processes would time each other) beside the default package, full
+#      graphs at decode sizes; the lockfile comes back as tuning-serving_llama_1b.json.
 set -u
 DRY_RUN=0
 [ "${1:-}" = "--dry-run" ] && DRY_RUN=1 && shift
@@ -80,6 +84,8 @@ if [ "$DRY_RUN" = 0 ]; then
     --variants "eager,torch.compile,package,package + piecewise graphs,package + full graphs"
   stage 4 examples 200 python3 scripts/gpu_check.py "$WORK" --stages transpile,correct,determinism
   stage 5 capture_time 130 python3 scripts/gpu_capture_time.py "$WORK" --runs 1
+  stage 6 autotune_1b 450 python3 scripts/gpu_bench.py "$WORK" --rounds 1 --repeats 10 --variant-timeout 120 \
+    --autotune --variants "package + full graphs" --cases "decode 1,decode 8,decode 64,decode 8x1,decode 64x1,prefill 512"
 else
   stage 1 paged_attention 60 python3 scripts/gpu_paged_attention_check.py --dry-run
   stage 2 serving_graphs 150 python3 scripts/gpu_state_check.py "$WORK" --dry-run

@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -270,7 +271,11 @@ def main() -> int:
         if done.returncode == 0:
             variants += list(TUNED_VARIANTS)
             outs.update({variant: tuned_out for variant in TUNED_VARIANTS})
-            print((tuned_out / NAME / "tuning.json").read_text()[:6000], flush=True)
+            # The lockfile comes back with the logs ($OUT, as gpu-run.sh and gpu-final.sh set it),
+            # to be kept in bench-results/.
+            keep = Path(os.environ.get("OUT", options.scratch)) / "tuning-serving_llama_1b.json"
+            shutil.copyfile(tuned_out / NAME / "tuning.json", keep)
+            print(f"lockfile: {keep}", flush=True)
     if options.compare_matvec:
         library_out = options.scratch / "gen-library"
         started = time.perf_counter()
