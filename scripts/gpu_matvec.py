@@ -131,6 +131,8 @@ def main() -> int:
             print(f"{name}: y {tuple(linear(x, w).shape)}, copies for 2 GB {copies_for(2 << 30)}")
         return 0
     device, dtype = "cuda", torch.bfloat16
+    # Every case compiles `linear` or `mlp_block` again (other shapes, other settings).
+    torch._dynamo.config.recompile_limit = torch._dynamo.config.accumulated_recompile_limit = 1024
     bandwidth = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e9:.0f} GB/s")
     rows = []
