@@ -62,8 +62,10 @@ def decompose_matvec(graph: torch.fx.Graph, max_rows: int = MAX_ROWS, wide: bool
         outputs, inputs = b_val.shape[1], a_val.shape[1]
         if not (wide or (isinstance(outputs, int) and isinstance(inputs, int) and outputs <= inputs)):
             continue
-        if a.op != "placeholder":
-            a = materialized.get(a) or materialized.setdefault(a, _materialize(graph, a))
+        if a.op != "placeholder":  # computed: written once, whichever products read it
+            if a not in materialized:
+                materialized[a] = _materialize(graph, a)
+            a = materialized[a]
         with graph.inserting_before(node):
             replacement = _matvec(graph, a, b, bias, out_val.dtype)
         node.replace_all_uses_with(replacement)
