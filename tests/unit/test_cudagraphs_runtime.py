@@ -267,7 +267,7 @@ def test_lazy_capture_captures_each_size_at_its_first_call(fake_graphs, mode):
 
 
 def test_a_failed_lazy_capture_says_which_size_and_keeps_the_cache(fake_graphs, monkeypatch):
-    def failing_capture(self):
+    def failing_capture(self, collect_garbage=True):
         raise RuntimeError("operation not permitted when stream is capturing")
 
     cache = torch.randn(ROWS, 4)
@@ -279,6 +279,26 @@ def test_a_failed_lazy_capture_says_which_size_and_keeps_the_cache(fake_graphs, 
         runner(*inputs(2, seed=4), cache)
     assert torch.equal(cache, before)
     assert 2 not in runner._graphs
+
+
+@pytest.mark.parametrize("mode", ["piecewise", "full"])
+@pytest.mark.parametrize("lazy", [False, True])
+def test_the_allocator_cache_is_emptied_before_the_first_graph_only(fake_graphs, monkeypatch, mode, lazy):
+    collected = []
+    capture_graph = cg._capture_graph
+
+    def recording(run, pool, collect_garbage):
+        collected.append(collect_garbage)
+        return capture_graph(run, pool, collect_garbage)
+
+    monkeypatch.setattr(cg, "_capture_graph", recording)
+    cache = torch.zeros(ROWS, 4)
+    runner = cg.runner_class(make_model())(weights(), mode=mode, static_inputs={"cache": cache})
+    runner.capture(lazy=lazy)
+    for step, size in enumerate((1, 3, 8)):
+        runner(*inputs(size, seed=step), cache)
+    assert len(collected) == len(fake_graphs.graphs) >= 3
+    assert collected == [True] + [False] * (len(collected) - 1)
 
 
 def test_static_inputs_are_used_by_reference(fake_graphs):

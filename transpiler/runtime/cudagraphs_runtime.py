@@ -192,6 +192,10 @@ class CudaGraphRunner:
         # by the first call of each size, into the pool capture(lazy=True) made).
         self._graphs = {}
         self._lazy_pool = None
+        # torch.cuda.graph empties the allocator's cache (and may collect garbage) as it
+        # enters: before this runner's first graph only, not before every size's, whose
+        # warm-up would otherwise allocate its memory from the driver again.
+        self._cache_emptied = False
 
     @property
     def captured(self) -> bool:
@@ -276,7 +280,8 @@ class CudaGraphRunner:
         try:
             for _ in range(self.warmup_runs):
                 model.forward(self.weights, *input_buffers)
-            size_graphs.capture()
+            size_graphs.capture(collect_garbage=not self._cache_emptied)
+            self._cache_emptied = True
         except Exception as error:
             raise RuntimeError(
                 f"{model.name}: capturing the CUDA graphs of size {size} failed: {error}"
@@ -410,7 +415,9 @@ class _PiecewiseGraphs:
         self.next_call = 0
         return self.row
 
-    def capture(self):
+    def capture(self, collect_garbage=True):
+        # Before the first piece's graph only: a collection before each would be slow.
+        self.collect_garbage = collect_garbage
         self.capturing = True
         try:
             self.model.forward(self.weights, *self.input_buffers, select=self.select)
@@ -442,9 +449,7 @@ class _PiecewiseGraphs:
             # Ints (sizes) are baked into the graph: every replay has this same size.
             static_args.append(arg)
         args.clear()
-        # Garbage collection runs before the first graph of the forward only: a collection
-        # before each of the many piece graphs would make capturing slow.
-        first = not self.piece_graphs
+        first = self.collect_garbage and not self.piece_graphs
         # A fresh list per run: the callee clears it, and the function stays re-runnable.
         cuda_graph, outputs = _capture_graph(
             lambda: compiled(list(static_args)), self.pool, collect_garbage=first
@@ -475,11 +480,11 @@ class _FullGraph:
     def graph_count(self) -> int:
         return 0 if self.cuda_graph is None else 1
 
-    def capture(self):
+    def capture(self, collect_garbage=True):
         self.cuda_graph, self.outputs = _capture_graph(
             lambda: self.model.forward(self.weights, *self.input_buffers),
             self.pool,
-            collect_garbage=True,
+            collect_garbage=collect_garbage,
         )
 
     def replay(self):
