@@ -29,6 +29,8 @@
 #      --autotune: the 1.1B transpiled with --autotune (on one process: benchmarks in parallel
 #      processes would time each other) beside the default package, full
 #      graphs at decode sizes; the lockfile comes back as tuning-serving_llama_1b.json.
+#   7. profile         (120 s, named only): scripts/gpu_profile_decode.py, decode steps of 1
+#      and 8x1 tokens, plain and replayed from full CUDA graphs: where the GPU time goes.
 set -u
 DRY_RUN=0
 [ "${1:-}" = "--dry-run" ] && DRY_RUN=1 && shift
@@ -86,6 +88,7 @@ if [ "$DRY_RUN" = 0 ]; then
   stage 5 capture_time 130 python3 scripts/gpu_capture_time.py "$WORK" --runs 1
   stage 6 autotune_1b 450 python3 scripts/gpu_bench.py "$WORK" --rounds 1 --repeats 10 --variant-timeout 120 \
     --autotune --variants "package + full graphs" --cases "decode 1,decode 8,decode 64,decode 8x1,decode 64x1,prefill 512"
+  stage 7 profile 120 bash -c "python3 scripts/gpu_profile_decode.py '$WORK' 1 8x1 && python3 scripts/gpu_profile_decode.py '$WORK' 1 8x1 --graphs=full"
 else
   stage 1 paged_attention 60 python3 scripts/gpu_paged_attention_check.py --dry-run
   stage 2 serving_graphs 150 python3 scripts/gpu_state_check.py "$WORK" --dry-run

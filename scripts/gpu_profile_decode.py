@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Where a decode step's GPU time goes: the 1.1B bf16 serving package, plain forward,
-a step after a 32-token prompt over a paged cache, under the torch profiler.
+"""Where a decode step's GPU time goes: the 1.1B bf16 serving package, plain forward (or
+replays of its CUDA graphs), a step after a 32-token prompt over a paged cache, under the
+torch profiler.
 
-    bash scripts/gpu-run.sh scripts/gpu_profile_decode.py [STEP ...]
+    bash scripts/gpu-run.sh scripts/gpu_profile_decode.py [STEP ...] [--graphs=piecewise|full]
     python scripts/gpu_profile_decode.py SCRATCH --dry-run [STEP ...]   # CPU: the steps' inputs
 
 A STEP is N (one sequence adding N tokens; default 1) or Nx1 (N sequences adding one each).
 
-Prints the kernels by total GPU time, GPU busy time against wall time per step (the
-gap is launch overhead, which CUDA graphs remove).
+Prints the kernels by total GPU time, GPU busy time against wall time per step (for the
+plain forward the gap is launch overhead, which CUDA graphs remove; for full graphs it is
+what the GPU spends between the graph's kernels).
 """
 
 from __future__ import annotations
@@ -45,10 +47,22 @@ def parse_step(text: str) -> serving_batches.Case:
     return serving_batches.Case(f"decode {count}", 1, int(count), PROMPT)
 
 
+def parse_graphs(options: list[str]) -> str | None:
+    """--graphs=piecewise|full: profile replays of CUDA graphs of that mode (default: none,
+    the plain forward)."""
+    if not options:
+        return None
+    mode = options[-1].partition("=")[2]
+    if mode not in ("piecewise", "full"):
+        raise SystemExit(f"{options[-1]}: write --graphs=piecewise or --graphs=full")
+    return mode
+
+
 def main() -> int:
     scratch = Path(sys.argv[1])
     arguments = [a for a in sys.argv[2:] if a != "--dry-run"]
-    steps = [parse_step(a) for a in arguments] or [parse_step("1")]
+    graphs = parse_graphs([a for a in arguments if a.startswith("--graphs")])
+    steps = [parse_step(a) for a in arguments if not a.startswith("--graphs")] or [parse_step("1")]
     if "--dry-run" in sys.argv[2:]:
         import torch
 
@@ -79,6 +93,8 @@ def main() -> int:
 
     config = llama.CONFIGS["1b"]
     cache = package.new_kv_cache(max(c.blocks() for c in steps), dtype=package.INPUTS[2][1], device="cuda")
+    if graphs:
+        model.capture(mode=graphs, capture_sizes=(1, 2, 4, 8, 16, 32, 64), kv_cache=cache)
 
     for case in steps:
         prefill = serving_batches.Case("prefill", case.sequences, PROMPT, 0)  # the sequences' prompts
@@ -106,7 +122,8 @@ def main() -> int:
         events = prof.key_averages()
         gpu_total = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA") / steps
         print(
-            f"{torch.cuda.get_device_name()}: {case.label} ({case.tokens} tokens, {case.sequences} sequences) "
+            f"{torch.cuda.get_device_name()}: {case.label} ({case.tokens} tokens, {case.sequences} sequences), "
+            f"{graphs + ' graphs' if graphs else 'plain forward'} "
             f"after {PROMPT}: wall {wall * 1e6:.0f} us, GPU busy {gpu_total:.0f} us"
         )
         print(events.table(sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=80))
