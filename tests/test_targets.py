@@ -106,7 +106,7 @@ def test_each_target_renders_its_own_files(cpu_package):
     assert cuda.binaries and all(path.endswith(".cubin") for path in cuda.binaries)
     for path in cuda.binaries:
         stem = path[: -len(".cubin")]
-        assert f"{stem}.json" in cuda.files and f"{stem}.py" in cuda.files
+        assert f"{stem}.json" in cuda.files and f"{stem}.triton" in cuda.files
     piece_cpu, piece_cuda = cpu.files["pieces/piece_0.py"].decode(), cuda.files["pieces/piece_0.py"].decode()
     assert "load_kernel(" in piece_cpu and "load_triton_kernel" not in piece_cpu
     assert "from ..cuda_runtime import" in piece_cuda and "load_triton_kernel(" in piece_cuda

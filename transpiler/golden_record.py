@@ -7,6 +7,7 @@ the weights) is kept as recorded. Re-rendered from the record:
 - the verbatim runtime modules the package ships: copied from transpiler/runtime/;
 - cudagraphs.py: rendered by the CUDA target's own renderer (transpiler/cudagraphs.py) from
   the tables the recorded cudagraphs.py holds (INPUTS, DISPATCH_INPUT, CAPTURE_SIZES, ...);
+- the kernel sources' file names (an older tool wrote them as kernels/<piece>/<name>.py);
 - manifest.json's file hashes, and the fingerprint (the formula of emit.render, from the
   manifest's torch, model, CPU features and GPU, and the recorded capture sizes), which
   __init__.py prints: its FINGERPRINT line is the only line of __init__.py that changes.
@@ -23,6 +24,7 @@ from .cudagraphs import CudaGraphInput, CudaGraphsContext, render_source, sizes_
 from .errors import TranspileError
 from .manifest import fingerprint_of
 from .runtime import runtime_files
+from .targets.cuda import KERNEL_SOURCE_SUFFIX
 from .templating import format_python
 
 # Runtime modules each kind of package ships (beside runtime.py, which every one does).
@@ -155,6 +157,10 @@ def rerender_cuda_package(root: Path) -> list[str]:
     rendered["cudagraphs.py"] = format_python(graphs, "cudagraphs.py").encode()
 
     hashes = dict(manifest["files"])
+    renamed = [path for path in sorted(hashes) if path.startswith("kernels/") and path.endswith(".py")]
+    for path in renamed:
+        rendered[path.removesuffix(".py") + KERNEL_SOURCE_SUFFIX] = (root / path).read_bytes()
+        del hashes[path]
     for path, data in rendered.items():
         hashes[path] = sha256(data)
     new_fingerprint = fingerprint(manifest, hashes, list(tables["CAPTURE_SIZES"]))
@@ -171,6 +177,8 @@ def rerender_cuda_package(root: Path) -> list[str]:
         if not target.is_file() or target.read_bytes() != data:
             target.write_bytes(data)
             written.append(path)
+    for path in renamed:
+        (root / path).unlink()
     manifest["files"] = dict(sorted(hashes.items()))
     manifest["fingerprint"] = new_fingerprint
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"

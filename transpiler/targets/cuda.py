@@ -28,6 +28,11 @@ TRITON_DIALECT = KernelDialect(
 )
 
 
+# A kernel's Triton source ships beside its cubin for review under a name no tool takes for
+# a module of the package: it imports Inductor's runtime, which the package never does.
+KERNEL_SOURCE_SUFFIX = ".triton"
+
+
 @dataclass
 class CubinKernel(Kernel):
     """A Triton kernel shipped as a cubin, with its Triton source and launch metadata beside it."""
@@ -43,7 +48,7 @@ class CubinKernel(Kernel):
 
     def files(self, folder: str) -> tuple[dict[str, str], dict[str, str | bytes]]:
         text = {
-            f"{folder}/{self.name}.py": self.source,
+            f"{folder}/{self.name}{KERNEL_SOURCE_SUFFIX}": self.source,
             f"{folder}/{self.name}.json": json.dumps(self.metadata, indent=2, sort_keys=True) + "\n",
         }
         return text, {f"{folder}/{self.name}.cubin": self.binary}

@@ -244,12 +244,7 @@ class CudaGraphRunner:
             self.device,
         )
         started = time.perf_counter()
-        saved_state = _save_state(self.model, self.weights, self.static_inputs)
-        try:
-            graphs = self._capture_sizes(order)
-        finally:
-            _restore_state(saved_state)
-        synchronize()
+        graphs = self._capture_keeping_state(order, graph_pool_handle())
         # Only now: a failed capture leaves the runner on the plain forward.
         self._graphs = graphs
         self.logger.info(
@@ -260,9 +255,17 @@ class CudaGraphRunner:
             time.perf_counter() - started,
         )
 
-    def _capture_sizes(self, order):
-        pool = graph_pool_handle()
-        return {size: self._capture_size(size, pool) for size in order}
+    def _capture_keeping_state(self, order, pool):
+        """The graphs of each size in `order`, captured into `pool`. Capturing runs the
+        forward: the caller's state (a KV cache, buffers) is saved before and put back.
+        """
+        saved_state = _save_state(self.model, self.weights, self.static_inputs)
+        try:
+            graphs = {size: self._capture_size(size, pool) for size in order}
+        finally:
+            _restore_state(saved_state)
+        synchronize()
+        return graphs
 
     def _capture_size(self, size, pool):
         """The graphs of one capture size (warm-up runs first), captured into `pool`."""
@@ -296,15 +299,9 @@ class CudaGraphRunner:
         return size_graphs
 
     def _capture_lazily(self, size):
-        """Capture one size at its first call: the caller's state (a KV cache, buffers)
-        is saved around the warm-up and capture runs and put back."""
+        """Capture one size at its first call (state kept, as capture() keeps it)."""
         started = time.perf_counter()
-        saved_state = _save_state(self.model, self.weights, self.static_inputs)
-        try:
-            size_graphs = self._capture_size(size, self._lazy_pool)
-        finally:
-            _restore_state(saved_state)
-        synchronize()
+        size_graphs = self._capture_keeping_state([size], self._lazy_pool)[size]
         self._graphs[size] = size_graphs
         self.logger.info(
             "%s: captured the %s CUDA graphs of size %d at its first call in %.3f s",
